@@ -1,0 +1,126 @@
+"""Settings: the one place Stalwart reads its environment.
+
+Every knob is a field of `Settings`, read from environment variables once and cached. Code calls
+`get_current_settings()`; tests override with `temporary_settings(...)`.
+
+Example:
+    >>> from agents._settings import temporary_settings, get_current_settings
+    >>> with temporary_settings(model="gpt-4o-mini"):
+    ...     get_current_settings().model
+    'gpt-4o-mini'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "stalwart-test"
+
+
+def default_data_dir() -> Path:
+    """The per-user data directory where the default SQLite database lives."""
+    return Path(platformdirs.user_data_dir("stalwart", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """Stalwart's configuration, one field per knob, each overridable by environment variable."""
+
+    model_config = SettingsConfigDict(env_prefix="STALWART_", extra="ignore", frozen=True)
+
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Where the default SQLite database and quarantine files live.",
+    )
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the state database (STALWART_DATABASE_URL). "
+        "Default: an SQLite file in `data_dir`. PostgreSQL: postgresql+psycopg://user@host/db.",
+    )
+    model_url: str | None = Field(
+        default=None,
+        description="Base URL of an OpenAI-compatible endpoint (STALWART_MODEL_URL). "
+        "Unset: the bundled offline model server is started in-process.",
+    )
+    model: str = Field(default=DEFAULT_MODEL, description="Model name sent to the endpoint.")
+    fallback_model: str | None = Field(default=None, description="Model tried when one fails.")
+    api_key: SecretStr | None = Field(default=None, description="Bearer key for the endpoint.")
+    model_mode: Literal["tools", "json"] = Field(
+        default="tools", description="instructor mode: function tools or a JSON object."
+    )
+    model_timeout_seconds: float = Field(default=60.0, gt=0, description="Per-request timeout.")
+    model_max_reasks: int = Field(
+        default=2, ge=0, description="Re-asks after a validation failure of the model's output."
+    )
+    sentry_dsn: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SENTRY_DSN", "STALWART_SENTRY_DSN"),
+        description="Sentry DSN (SENTRY_DSN). Unset: failures are not reported.",
+    )
+    sentry_environment: str = Field(default="production", description="Sentry environment tag.")
+    max_input_bytes: int = Field(
+        default=1_000_000, gt=0, description="Largest accepted JSON line in `stalwart run`."
+    )
+    result_storage_block: str = Field(
+        default="stalwart", description="Name under which the SQL result storage block is saved."
+    )
+
+    def resolved_database_url(self) -> str:
+        """The database URL in force (a secret: never log it; see `agents.store.redact_url`)."""
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{self.data_dir / 'stalwart.db'}"
+
+
+_override: contextvars.ContextVar[Settings | None] = contextvars.ContextVar(
+    "stalwart_settings", default=None
+)
+_cached: Settings | None = None
+
+
+def get_current_settings() -> Settings:
+    """The settings in force: a `temporary_settings` override, else the environment (cached)."""
+    global _cached
+    current = _override.get()
+    if current is not None:
+        return current
+    if _cached is None:
+        _cached = Settings()
+    return _cached
+
+
+def reload_settings() -> Settings:
+    """Read the environment again (after a test or the CLI changed it)."""
+    global _cached
+    _cached = Settings()
+    return _cached
+
+
+@contextlib.contextmanager
+def temporary_settings(**updates: Any) -> Iterator[Settings]:
+    """Override settings inside a `with` block (and the threads and tasks it starts).
+
+    Example:
+        >>> with temporary_settings(database_url="sqlite://"):
+        ...     get_current_settings().resolved_database_url()
+        'sqlite://'
+    """
+    base = get_current_settings()
+    data = base.model_dump()
+    for key, value in updates.items():
+        if key in {"database_url", "api_key", "sentry_dsn"} and isinstance(value, str):
+            value = SecretStr(value)
+        data[key] = value
+    settings = Settings.model_validate(data)
+    token = _override.set(settings)
+    try:
+        yield settings
+    finally:
+        _override.reset(token)

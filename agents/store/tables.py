@@ -1,0 +1,116 @@
+"""Tables: every row Stalwart stores, one SQLModel class each (schema and table in one).
+
+Every table carries `tenant`: no public query reads across tenants. The schema is created and
+upgraded by Alembic (`migrations/`), never by `create_all` on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class AgentRun(SQLModel, table=True):
+    """One execution of an agent on one input (one element of a batch)."""
+
+    __tablename__ = "agent_run"
+    __table_args__ = (sa.Index("ix_agent_run_tenant_agent_started", "tenant", "agent", "started_at"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    tenant: str = Field(index=True, max_length=200)
+    agent: str = Field(max_length=200)
+    subject: str | None = Field(default=None, index=True, max_length=500)
+    run_key: str = Field(max_length=200, description="Stable key: the same input gets the same key.")
+    status: str = Field(max_length=20, description="running, completed, held, failed")
+    inputs_digest: str = Field(max_length=64)
+    flow_run_id: str | None = Field(default=None, max_length=36, index=True)
+    started_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    finished_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+    duration_ms: float | None = None
+    error: str | None = Field(default=None, sa_type=sa.Text)
+
+
+class StepRun(SQLModel, table=True):
+    """One step of one agent run: layer, attempts, duration, status, and whether it was cached."""
+
+    __tablename__ = "step_run"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    tenant: str = Field(index=True, max_length=200)
+    agent: str = Field(max_length=200)
+    agent_run_id: str = Field(index=True, max_length=32)
+    step: str = Field(max_length=200)
+    layer: str = Field(max_length=20)
+    status: str = Field(max_length=20, description="completed, cached, skipped, failed")
+    attempts: int = 0
+    cache_hit: bool = False
+    task_run_id: str | None = Field(default=None, max_length=36)
+    started_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    duration_ms: float | None = None
+    error: str | None = Field(default=None, sa_type=sa.Text)
+
+
+class StepResult(SQLModel, table=True):
+    """A persisted Prefect result record, addressed by its storage key (the cache key)."""
+
+    __tablename__ = "step_result"
+
+    key: str = Field(primary_key=True, max_length=512)
+    tenant: str | None = Field(default=None, index=True, max_length=200)
+    content: bytes = Field(sa_type=sa.LargeBinary)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_type=sa.DateTime(timezone=True), index=True
+    )
+
+
+class MemoryItem(SQLModel, table=True):
+    """A remembered value: (tenant, agent, subject, key) → JSON, versioned for optimistic writes."""
+
+    __tablename__ = "memory_item"
+    __table_args__ = (
+        sa.UniqueConstraint("tenant", "agent", "subject", "key", name="uq_memory_item_scope_key"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    tenant: str = Field(index=True, max_length=200)
+    agent: str = Field(max_length=200)
+    subject: str = Field(default="", max_length=500, description="'' for agent-wide memory.")
+    key: str = Field(max_length=500)
+    value: Any = Field(default=None, sa_type=sa.JSON)
+    version: int = 1
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+
+
+class ActionRecord(SQLModel, table=True):
+    """The ledger that makes actions run at most once per idempotency key.
+
+    A row is claimed (`started`) in its own transaction before the action runs and completed with
+    the action's result before the run goes on.
+    """
+
+    __tablename__ = "action_record"
+
+    idempotency_key: str = Field(primary_key=True, max_length=64)
+    tenant: str = Field(index=True, max_length=200)
+    agent: str = Field(max_length=200)
+    subject: str = Field(default="", max_length=500)
+    run_key: str = Field(max_length=200)
+    step: str = Field(max_length=200)
+    status: str = Field(max_length=20, description="started, completed")
+    attempts: int = 1
+    result: Any = Field(default=None, sa_type=sa.JSON)
+    agent_run_id: str | None = Field(default=None, max_length=32)
+    started_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    completed_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
