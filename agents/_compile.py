@@ -1,0 +1,903 @@
+"""Compilation and execution: a validated DAG becomes one Prefect flow of `<agent>.<step>` tasks.
+
+`CompiledAgent.build` validates the declaration (every problem at once) and wires steps by
+parameter name. At run time one flow run executes a batch of inputs (a single run is a batch of
+one): each input walks the DAG as its own group of task runs, tagged `agent:`, `tenant:`,
+`subject:` and `run:`, with steps that do not depend on each other running concurrently and at
+most `concurrency` inputs in flight. One flow run per batch is deliberate: a Prefect flow call
+costs about a second of fixed overhead, which one flow run per input would pay per input.
+
+Results persist through Prefect's own result machinery into the `step_result` table
+(`SQLResultStorage`) with a cache key made of tenant, agent, subject, step, step source and
+inputs (actions: the idempotency key), never the run id, so a rerun in any process skips every
+finished step. Actions also go through the action ledger, so they run at most once per key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import hashlib
+import json
+import re
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from prefect import Flow, Task, flow, tags, task
+from prefect.cache_policies import NO_CACHE, CachePolicy
+from prefect.context import TagsContext, TaskRunContext
+from prefect.tasks import exponential_backoff
+from prefect.utilities.annotations import quote
+from prefect.utilities.asyncutils import run_coro_as_sync
+from pydantic import BaseModel, TypeAdapter
+
+from agents._declare import (
+    LAYERS,
+    RESOURCES,
+    Param,
+    Step,
+    StepInfo,
+    is_concrete_class,
+    resolve_hints,
+    returns_decision,
+)
+from agents._decision import Decision
+from agents._errors import DeclarationError, InputError, UserError
+from agents._run import RunContext, RunResult, RunStatus, StepStatus
+from agents._settings import get_current_settings
+from agents.observe import capture_failure, flow_failure_hook, init_sentry
+from agents.resources.llm import LLM
+from agents.store import ledger, queries
+from agents.store.memory import Memory
+from agents.store.results import SQLResultStorage
+from agents.store.tables import AgentRun, StepRun
+
+if TYPE_CHECKING:
+    from agents._declare import Agent
+
+_META_KEYS = frozenset({"subject", "run_key"})
+
+
+# -- digests ----------------------------------------------------------------------------------
+
+
+def canonical(value: Any) -> Any:
+    """A JSON-able form of a value for hashing: stable across processes."""
+    if isinstance(value, BaseModel):
+        return {"__model__": type(value).__qualname__, **value.model_dump(mode="json")}
+    if isinstance(value, Mapping):
+        return {str(k): canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, list | tuple):
+        return [canonical(v) for v in value]
+    if isinstance(value, set | frozenset):
+        return sorted((canonical(v) for v in value), key=repr)
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if hasattr(value, "__dataclass_fields__"):
+        return {"__dataclass__": type(value).__qualname__, **canonical(vars(value))}
+    return repr(value)
+
+
+def digest(value: Any, size: int = 32) -> str:
+    """sha256 of the canonical JSON of `value`, hex, `size` characters."""
+    data = json.dumps(canonical(value), sort_keys=True, separators=(",", ":"), default=repr)
+    return hashlib.sha256(data.encode()).hexdigest()[:size]
+
+
+# -- Prefect glue -----------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class StepCall:
+    """The parameters of one task run: who runs what, with which cache key."""
+
+    agent: str
+    step: str
+    tenant: str
+    subject: str | None
+    run_key: str
+    run_id: str
+    flow_run_id: str | None
+    cache_key: str
+    idempotency_key: str
+    attempts: int = 0
+    llm_calls: list[Any] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """The task run name: `<agent>.<step>[<subject or run key>]`."""
+        return f"{self.agent}.{self.step}[{self.subject or self.run_key[:12]}]"
+
+
+@dataclass
+class StepCacheKey(CachePolicy):
+    """Cache on the key Stalwart computed: tenant, agent, subject, step, source and inputs.
+
+    The run id is deliberately left out, so a rerun (in any process) hits the cache.
+    """
+
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> str | None:
+        call = inputs.get("call")
+        return call.cache_key if isinstance(call, StepCall) else None
+
+
+STEP_CACHE = StepCacheKey()
+
+
+def _retry_unless_user_error(task: Task[Any, Any], task_run: Any, state: Any) -> bool:
+    """A developer's mistake is never retried; everything else follows the step's retries."""
+    return not isinstance(getattr(state, "data", None), UserError)
+
+
+_executor_lock = threading.Lock()
+_executor: ThreadPoolExecutor | None = None
+
+
+def _thread_pool() -> ThreadPoolExecutor:
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="stalwart-step")
+        return _executor
+
+
+async def in_thread(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """Run blocking work (a sync step, a DB write) off the event loop, keeping context vars."""
+    ctx = contextvars.copy_context()
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(
+        _thread_pool(), functools.partial(ctx.run, fn, *args, **kwargs)
+    )
+
+
+_storages: dict[tuple[str, str], SQLResultStorage] = {}
+
+
+async def _result_storage() -> SQLResultStorage:
+    """The SQL result storage block, saved once per Prefect API and process."""
+    from prefect.settings import PREFECT_API_URL
+
+    name = get_current_settings().result_storage_block
+    key = (str(PREFECT_API_URL.value() or "ephemeral"), name)
+    storage = _storages.get(key)
+    if storage is None:
+        storage = SQLResultStorage()
+        await storage.save(name, overwrite=True)  # type: ignore[misc]
+        _storages[key] = storage
+    return storage
+
+
+# -- the compiled agent -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Edge:
+    producer: str
+    consumer: str
+    param: str
+
+
+class CompiledAgent:
+    """A validated agent: its steps in topological order, its edges, inputs and Prefect flow."""
+
+    def __init__(
+        self,
+        agent: Agent,
+        steps: dict[str, Step[Any, Any]],
+        order: list[Step[Any, Any]],
+        deps: dict[str, tuple[str, ...]],
+        run_inputs: dict[str, tuple[Param, ...]],
+        returns: dict[str, Any],
+    ) -> None:
+        self.agent = agent
+        self.name = agent.name
+        self.steps = steps
+        self.order = order
+        self.deps = deps
+        self.run_inputs = run_inputs
+        self.returns = returns
+        self.consumers: dict[str, tuple[str, ...]] = {
+            name: tuple(s.name for s in order if name in deps[s.name]) for name in steps
+        }
+        self._tasks: dict[str, Task[Any, Any]] = {}
+        self._tasks_storage: SQLResultStorage | None = None
+        self._on_result: Callable[[int, RunResult], None] | None = None
+        self.flow: Flow[Any, Any] = self._make_flow()
+
+    # -- validation -------------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, agent: Agent, steps: list[Step[Any, Any]]) -> CompiledAgent:
+        """Validate the declaration and compile it; raises one `DeclarationError` listing all."""
+        problems: list[str] = []
+        if not steps:
+            raise DeclarationError.single(agent.name, "the agent declares no steps")
+        counts = Counter(s.name for s in steps)
+        for name, count in counts.items():
+            if count > 1:
+                layers = ", ".join(s.layer for s in steps if s.name == name)
+                problems.append(
+                    f"step '{name}': declared {count} times ({layers}); give each step a "
+                    "unique function name"
+                )
+        by_name: dict[str, Step[Any, Any]] = {}
+        for s in steps:
+            by_name.setdefault(s.name, s)
+
+        hints: dict[str, tuple[dict[str, Any], Any]] = {
+            name: resolve_hints(s) for name, s in by_name.items()
+        }
+        deps: dict[str, tuple[str, ...]] = {}
+        run_inputs: dict[str, tuple[Param, ...]] = {}
+        for name, s in by_name.items():
+            where = f"{s.layer} step '{name}'"
+            param_hints, _ = hints[name]
+            edges: list[str] = []
+            inputs: list[Param] = []
+            for p in s.params:
+                if p.name in RESOURCES:
+                    continue
+                producer = by_name.get(p.name)
+                if producer is None:
+                    inputs.append(p)
+                    continue
+                edges.append(p.name)
+                if producer is s:
+                    problems.append(f"{where}: parameter '{p.name}' consumes the step itself")
+                    continue
+                if LAYERS.index(producer.layer) > LAYERS.index(s.layer):
+                    problems.append(
+                        f"{where}: parameter '{p.name}' consumes {producer.layer} step "
+                        f"'{p.name}', a later layer; data flows perception → reasoning → "
+                        "action → learning"
+                    )
+                produced = hints[p.name][1]
+                expected = param_hints.get(p.name)
+                if produced is type(None) or produced is None:
+                    problems.append(
+                        f"{where}: parameter '{p.name}' consumes step '{p.name}', which "
+                        "returns None; return a value or drop the parameter"
+                    )
+                elif (
+                    is_concrete_class(produced)
+                    and is_concrete_class(expected)
+                    and not issubclass(produced, expected)
+                ):
+                    problems.append(
+                        f"{where}: parameter '{p.name}' expects {expected.__name__}, but step "
+                        f"'{p.name}' returns {produced.__name__}"
+                    )
+            deps[name] = tuple(edges)
+            run_inputs[name] = tuple(inputs)
+            if s.layer == "reasoning" and returns_decision(hints[name][1]) is False:
+                problems.append(
+                    f"{where}: returns {getattr(hints[name][1], '__name__', hints[name][1])}, "
+                    "which does not subclass Decision; return a Decision subclass"
+                )
+
+        order, cycle = _toposort([s.name for s in steps if by_name[s.name] is s], deps)
+        if cycle:
+            problems.append(
+                f"step '{cycle[0]}': cycle {' → '.join([*cycle, cycle[0]])}; "
+                "break it by removing one of these parameters"
+            )
+        else:
+            ancestors = _ancestors(order, deps)
+            for name in order:
+                s = by_name[name]
+                if s.layer == "action" and not any(
+                    by_name[a].layer == "reasoning" for a in ancestors[name]
+                ):
+                    problems.append(
+                        f"action step '{name}': no reasoning step upstream; actions must be "
+                        "decided: add a parameter naming a reasoning step"
+                    )
+                if s.layer == "perception" and not any(name in deps[c] for c in order):
+                    problems.append(
+                        f"perception step '{name}': its output reaches no step; name '{name}' "
+                        "as a parameter of a step that uses it, or remove it"
+                    )
+        if problems:
+            raise DeclarationError(agent.name, problems)
+        return cls(
+            agent,
+            by_name,
+            [by_name[n] for n in order],
+            deps,
+            run_inputs,
+            {n: hints[n][1] for n in by_name},
+        )
+
+    def info(self, name: str) -> StepInfo:
+        step = self.steps[name]
+        return StepInfo(
+            name=name,
+            layer=step.layer,
+            depends_on=self.deps[name],
+            resources=tuple(p.name for p in step.params if p.name in RESOURCES),
+            run_inputs=tuple(p.name for p in self.run_inputs[name]),
+            options=step.options,
+            is_async=step.is_async,
+        )
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """Every run input any step reads, in first-use order."""
+        seen: dict[str, None] = {}
+        for s in self.order:
+            for p in self.run_inputs[s.name]:
+                seen.setdefault(p.name, None)
+        return tuple(seen)
+
+    def check_inputs(self, item: Mapping[str, Any], *, raise_error: bool = False) -> list[str]:
+        """Problems with one run's inputs: missing required inputs, unknown names."""
+        problems: list[str] = []
+        for s in self.order:
+            for p in self.run_inputs[s.name]:
+                if p.name not in item and not p.has_default:
+                    problems.append(
+                        f"{s.layer} step '{s.name}': run input '{p.name}' is missing; pass "
+                        f"{p.name}=... to run() or add the key to the input"
+                    )
+        known = set(self.input_names) | _META_KEYS
+        for key in item:
+            if key not in known:
+                problems.append(
+                    f"input '{key}': no step has a parameter of that name; known inputs: "
+                    f"{sorted(self.input_names)}"
+                )
+        if problems and raise_error:
+            raise DeclarationError(self.name, problems)
+        return problems
+
+    # -- graph ------------------------------------------------------------------------------
+
+    def mermaid(self) -> str:
+        """The DAG as a Mermaid flowchart: run inputs, steps grouped by layer, edges."""
+        lines = ["flowchart LR"]
+        for name in self.input_names:
+            lines.append(f"  in_{_mid(name)}([{name}])")
+        for layer in LAYERS:
+            members = [s for s in self.order if s.layer == layer]
+            if not members:
+                continue
+            lines.append(f"  subgraph {layer}")
+            for s in members:
+                extra = ""
+                if s.options.threshold is not None:
+                    extra = f"<br/>threshold {s.options.threshold}"
+                lines.append(f'    {_mid(s.name)}["{s.name}{extra}"]:::{layer}')
+            lines.append("  end")
+        for s in self.order:
+            for p in self.run_inputs[s.name]:
+                lines.append(f"  in_{_mid(p.name)} --> {_mid(s.name)}")
+            for dep in self.deps[s.name]:
+                lines.append(f"  {_mid(dep)} --> {_mid(s.name)}")
+        lines += [
+            "  classDef perception fill:#e3f2fd,stroke:#1e88e5",
+            "  classDef reasoning fill:#fff3e0,stroke:#fb8c00",
+            "  classDef action fill:#fce4ec,stroke:#d81b60",
+            "  classDef learning fill:#e8f5e9,stroke:#43a047",
+        ]
+        return "\n".join(lines)
+
+    def text(self) -> str:
+        """The DAG as indented text, one step per line in execution order."""
+        lines = [f"agent {self.name}"]
+        for s in self.order:
+            sources = [*self.deps[s.name], *(f"<{p.name}>" for p in self.run_inputs[s.name])]
+            uses = [p.name for p in s.params if p.name in RESOURCES]
+            opts = []
+            if s.options.threshold is not None:
+                opts.append(f"threshold={s.options.threshold}")
+            if s.options.retries:
+                opts.append(f"retries={s.options.retries}")
+            suffix = f" [{', '.join(opts)}]" if opts else ""
+            using = f" using {', '.join(uses)}" if uses else ""
+            lines.append(
+                f"  {s.layer:<10} {s.name} ← {', '.join(sources) or '∅'}{using}{suffix}"
+            )
+        return "\n".join(lines)
+
+    # -- Prefect objects --------------------------------------------------------------------
+
+    def _make_task(self, step: Step[Any, Any], storage: SQLResultStorage) -> Task[Any, Any]:
+        compiled = self
+
+        async def run_step(call: StepCall, args: dict[str, Any]) -> Any:
+            return await compiled._execute(step, call, args)
+
+        run_step.__name__ = step.name
+        run_step.__qualname__ = step.qualified_name
+        run_step.__doc__ = step.fn.__doc__
+        caching = step.options.cache or step.layer == "action"
+        retries = step.options.retries
+        return task(
+            run_step,
+            name=step.qualified_name,
+            task_run_name="{call.label}",
+            retries=retries,
+            retry_delay_seconds=exponential_backoff(step.options.retry_delay) if retries else 0,
+            retry_jitter_factor=0.5 if retries else None,
+            retry_condition_fn=_retry_unless_user_error,
+            timeout_seconds=step.options.timeout,
+            cache_policy=STEP_CACHE if caching else NO_CACHE,
+            persist_result=caching,
+            result_storage=storage if caching else None,
+            # No default tags: Prefect 3.9 makes one concurrency-slot API call per tagged task
+            # run (tag-based limits), which costs more than the step itself.
+            tags=set(step.options.tags),
+        )
+
+    def _tasks_for(self, storage: SQLResultStorage) -> dict[str, Task[Any, Any]]:
+        if self._tasks_storage is not storage:
+            self._tasks = {s.name: self._make_task(s, storage) for s in self.order}
+            self._tasks_storage = storage
+        return self._tasks
+
+    def _make_flow(self) -> Flow[Any, Any]:
+        compiled = self
+
+        async def agent_flow(
+            inputs: list[dict[str, Any]], tenant: str = "default", concurrency: int = 16
+        ) -> list[RunResult]:
+            return await compiled._flow_body(inputs, tenant, concurrency)
+
+        agent_flow.__doc__ = self.agent.description or f"Stalwart agent {self.name!r}."
+        return flow(
+            agent_flow,
+            name=self.name,
+            flow_run_name=_flow_run_name,
+            persist_result=False,
+            validate_parameters=False,
+            on_failure=[flow_failure_hook(self.name)],
+        )
+
+    # -- running ----------------------------------------------------------------------------
+
+    def run_batch(
+        self,
+        inputs: Sequence[Mapping[str, Any]],
+        *,
+        tenant: str,
+        concurrency: int = 16,
+        single: bool = False,
+        on_result: Callable[[int, RunResult], None] | None = None,
+    ) -> list[RunResult]:
+        """Run inputs in one flow run and return their results in input order.
+
+        `on_result(index, result)` is called as each input finishes (for progress bars).
+        """
+        _check_tenant(tenant)
+        items = [dict(i) for i in inputs]
+        self._on_result = on_result
+        try:
+            with tags(*self._flow_tags(items, tenant)):
+                result = run_coro_as_sync(
+                    self.flow(inputs=items, tenant=tenant, concurrency=concurrency)
+                )
+        finally:
+            self._on_result = None
+        return list(result)
+
+    async def arun_batch(
+        self,
+        inputs: Sequence[Mapping[str, Any]],
+        *,
+        tenant: str,
+        concurrency: int = 16,
+        single: bool = False,
+        on_result: Callable[[int, RunResult], None] | None = None,
+    ) -> list[RunResult]:
+        """Async twin of `run_batch`."""
+        _check_tenant(tenant)
+        items = [dict(i) for i in inputs]
+        self._on_result = on_result
+        try:
+            with tags(*self._flow_tags(items, tenant)):
+                result = await self.flow(inputs=items, tenant=tenant, concurrency=concurrency)
+        finally:
+            self._on_result = None
+        return list(result)
+
+    def _flow_tags(self, items: list[dict[str, Any]], tenant: str) -> list[str]:
+        found = [f"agent:{self.name}", f"tenant:{tenant}"]
+        subjects = {i.get("subject") for i in items if i.get("subject") is not None}
+        if len(subjects) == 1:
+            found.append(f"subject:{subjects.pop()}")
+        return found
+
+    async def _flow_body(
+        self, inputs: list[dict[str, Any]], tenant: str, concurrency: int
+    ) -> list[RunResult]:
+        from prefect.runtime import flow_run
+
+        _check_tenant(tenant)
+        init_sentry()
+        if not isinstance(inputs, list):
+            raise InputError(f"inputs: expected a list of objects, got {type(inputs).__name__}")
+        storage = await _result_storage()
+        prefect_tasks = self._tasks_for(storage)
+        flow_run_id = str(flow_run.id) if flow_run.id else None
+        await self._publish_graph()
+        gate = asyncio.Semaphore(max(1, int(concurrency)))
+
+        async def one(index: int, item: Any) -> RunResult:
+            async with gate:
+                result = await self._run_one(item, tenant, flow_run_id, prefect_tasks)
+            if self._on_result is not None:
+                self._on_result(index, result)
+            return result
+
+        # Task runs get no inherited tags (see `_make_task`); the flow run carries them.
+        with TagsContext(current_tags=set()):
+            return list(await asyncio.gather(*(one(i, item) for i, item in enumerate(inputs))))
+
+    async def _publish_graph(self) -> None:
+        from prefect.artifacts import acreate_markdown_artifact
+
+        key = re.sub(r"[^a-z0-9-]", "-", f"{self.name.lower()}-dag")
+        markdown = f"# Agent `{self.name}`\n\n```mermaid\n{self.mermaid()}\n```\n"
+        try:
+            await acreate_markdown_artifact(
+                markdown=markdown, key=key, description=f"DAG of agent {self.name}"
+            )
+        except Exception:  # an artifact is a courtesy; never fail a run for it
+            pass
+
+    async def _run_one(
+        self,
+        item: Any,
+        tenant: str,
+        flow_run_id: str | None,
+        prefect_tasks: dict[str, Task[Any, Any]],
+    ) -> RunResult:
+        run_id = uuid.uuid4().hex
+        if not isinstance(item, Mapping):
+            return RunResult(
+                status="failed",
+                run_id=run_id,
+                run_key="",
+                tenant=tenant,
+                error=f"InputError: expected an object, got {type(item).__name__}",
+                flow_run_id=flow_run_id,
+            )
+        inputs = {k: v for k, v in item.items() if k not in _META_KEYS}
+        subject = item.get("subject")
+        subject = None if subject is None else str(subject)
+        run_key = str(item.get("run_key") or digest({"inputs": inputs, "subject": subject}))
+        result = RunResult(
+            status="completed",
+            run_id=run_id,
+            run_key=run_key,
+            tenant=tenant,
+            subject=subject,
+            flow_run_id=flow_run_id,
+        )
+        started = time.perf_counter()
+        problems = self.check_inputs(item)
+        if problems:
+            result.status = "failed"
+            result.error = "InputError: " + "; ".join(problems)
+        run_row = AgentRun(
+            id=run_id,
+            tenant=tenant,
+            agent=self.name,
+            subject=subject,
+            run_key=run_key,
+            status="running" if not problems else "failed",
+            inputs_digest=digest(inputs, 64),
+            flow_run_id=flow_run_id,
+            error=result.error,
+        )
+        await in_thread(queries.record_run_start, run_row)
+        if problems:
+            return result
+
+        rows: list[StepRun] = []
+        try:
+            await self._walk(inputs, result, prefect_tasks, rows)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a runtime bug must fail this input only
+            result.status = "failed"
+            result.error = _describe(exc)
+        duration = (time.perf_counter() - started) * 1000
+        await in_thread(self._record_end, result, rows, duration)
+        return result
+
+    def _record_end(self, result: RunResult, rows: list[StepRun], duration: float) -> None:
+        queries.record_steps(rows)
+        queries.record_run_end(
+            result.run_id,
+            tenant=result.tenant,
+            status=result.status,
+            error=result.error,
+            finished_at=datetime.now(UTC),
+            duration_ms=duration,
+        )
+
+    async def _walk(
+        self,
+        inputs: dict[str, Any],
+        result: RunResult,
+        prefect_tasks: dict[str, Task[Any, Any]],
+        rows: list[StepRun],
+    ) -> None:
+        statuses: dict[str, StepStatus] = {}
+        held_above: dict[str, bool] = {}
+        running: dict[str, asyncio.Task[None]] = {}
+
+        async def step_job(step: Step[Any, Any]) -> None:
+            deps = self.deps[step.name]
+            for dep in deps:
+                await running[dep]
+            held_above[step.name] = any(
+                statuses[d] == "held" or held_above.get(d, False) for d in deps
+            )
+            blocked = [d for d in deps if statuses[d] in ("failed", "skipped")]
+            if blocked or (step.layer == "action" and held_above[step.name]):
+                statuses[step.name] = "skipped"
+                rows.append(self._row(step, result, "skipped", 0, False, 0.0, None))
+                return
+            args = {p.name: inputs[p.name] for p in self.run_inputs[step.name] if p.name in inputs}
+            args.update({d: result.outputs[d] for d in deps})
+            call = self._call(step, result, args)
+            t0 = time.perf_counter()
+            state = await prefect_tasks[step.name](
+                call=call, args=quote(args), return_state=True
+            )
+            elapsed = (time.perf_counter() - t0) * 1000
+            task_run_id = str(state.state_details.task_run_id or "") or None
+            if state.is_completed():
+                value = await state.aresult()  # type: ignore[misc]
+                result.outputs[step.name] = value
+                cached = state.name == "Cached"
+                status: StepStatus = "cached" if cached else "completed"
+                threshold = step.options.threshold
+                if (
+                    threshold is not None
+                    and isinstance(value, Decision)
+                    and value.confidence < threshold
+                ):
+                    status = "held"
+                statuses[step.name] = status
+                rows.append(
+                    self._row(step, result, status, call.attempts, cached, elapsed, task_run_id)
+                )
+            else:
+                exc = await _state_exception(state)
+                capture_failure(
+                    exc,
+                    agent=self.name,
+                    step=step.name,
+                    layer=step.layer,
+                    tenant=result.tenant,
+                    flow_run_id=result.flow_run_id,
+                    attempt=call.attempts,
+                    extra={"run_id": result.run_id, "subject": result.subject},
+                )
+                error = _describe(exc)
+                statuses[step.name] = "failed"
+                if result.error is None:
+                    result.error = f"{step.name}: {error}"
+                rows.append(
+                    self._row(step, result, "failed", call.attempts, False, elapsed, task_run_id,
+                              error)
+                )
+
+        for step in self.order:
+            running[step.name] = asyncio.ensure_future(step_job(step))
+        await asyncio.gather(*running.values())
+        result.steps = {s.name: statuses[s.name] for s in self.order}
+        values = set(statuses.values())
+        status: RunStatus = "completed"
+        if "failed" in values:
+            status = "failed"
+        elif "held" in values:
+            status = "held"
+        result.status = status
+
+    def _call(self, step: Step[Any, Any], result: RunResult, args: dict[str, Any]) -> StepCall:
+        key = ledger.idempotency_key(
+            result.tenant, self.name, result.subject or "", result.run_key, step.name
+        )
+        if step.layer == "action":
+            cache_key = f"{result.tenant}:{self.name}:{step.name}:{key}"
+        else:
+            cache_key = f"{result.tenant}:{self.name}:{step.name}:" + digest(
+                {
+                    "tenant": result.tenant,
+                    "agent": self.name,
+                    "subject": result.subject,
+                    "step": step.name,
+                    "source": step.source_digest,
+                    "args": args,
+                },
+                48,
+            )
+        return StepCall(
+            agent=self.name,
+            step=step.name,
+            tenant=result.tenant,
+            subject=result.subject,
+            run_key=result.run_key,
+            run_id=result.run_id,
+            flow_run_id=result.flow_run_id,
+            cache_key=_safe_key(cache_key),
+            idempotency_key=key,
+        )
+
+    def _row(
+        self,
+        step: Step[Any, Any],
+        result: RunResult,
+        status: StepStatus,
+        attempts: int,
+        cached: bool,
+        duration_ms: float,
+        task_run_id: str | None,
+        error: str | None = None,
+    ) -> StepRun:
+        return StepRun(
+            tenant=result.tenant,
+            agent=self.name,
+            agent_run_id=result.run_id,
+            step=step.name,
+            layer=step.layer,
+            status=status,
+            attempts=attempts,
+            cache_hit=cached,
+            task_run_id=task_run_id,
+            duration_ms=duration_ms,
+            error=error,
+        )
+
+    # -- inside the task run ----------------------------------------------------------------
+
+    async def _execute(self, step: Step[Any, Any], call: StepCall, args: dict[str, Any]) -> Any:
+        call.attempts += 1
+        kwargs = dict(args)
+        for p in step.params:
+            if p.name == "memory":
+                kwargs["memory"] = Memory(tenant=call.tenant, agent=call.agent, subject=call.subject)
+            elif p.name == "llm":
+                kwargs["llm"] = LLM()
+            elif p.name == "context":
+                kwargs["context"] = RunContext(
+                    agent=call.agent,
+                    tenant=call.tenant,
+                    subject=call.subject,
+                    run_key=call.run_key,
+                    run_id=call.run_id,
+                    flow_run_id=call.flow_run_id,
+                    step=call.step,
+                )
+            elif p.name == "idempotency_key":
+                kwargs["idempotency_key"] = call.idempotency_key
+        if step.layer == "action":
+            return await self._act(step, call, kwargs)
+        return await self._invoke(step, kwargs)
+
+    async def _invoke(self, step: Step[Any, Any], kwargs: dict[str, Any]) -> Any:
+        if step.is_async:
+            return await step.fn(**kwargs)
+        return await in_thread(step.fn, **kwargs)
+
+    async def _act(self, step: Step[Any, Any], call: StepCall, kwargs: dict[str, Any]) -> Any:
+        record = await in_thread(
+            ledger.claim,
+            call.idempotency_key,
+            tenant=call.tenant,
+            agent=call.agent,
+            subject=call.subject or "",
+            run_key=call.run_key,
+            step=call.step,
+            agent_run_id=call.run_id,
+        )
+        adapter: TypeAdapter[Any] = TypeAdapter(self.returns.get(step.name, Any))
+        if record.status == "completed":
+            # Done before (the result write or the process died after): replay its result.
+            return adapter.validate_python(record.result)
+        value = await self._invoke(step, kwargs)
+        stored = adapter.dump_python(value, mode="json") if value is not None else None
+        await in_thread(ledger.complete, call.idempotency_key, stored)
+        return value
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _flow_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters or {}
+    inputs = params.get("inputs") or []
+    name = flow_run.flow_name or "agent"
+    if len(inputs) == 1 and isinstance(inputs[0], Mapping):
+        label = inputs[0].get("subject") or inputs[0].get("run_key")
+        return f"{name}/{label}" if label else f"{name}/run"
+    return f"{name}/batch-{len(inputs)}"
+
+
+def _toposort(
+    names: list[str], deps: dict[str, tuple[str, ...]]
+) -> tuple[list[str], list[str] | None]:
+    """Kahn's algorithm, stable in declaration order; returns (order, a cycle or None)."""
+    remaining = {n: {d for d in deps[n] if d != n and d in deps} for n in names}
+    order: list[str] = []
+    while True:
+        ready = [n for n in names if n in remaining and not remaining[n]]
+        if not ready:
+            break
+        for n in ready:
+            order.append(n)
+            del remaining[n]
+        for pending in remaining.values():
+            pending.difference_update(ready)
+    if not remaining:
+        return order, None
+    start = next(iter(remaining))
+    path = [start]
+    seen = {start}
+    current = start
+    while True:
+        current = sorted(remaining[current])[0]
+        if current in seen:
+            return order, path[path.index(current):]
+        path.append(current)
+        seen.add(current)
+
+
+def _ancestors(order: list[str], deps: dict[str, tuple[str, ...]]) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for name in order:
+        acc: set[str] = set()
+        for d in deps[name]:
+            acc.add(d)
+            acc |= found.get(d, set())
+        found[name] = acc
+    return found
+
+
+def _mid(name: str) -> str:
+    return re.sub(r"\W", "_", name)
+
+
+def _safe_key(key: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.:@-]", "_", key)[:480]
+
+
+def _check_tenant(tenant: str) -> None:
+    if not isinstance(tenant, str) or not tenant.strip():
+        raise InputError("tenant: every run belongs to a tenant; pass tenant='<name>'")
+
+
+def _describe(exc: BaseException) -> str:
+    from agents.observe import scrub_text
+
+    return scrub_text(f"{type(exc).__name__}: {exc}")[:2000]
+
+
+async def _state_exception(state: Any) -> BaseException:
+    try:
+        data = await state.aresult(raise_on_failure=False)
+    except Exception as exc:
+        data = exc
+    if isinstance(data, BaseException):
+        return data
+    return RuntimeError(state.message or state.name)

@@ -1,0 +1,162 @@
+"""The `stalwart` typer app: wires the command groups together."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from agents.cli._run import run_command
+from agents.cli._utilities import console, exit_with_error, load_agent, registered_agents
+
+app = typer.Typer(
+    name="stalwart",
+    help="Stalwart: production agents as Prefect flows.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="The state database.", no_args_is_help=True)
+model_app = typer.Typer(help="The bundled offline model server.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(model_app, name="model")
+app.command("run")(run_command)
+
+
+def parse_since(value: str | None) -> datetime | None:
+    """`90m`, `12h`, `7d` or an ISO date → an aware datetime (None stays None)."""
+    if not value:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    if value[-1] in units and value[:-1].replace(".", "", 1).isdigit():
+        return datetime.now(UTC) - timedelta(seconds=float(value[:-1]) * units[value[-1]])
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        exit_with_error(f"--since {value!r}: use 30m, 12h, 7d or an ISO date")
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _print_rows(rows: list[dict[str, Any]], columns: list[str], title: str, as_json: bool) -> None:
+    if as_json:
+        for row in rows:
+            console.print(json.dumps(row, default=str), soft_wrap=True)
+        return
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+    console.print(table)
+
+
+@app.command("runs")
+def runs_command(
+    tenant: str = typer.Option("default", "--tenant", "-t"),
+    agent: str | None = typer.Option(None, "--agent", "-a"),
+    status: str | None = typer.Option(None, "--status"),
+    since: str | None = typer.Option(None, "--since", help="e.g. 1d, 6h, 2026-11-01"),
+    limit: int = typer.Option(50, "--limit", min=1),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+) -> None:
+    """List recent agent runs of one tenant, newest first."""
+    from agents.store import queries
+
+    rows = queries.runs(
+        tenant=tenant, agent=agent, status=status, since=parse_since(since), limit=limit
+    )
+    data = [r.model_dump(mode="json") for r in rows]
+    _print_rows(
+        data,
+        ["started_at", "agent", "subject", "status", "duration_ms", "id", "error"],
+        f"runs · tenant {tenant}",
+        as_json,
+    )
+
+
+@app.command("memory")
+def memory_command(
+    tenant: str = typer.Option("default", "--tenant", "-t"),
+    agent: str | None = typer.Option(None, "--agent", "-a"),
+    subject: str | None = typer.Option(None, "--subject", "-s"),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+) -> None:
+    """Show what agents remember, for one tenant."""
+    from agents.store import queries
+
+    rows = queries.memory(tenant=tenant, agent=agent, subject=subject)
+    data = [r.model_dump(mode="json") for r in rows]
+    for row in data:
+        if not as_json:
+            row["value"] = json.dumps(row["value"])[:80]
+    _print_rows(
+        data,
+        ["agent", "subject", "key", "value", "version", "updated_at"],
+        f"memory · tenant {tenant}",
+        as_json,
+    )
+
+
+@app.command("graph")
+def graph_command(
+    agent: str = typer.Argument(..., help="A registered agent name or module:attribute."),
+    fmt: str = typer.Option("both", "--format", "-f", help="text, mermaid or both."),
+) -> None:
+    """Print an agent's DAG as text and as a Mermaid diagram."""
+    compiled = load_agent(agent).compile()
+    if fmt in ("text", "both"):
+        console.print(compiled.text(), markup=False)
+    if fmt == "both":
+        console.print()
+    if fmt in ("mermaid", "both"):
+        console.print(compiled.mermaid(), markup=False)
+
+
+@app.command("agents")
+def agents_command() -> None:
+    """List the agents registered through the `stalwart.agents` entry points."""
+    for name, target in sorted(registered_agents().items()):
+        console.print(f"{name}  [dim]{target}[/dim]")
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head")) -> None:
+    """Create or upgrade the schema of the state database (Alembic)."""
+    from agents._settings import get_current_settings
+    from agents.store import current_revision, redact_url, upgrade
+
+    url = get_current_settings().resolved_database_url()
+    upgrade(url, revision)
+    console.print(f"{redact_url(url)} is at revision {current_revision(url)}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the schema revision of the state database."""
+    from agents._settings import get_current_settings
+    from agents.store import current_revision, head_revision, redact_url
+
+    url = get_current_settings().resolved_database_url()
+    console.print(f"{redact_url(url)}: {current_revision(url)} (head {head_revision()})")
+
+
+@model_app.command("serve")
+def model_serve(
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8089, "--port", "-p"),
+    rules: str | None = typer.Option(None, "--rules", help="A JSON rules file."),
+) -> None:
+    """Serve the OpenAI-compatible offline model (for STALWART_MODEL_URL=http://host:port/v1)."""
+    from agents.modelserver import serve
+
+    console.print(f"serving the offline model at http://{host}:{port}/v1")
+    serve(host=host, port=port, rules_path=rules)
+
+
+def main() -> None:
+    """Entry point of the `stalwart` script."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    app()

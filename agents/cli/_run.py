@@ -1,0 +1,163 @@
+"""`stalwart run`: an agent over a JSONL file, with a progress bar, quarantine and a summary."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from agents._compile import CompiledAgent
+from agents._run import RunResult
+from agents._settings import get_current_settings
+from agents.cli._utilities import console, err_console, exit_with_error, load_agent
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A line of the input file that cannot run, and why."""
+
+    line: int
+    error: str
+    raw: str
+
+
+def read_inputs(
+    path: Path, compiled: CompiledAgent, max_bytes: int
+) -> tuple[list[tuple[int, dict[str, Any]]], list[Rejected]]:
+    """Parse a JSONL file into (line number, input) pairs; bad lines are rejected, not fatal."""
+    accepted: list[tuple[int, dict[str, Any]]] = []
+    rejected: list[Rejected] = []
+    with path.open("rb") as handle:
+        for number, raw_line in enumerate(handle, start=1):
+            if not raw_line.strip():
+                continue
+            shown = raw_line.decode("utf-8", errors="replace").rstrip("\n")[:2000]
+            if len(raw_line) > max_bytes:
+                rejected.append(
+                    Rejected(number, f"line is {len(raw_line)} bytes, over {max_bytes}", shown)
+                )
+                continue
+            try:
+                text = raw_line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                rejected.append(Rejected(number, f"not UTF-8: {exc.reason} at byte {exc.start}",
+                                         shown))
+                continue
+            try:
+                item = json.loads(text)
+            except (json.JSONDecodeError, RecursionError) as exc:
+                rejected.append(Rejected(number, f"not JSON: {exc}", shown))
+                continue
+            if not isinstance(item, dict):
+                rejected.append(
+                    Rejected(number, f"not a JSON object: got {type(item).__name__}", shown)
+                )
+                continue
+            problems = compiled.check_inputs(item)
+            if problems:
+                rejected.append(Rejected(number, "; ".join(problems), shown))
+                continue
+            accepted.append((number, item))
+    return accepted, rejected
+
+
+def quarantine_path(path: Path) -> Path:
+    """Where rejected lines go: next to the input, `<name>.quarantine.jsonl`."""
+    return path.with_name(f"{path.stem}.quarantine.jsonl")
+
+
+def write_quarantine(path: Path, rejected: list[Rejected]) -> Path:
+    target = quarantine_path(path)
+    with target.open("w", encoding="utf-8") as handle:
+        for r in rejected:
+            handle.write(json.dumps({"line": r.line, "error": r.error, "raw": r.raw}) + "\n")
+    return target
+
+
+def run_command(
+    agent: str = typer.Argument(..., help="A registered agent name or module:attribute."),
+    input: Path = typer.Option(..., "--input", "-i", help="A JSONL file, one input per line."),
+    tenant: str = typer.Option("default", "--tenant", "-t", help="The tenant of every run."),
+    concurrency: int = typer.Option(16, "--concurrency", "-c", min=1, help="Runs in flight."),
+    output: str = typer.Option("table", "--output", "-o", help="table or json (one per line)."),
+) -> None:
+    """Run AGENT over every line of --input; bad lines are quarantined, the rest still run."""
+    target = load_agent(agent)
+    compiled = target.compile()
+    if not input.exists():
+        exit_with_error(f"input file {str(input)!r} does not exist")
+    settings = get_current_settings()
+    accepted, rejected = read_inputs(input, compiled, settings.max_input_bytes)
+    if rejected:
+        where = write_quarantine(input, rejected)
+        for r in rejected:
+            err_console.print(f"[yellow]line {r.line}:[/yellow] {r.error}")
+        err_console.print(f"{len(rejected)} bad line(s) quarantined in {where}")
+
+    results: list[RunResult] = []
+    if accepted:
+        with Progress(
+            TextColumn(f"[bold]{target.name}[/bold]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=output == "json",
+        ) as progress:
+            bar = progress.add_task("runs", total=len(accepted))
+            results = compiled.run_batch(
+                [item for _, item in accepted],
+                tenant=tenant,
+                concurrency=concurrency,
+                on_result=lambda _index, _result: progress.advance(bar),
+            )
+    if output == "json":
+        for (line, _), result in zip(accepted, results, strict=True):
+            console.print_json(
+                json.dumps(
+                    {
+                        "line": line,
+                        "status": result.status,
+                        "run_id": result.run_id,
+                        "subject": result.subject,
+                        "error": result.error,
+                    }
+                )
+            )
+    else:
+        _summary(target.name, tenant, accepted, results, rejected)
+    failed = sum(1 for r in results if r.status == "failed")
+    if failed or rejected:
+        raise typer.Exit(1)
+
+
+def _summary(
+    name: str,
+    tenant: str,
+    accepted: list[tuple[int, dict[str, Any]]],
+    results: list[RunResult],
+    rejected: list[Rejected],
+) -> None:
+    counts = Counter(r.status for r in results)
+    step_counts: Counter[str] = Counter()
+    for r in results:
+        step_counts.update(r.steps.values())
+    table = Table(title=f"{name} · tenant {tenant}")
+    table.add_column("outcome")
+    table.add_column("runs", justify="right")
+    for status in ("completed", "held", "failed"):
+        table.add_row(status, str(counts.get(status, 0)))
+    table.add_row("quarantined lines", str(len(rejected)))
+    table.add_section()
+    for status in ("completed", "cached", "held", "skipped", "failed"):
+        table.add_row(f"steps {status}", str(step_counts.get(status, 0)))
+    console.print(table)
+    for (line, _), r in zip(accepted, results, strict=True):
+        if r.status == "failed":
+            console.print(f"[red]line {line} failed:[/red] {r.error}")

@@ -1,0 +1,407 @@
+"""Engine: connections to the state database, its schema version, and sessions.
+
+This module owns everything about *reaching* the database: one SQLAlchemy engine per URL per
+process (SQLite tuned for concurrent writers, PostgreSQL pooled), the Alembic schema upgrade
+(automatic for SQLite, explicit `stalwart db upgrade` for PostgreSQL), the `session()` unit of
+work, and `redact_url` so a URL never reaches a log with its password.
+
+Example:
+    >>> from sqlmodel import select
+    >>> from agents.store.engine import session
+    >>> from agents.store.tables import AgentRun
+    >>> with session("sqlite://") as s:  # in-memory: created and upgraded on first use
+    ...     s.exec(select(AgentRun).where(AgentRun.tenant == "nobody")).all()
+    []
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.pool import StaticPool
+from sqlmodel import Session
+
+import migrations
+from agents._errors import ConfigurationError
+from agents._settings import get_current_settings
+from agents.store import _convert
+
+__all__ = [
+    "current_revision",
+    "dispose_engines",
+    "downgrade",
+    "get_engine",
+    "head_revision",
+    "normalize_url",
+    "redact_url",
+    "session",
+    "upgrade",
+]
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+POSTGRES_POOL_SIZE = 10
+POSTGRES_MAX_OVERFLOW = 20
+# Arbitrary constant: the PostgreSQL advisory lock that serialises concurrent schema upgrades.
+_UPGRADE_LOCK_ID = 0x5354_4C57
+
+_lock = threading.RLock()
+_engines: dict[str, Engine] = {}
+_schema_ok: set[str] = set()
+
+_SECRET_QUERY_KEYS = re.compile(r"pass|pwd|secret|token|key", re.IGNORECASE)
+
+_convert.install_utc_loaders()
+
+
+def _resolve(url: str | None) -> str:
+    if url is None:
+        url = get_current_settings().resolved_database_url()
+    return normalize_url(url)
+
+
+@functools.lru_cache(maxsize=64)
+def normalize_url(url: str) -> str:
+    """Spell a database URL the way the engine cache keys it (PostgreSQL gets psycopg 3).
+
+    Args:
+        url: any SQLAlchemy URL; `postgresql://` and `postgres://` get the `+psycopg` driver.
+
+    Returns:
+        The URL as a string, password included (a secret: log `redact_url(url)` instead).
+
+    Example:
+        >>> normalize_url("postgresql://u@h/db")
+        'postgresql+psycopg://u@h/db'
+    """
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def _is_memory_sqlite(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
+def _on_sqlite_connect(memory: bool) -> Any:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            if not memory:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cursor.close()
+
+    return on_connect
+
+
+def _create_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        memory = _is_memory_sqlite(parsed)
+        connect_args: dict[str, Any] = {
+            "check_same_thread": False,
+            "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+        }
+        if memory:
+            engine = sa.create_engine(parsed, connect_args=connect_args, poolclass=StaticPool)
+        else:
+            assert parsed.database is not None
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            engine = sa.create_engine(parsed, connect_args=connect_args)
+        sa.event.listen(engine, "connect", _on_sqlite_connect(memory))
+        return engine
+    if backend == "postgresql":
+        connect_args = (
+            {} if "application_name" in parsed.query else {"application_name": "stalwart"}
+        )
+        return sa.create_engine(
+            parsed,
+            pool_pre_ping=True,
+            pool_size=POSTGRES_POOL_SIZE,
+            max_overflow=POSTGRES_MAX_OVERFLOW,
+            pool_recycle=1800,
+            connect_args=connect_args,
+        )
+    return sa.create_engine(parsed, pool_pre_ping=True)
+
+
+def _raw_engine(url: str) -> Engine:
+    """The cached engine for a normalised URL, without any schema check."""
+    engine = _engines.get(url)
+    if engine is not None:
+        return engine
+    with _lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _create_engine(url)
+            _engines[url] = engine
+        return engine
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """The process-wide engine for a database URL, its schema checked on first use.
+
+    SQLite databases are created and upgraded to the latest schema automatically. PostgreSQL is
+    never changed here: a missing or outdated schema raises `ConfigurationError` asking for
+    `stalwart db upgrade`. The check runs once per URL per process.
+
+    Args:
+        url: SQLAlchemy URL; None means the settings' URL (`STALWART_DATABASE_URL` or the default
+            SQLite file).
+
+    Returns:
+        A thread-safe, pooled `sqlalchemy.Engine`, the same object for the same URL.
+
+    Raises:
+        ConfigurationError: the database is unreachable or its schema is not at head.
+
+    Example:
+        >>> get_engine("sqlite://") is get_engine("sqlite://")
+        True
+    """
+    resolved = _resolve(url)
+    engine = _raw_engine(resolved)
+    if resolved in _schema_ok:
+        return engine
+    with _lock:
+        if resolved not in _schema_ok:
+            _ensure_schema(engine, resolved)
+            _schema_ok.add(resolved)
+    return engine
+
+
+def _ensure_schema(engine: Engine, url: str) -> None:
+    head = head_revision()
+    try:
+        current = _current_revision(engine)
+    except sa.exc.OperationalError as exc:
+        raise ConfigurationError(
+            f"Cannot connect to the state database {redact_url(url)}: {exc.orig or exc}"
+        ) from exc
+    if current == head:
+        return
+    if current is not None and current not in _known_revisions():
+        raise ConfigurationError(
+            f"The state database {redact_url(url)} is at schema revision {current!r}, which this "
+            f"version of Stalwart does not know (newest known: {head!r}). Upgrade Stalwart, or "
+            "point STALWART_DATABASE_URL at another database."
+        )
+    if engine.dialect.name == "sqlite":
+        _run_alembic(engine, url, "head")
+        return
+    if current is None:
+        problem = "has no Stalwart schema yet"
+    else:
+        problem = f"is at schema revision {current!r}, behind {head!r}"
+    raise ConfigurationError(
+        f"The state database {redact_url(url)} {problem}. Run `stalwart db upgrade` (with the "
+        "same STALWART_DATABASE_URL) to create or upgrade it; Stalwart never changes a "
+        "PostgreSQL schema by itself."
+    )
+
+
+def _alembic_config(url: str | None = None) -> Config:
+    cfg = Config(str(migrations.ALEMBIC_INI))
+    cfg.set_main_option("script_location", str(migrations.MIGRATIONS_DIR))
+    if url is not None:
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    cfg.attributes["configure_logger"] = False
+    return cfg
+
+
+@functools.cache
+def _script_directory() -> ScriptDirectory:
+    return ScriptDirectory.from_config(_alembic_config())
+
+
+def _known_revisions() -> set[str]:
+    return {script.revision for script in _script_directory().walk_revisions()}
+
+
+def head_revision() -> str:
+    """The newest schema revision this version of Stalwart ships.
+
+    Returns:
+        The Alembic head revision id, e.g. `"0001"`.
+
+    Example:
+        >>> head_revision()
+        '0001'
+    """
+    heads = _script_directory().get_heads()
+    if len(heads) != 1:
+        raise ConfigurationError(f"Stalwart's migrations have {len(heads)} heads: {heads}")
+    return heads[0]
+
+
+def _current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def current_revision(url: str | None = None) -> str | None:
+    """The schema revision a database is at, or None if it has no Stalwart schema.
+
+    Args:
+        url: SQLAlchemy URL; None means the settings' URL.
+
+    Example:
+        >>> upgrade("sqlite://")
+        >>> current_revision("sqlite://") == head_revision()
+        True
+    """
+    return _current_revision(_raw_engine(_resolve(url)))
+
+
+def _run_alembic(engine: Engine, url: str, revision: str, *, down: bool = False) -> None:
+    cfg = _alembic_config(url)
+    with engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            # Take the write lock first: concurrent processes upgrade one after the other, and
+            # the whole upgrade is one transaction (SQLite has transactional DDL).
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        elif conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_UPGRADE_LOCK_ID})")
+        cfg.attributes["connection"] = conn
+        if down:
+            command.downgrade(cfg, revision)
+        else:
+            command.upgrade(cfg, revision)
+        conn.commit()
+
+
+def upgrade(url: str | None = None, revision: str = "head") -> None:
+    """Create or upgrade the schema with Alembic (what `stalwart db upgrade` runs).
+
+    Safe to run concurrently from several processes: they take turns, and the later ones find
+    nothing to do.
+
+    Args:
+        url: SQLAlchemy URL; None means the settings' URL.
+        revision: target revision, `"head"` by default.
+
+    Example:
+        >>> upgrade("sqlite://")
+    """
+    resolved = _resolve(url)
+    engine = _raw_engine(resolved)
+    with _lock:
+        _schema_ok.discard(resolved)
+        _run_alembic(engine, resolved, revision)
+
+
+def downgrade(url: str | None = None, revision: str = "-1") -> None:
+    """Downgrade the schema with Alembic (`"base"` drops every Stalwart table: data is lost).
+
+    Args:
+        url: SQLAlchemy URL; None means the settings' URL.
+        revision: target revision: `"-1"` (one step back, the default), an id, or `"base"`.
+
+    Example:
+        >>> downgrade("sqlite://", "base")
+    """
+    resolved = _resolve(url)
+    engine = _raw_engine(resolved)
+    with _lock:
+        _schema_ok.discard(resolved)
+        _run_alembic(engine, resolved, revision, down=True)
+
+
+@contextlib.contextmanager
+def session(url: str | None = None) -> Iterator[Session]:
+    """A unit of work: commits when the block ends, rolls back if it raises.
+
+    Objects stay readable after the block (`expire_on_commit=False`).
+
+    Args:
+        url: SQLAlchemy URL; None means the settings' URL.
+
+    Yields:
+        A `sqlmodel.Session` bound to `get_engine(url)`.
+
+    Example:
+        >>> from sqlmodel import select
+        >>> from agents.store.tables import AgentRun
+        >>> with session("sqlite://") as s:
+        ...     rows = s.exec(select(AgentRun).where(AgentRun.tenant == "acme")).all()
+    """
+    engine = get_engine(url)
+    with Session(engine, expire_on_commit=False) as s:
+        try:
+            yield s
+            s.commit()
+        except BaseException:
+            s.rollback()
+            raise
+
+
+def redact_url(url: str) -> str:
+    """A database URL safe to log: password and secret-looking query parameters become `***`.
+
+    Args:
+        url: any URL, parseable or not.
+
+    Example:
+        >>> redact_url("postgresql+psycopg://bob:hunter2@db:5432/stalwart?sslpassword=x")
+        'postgresql+psycopg://bob:***@db:5432/stalwart?sslpassword=***'
+    """
+    try:
+        parsed = make_url(url)
+    except Exception:
+        text = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+        return re.sub(r"((?:pass|pwd|secret|token|key)[^=&]*=)[^&]*", r"\1***", text, flags=re.I)
+    secret_keys = {k for k in parsed.query if _SECRET_QUERY_KEYS.search(k)}
+    rendered = parsed.set(query={}).render_as_string(hide_password=True)
+    if not parsed.query:
+        return rendered
+    parts: list[str] = []
+    for key, value in parsed.query.items():
+        values = value if isinstance(value, tuple) else (value,)
+        for item in values:
+            parts.append(f"{key}={'***' if key in secret_keys else item}")
+    return f"{rendered}?{'&'.join(parts)}"
+
+
+def dispose_engines(close: bool = True) -> None:
+    """Drop every cached engine and schema check (tests, or a child process after `fork`).
+
+    Args:
+        close: close pooled connections; pass False in a forked child, whose connections
+            belong to the parent.
+
+    Example:
+        >>> dispose_engines()
+    """
+    with _lock:
+        engines = list(_engines.values())
+        _engines.clear()
+        _schema_ok.clear()
+    for engine in engines:
+        engine.dispose(close=close)
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.RLock()
+    dispose_engines(close=False)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

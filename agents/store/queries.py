@@ -1,0 +1,206 @@
+"""Queries: the tenant-scoped read API over runs, steps, memory and actions, and the run writers.
+
+Every reader takes a keyword-only, mandatory `tenant` and filters on it: no public function here
+reads across tenants. The writers (`record_run_start`, `record_run_end`, `record_steps`) are what
+the runtime calls; each is one short transaction.
+
+Example:
+    >>> from agents.store import queries
+    >>> queries.runs(tenant="nobody", url="sqlite://")
+    []
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, update
+from sqlmodel import col, select
+
+from agents.store._convert import as_utc
+from agents.store.engine import session
+from agents.store.tables import ActionRecord, AgentRun, MemoryItem, StepRun, utcnow
+
+__all__ = [
+    "actions",
+    "memory",
+    "record_run_end",
+    "record_run_start",
+    "record_steps",
+    "runs",
+    "steps",
+]
+
+
+def _require_tenant(tenant: str) -> None:
+    if not isinstance(tenant, str) or not tenant:
+        raise ValueError("A non-empty tenant is required: Stalwart never reads across tenants.")
+
+
+def runs(
+    *,
+    tenant: str,
+    agent: str | None = None,
+    status: str | None = None,
+    since: datetime | None = None,
+    limit: int = 100,
+    url: str | None = None,
+) -> list[AgentRun]:
+    """A tenant's agent runs, newest first.
+
+    Args:
+        tenant: the tenant (mandatory).
+        agent: only this agent's runs.
+        status: only runs in this status (running, completed, held, failed).
+        since: only runs started at or after this instant (naive means UTC).
+        limit: at most this many rows.
+        url: database URL; None means the settings' URL.
+
+    Example:
+        >>> runs(tenant="nobody", agent="triage", status="failed", url="sqlite://")
+        []
+    """
+    _require_tenant(tenant)
+    query = select(AgentRun).where(col(AgentRun.tenant) == tenant)
+    if agent is not None:
+        query = query.where(col(AgentRun.agent) == agent)
+    if status is not None:
+        query = query.where(col(AgentRun.status) == status)
+    if since is not None:
+        query = query.where(col(AgentRun.started_at) >= as_utc(since))
+    query = query.order_by(col(AgentRun.started_at).desc(), col(AgentRun.id).desc()).limit(limit)
+    with session(url) as s:
+        return list(s.exec(query).all())
+
+
+def steps(*, tenant: str, agent_run_id: str, url: str | None = None) -> list[StepRun]:
+    """The steps of one agent run, in the order they started.
+
+    Example:
+        >>> steps(tenant="acme", agent_run_id="0" * 32, url="sqlite://")
+        []
+    """
+    _require_tenant(tenant)
+    query = (
+        select(StepRun)
+        .where(col(StepRun.tenant) == tenant, col(StepRun.agent_run_id) == agent_run_id)
+        .order_by(col(StepRun.started_at), col(StepRun.id))
+    )
+    with session(url) as s:
+        return list(s.exec(query).all())
+
+
+def memory(
+    *,
+    tenant: str,
+    agent: str | None = None,
+    subject: str | None = None,
+    url: str | None = None,
+) -> list[MemoryItem]:
+    """A tenant's memory rows, optionally one agent's and one subject's (None: all subjects).
+
+    Example:
+        >>> memory(tenant="nobody", agent="triage", url="sqlite://")
+        []
+    """
+    _require_tenant(tenant)
+    query = select(MemoryItem).where(col(MemoryItem.tenant) == tenant)
+    if agent is not None:
+        query = query.where(col(MemoryItem.agent) == agent)
+    if subject is not None:
+        query = query.where(col(MemoryItem.subject) == subject)
+    query = query.order_by(col(MemoryItem.agent), col(MemoryItem.subject), col(MemoryItem.key))
+    with session(url) as s:
+        return list(s.exec(query).all())
+
+
+def actions(*, tenant: str, agent: str | None = None, url: str | None = None) -> list[ActionRecord]:
+    """A tenant's action ledger, newest first.
+
+    Example:
+        >>> actions(tenant="nobody", url="sqlite://")
+        []
+    """
+    _require_tenant(tenant)
+    query = select(ActionRecord).where(col(ActionRecord.tenant) == tenant)
+    if agent is not None:
+        query = query.where(col(ActionRecord.agent) == agent)
+    query = query.order_by(col(ActionRecord.started_at).desc())
+    with session(url) as s:
+        return list(s.exec(query).all())
+
+
+def _row(model: AgentRun | StepRun) -> dict[str, Any]:
+    return {name: getattr(model, name) for name in type(model).model_fields}
+
+
+def record_run_start(run: AgentRun, url: str | None = None) -> None:
+    """Insert an agent run (usually with status `running`). The object itself is not attached.
+
+    Example:
+        >>> record_run_start(AgentRun(tenant="acme", agent="triage", run_key="k", status="running",
+        ...                           inputs_digest="0" * 64), url="sqlite://")
+    """
+    _require_tenant(run.tenant)
+    with session(url) as s:
+        s.exec(insert(AgentRun).values(**_row(run)))
+
+
+def record_run_end(
+    run_id: str,
+    *,
+    tenant: str,
+    status: str,
+    error: str | None = None,
+    finished_at: datetime | None = None,
+    duration_ms: float | None = None,
+    url: str | None = None,
+) -> bool:
+    """Record how an agent run ended.
+
+    Args:
+        run_id: the run's id.
+        tenant: its tenant (a run of another tenant is never touched).
+        status: completed, held or failed.
+        error: the error message, if any.
+        finished_at: when it ended; default now.
+        duration_ms: how long it took; default `finished_at - started_at`.
+        url: database URL; None means the settings' URL.
+
+    Returns:
+        True if the run was found and updated.
+
+    Example:
+        >>> record_run_end("0" * 32, tenant="acme", status="completed", url="sqlite://")
+        False
+    """
+    _require_tenant(tenant)
+    finished = as_utc(finished_at) if finished_at is not None else utcnow()
+    scope = (col(AgentRun.id) == run_id, col(AgentRun.tenant) == tenant)
+    with session(url) as s:
+        if duration_ms is None:
+            started = s.exec(select(AgentRun.started_at).where(*scope)).one_or_none()
+            if started is None:
+                return False
+            duration_ms = (finished - as_utc(started)).total_seconds() * 1000
+        result = s.exec(
+            update(AgentRun)
+            .where(*scope)
+            .values(status=status, error=error, finished_at=finished, duration_ms=duration_ms)
+        )
+        return bool(result.rowcount)
+
+
+def record_steps(rows: list[StepRun], url: str | None = None) -> None:
+    """Insert step runs in one transaction (one multi-row insert).
+
+    Example:
+        >>> record_steps([], url="sqlite://")
+    """
+    if not rows:
+        return
+    for row in rows:
+        _require_tenant(row.tenant)
+    with session(url) as s:
+        s.exec(insert(StepRun), params=[_row(row) for row in rows])

@@ -1,0 +1,1 @@
+"""Deployable Prefect flows: the reference agents and their sample data."""
