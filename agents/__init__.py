@@ -7,8 +7,8 @@ Example:
 Everything a user types is importable from here; the rest lives in `_`-prefixed modules.
 """
 
-from agents._declare import Agent, Layer, Step, StepInfo, StepOptions
 from agents._decision import Decision
+from agents._declare import Agent, Layer, Step, StepInfo, StepOptions
 from agents._errors import (
     ConfigurationError,
     DeclarationError,

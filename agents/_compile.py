@@ -16,6 +16,7 @@ finished step. Actions also go through the action ledger, so they run at most on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import hashlib
@@ -25,13 +26,13 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from prefect import Flow, Task, flow, tags, task
+from prefect import Flow, Task, tags
 from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.context import TagsContext, TaskRunContext
 from prefect.tasks import exponential_backoff
@@ -39,6 +40,7 @@ from prefect.utilities.annotations import quote
 from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic import BaseModel, TypeAdapter
 
+from agents._decision import Decision
 from agents._declare import (
     LAYERS,
     RESOURCES,
@@ -49,7 +51,6 @@ from agents._declare import (
     resolve_hints,
     returns_decision,
 )
-from agents._decision import Decision
 from agents._errors import DeclarationError, InputError, UserError
 from agents._run import RunContext, RunResult, RunStatus, StepStatus
 from agents._settings import get_current_settings
@@ -176,7 +177,7 @@ async def _result_storage() -> SQLResultStorage:
     storage = _storages.get(key)
     if storage is None:
         storage = SQLResultStorage()
-        await storage.save(name, overwrite=True)  # type: ignore[misc]
+        await storage.save(name, overwrite=True)
         _storages[key] = storage
     return storage
 
@@ -275,10 +276,11 @@ class CompiledAgent:
                 elif (
                     is_concrete_class(produced)
                     and is_concrete_class(expected)
-                    and not issubclass(produced, expected)
+                    and not issubclass(produced, cast(type, expected))
                 ):
                     problems.append(
-                        f"{where}: parameter '{p.name}' expects {expected.__name__}, but step "
+                        f"{where}: parameter '{p.name}' expects {cast(type, expected).__name__}, "
+                        "but step "
                         f"'{p.name}' returns {produced.__name__}"
                     )
             deps[name] = tuple(edges)
@@ -408,9 +410,7 @@ class CompiledAgent:
                 opts.append(f"retries={s.options.retries}")
             suffix = f" [{', '.join(opts)}]" if opts else ""
             using = f" using {', '.join(uses)}" if uses else ""
-            lines.append(
-                f"  {s.layer:<10} {s.name} ← {', '.join(sources) or '∅'}{using}{suffix}"
-            )
+            lines.append(f"  {s.layer:<10} {s.name} ← {', '.join(sources) or '∅'}{using}{suffix}")
         return "\n".join(lines)
 
     # -- Prefect objects --------------------------------------------------------------------
@@ -426,8 +426,8 @@ class CompiledAgent:
         run_step.__doc__ = step.fn.__doc__
         caching = step.options.cache or step.layer == "action"
         retries = step.options.retries
-        return task(
-            run_step,
+        return Task(
+            fn=run_step,
             name=step.qualified_name,
             task_run_name="{call.label}",
             retries=retries,
@@ -458,8 +458,8 @@ class CompiledAgent:
             return await compiled._flow_body(inputs, tenant, concurrency)
 
         agent_flow.__doc__ = self.agent.description or f"Stalwart agent {self.name!r}."
-        return flow(
-            agent_flow,
+        return Flow(
+            fn=agent_flow,
             name=self.name,
             flow_run_name=_flow_run_name,
             persist_result=False,
@@ -487,9 +487,11 @@ class CompiledAgent:
         self._on_result = on_result
         try:
             with tags(*self._flow_tags(items, tenant)):
-                result = run_coro_as_sync(
-                    self.flow(inputs=items, tenant=tenant, concurrency=concurrency)
+                coroutine = cast(
+                    "Coroutine[Any, Any, list[RunResult]]",
+                    self.flow(inputs=items, tenant=tenant, concurrency=concurrency),
                 )
+                result = run_coro_as_sync(coroutine)
         finally:
             self._on_result = None
         return list(result)
@@ -509,7 +511,10 @@ class CompiledAgent:
         self._on_result = on_result
         try:
             with tags(*self._flow_tags(items, tenant)):
-                result = await self.flow(inputs=items, tenant=tenant, concurrency=concurrency)
+                result = await cast(
+                    "Coroutine[Any, Any, list[RunResult]]",
+                    self.flow(inputs=items, tenant=tenant, concurrency=concurrency),
+                )
         finally:
             self._on_result = None
         return list(result)
@@ -552,12 +557,10 @@ class CompiledAgent:
 
         key = re.sub(r"[^a-z0-9-]", "-", f"{self.name.lower()}-dag")
         markdown = f"# Agent `{self.name}`\n\n```mermaid\n{self.mermaid()}\n```\n"
-        try:
+        with contextlib.suppress(Exception):  # an artifact is a courtesy; never fail a run
             await acreate_markdown_artifact(
                 markdown=markdown, key=key, description=f"DAG of agent {self.name}"
             )
-        except Exception:  # an artifact is a courtesy; never fail a run for it
-            pass
 
     async def _run_one(
         self,
@@ -658,13 +661,11 @@ class CompiledAgent:
             args.update({d: result.outputs[d] for d in deps})
             call = self._call(step, result, args)
             t0 = time.perf_counter()
-            state = await prefect_tasks[step.name](
-                call=call, args=quote(args), return_state=True
-            )
+            state = await prefect_tasks[step.name](call=call, args=quote(args), return_state=True)
             elapsed = (time.perf_counter() - t0) * 1000
             task_run_id = str(state.state_details.task_run_id or "") or None
             if state.is_completed():
-                value = await state.aresult()  # type: ignore[misc]
+                value = await state.aresult()
                 result.outputs[step.name] = value
                 cached = state.name == "Cached"
                 status: StepStatus = "cached" if cached else "completed"
@@ -696,8 +697,9 @@ class CompiledAgent:
                 if result.error is None:
                     result.error = f"{step.name}: {error}"
                 rows.append(
-                    self._row(step, result, "failed", call.attempts, False, elapsed, task_run_id,
-                              error)
+                    self._row(
+                        step, result, "failed", call.attempts, False, elapsed, task_run_id, error
+                    )
                 )
 
         for step in self.order:
@@ -774,7 +776,9 @@ class CompiledAgent:
         kwargs = dict(args)
         for p in step.params:
             if p.name == "memory":
-                kwargs["memory"] = Memory(tenant=call.tenant, agent=call.agent, subject=call.subject)
+                kwargs["memory"] = Memory(
+                    tenant=call.tenant, agent=call.agent, subject=call.subject
+                )
             elif p.name == "llm":
                 kwargs["llm"] = LLM()
             elif p.name == "context":
@@ -858,7 +862,7 @@ def _toposort(
     while True:
         current = sorted(remaining[current])[0]
         if current in seen:
-            return order, path[path.index(current):]
+            return order, path[path.index(current) :]
         path.append(current)
         seen.add(current)
 

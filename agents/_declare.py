@@ -162,9 +162,7 @@ class Step(Generic[P, R]):
                     "by keyword"
                 )
             if param.annotation is inspect.Parameter.empty:
-                problems.append(
-                    f"{where}: parameter '{param.name}' has no type hint; annotate it"
-                )
+                problems.append(f"{where}: parameter '{param.name}' has no type hint; annotate it")
             if param.name in RESERVED:
                 problems.append(
                     f"{where}: parameter '{param.name}' uses a reserved name; read it from "
@@ -186,7 +184,8 @@ class Step(Generic[P, R]):
                 problems.append(f"{where}: option 'threshold' only applies to reasoning steps")
             elif not 0.0 <= self.options.threshold <= 1.0:
                 problems.append(
-                    f"{where}: option 'threshold' is {self.options.threshold}; use a value in [0, 1]"
+                    f"{where}: option 'threshold' is {self.options.threshold}; "
+                    "use a value in [0, 1]"
                 )
         if self.options.retries < 0:
             problems.append(f"{where}: option 'retries' is negative")
@@ -254,7 +253,7 @@ class Agent:
         cache: bool = ...,
         tags: tuple[str, ...] | list[str] = ...,
     ) -> Callable[[Callable[P, R]], Step[P, R]]: ...
-    def perception(self, fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
+    def perception(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:  # type: ignore[misc]
         """Declare a perception step: turn raw input and memory into what the agent sees."""
         return self._decorate("perception", fn, options)
 
@@ -271,7 +270,7 @@ class Agent:
         cache: bool = ...,
         tags: tuple[str, ...] | list[str] = ...,
     ) -> Callable[[Callable[P, R]], Step[P, R]]: ...
-    def reasoning(self, fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
+    def reasoning(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:  # type: ignore[misc]
         """Declare a reasoning step: return a `Decision` (from `llm.decide` or from rules)."""
         return self._decorate("reasoning", fn, options)
 
@@ -287,7 +286,7 @@ class Agent:
         cache: bool = ...,
         tags: tuple[str, ...] | list[str] = ...,
     ) -> Callable[[Callable[P, R]], Step[P, R]]: ...
-    def action(self, fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
+    def action(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:  # type: ignore[misc]
         """Declare an action step: act on a decision in the world, at most once per run key."""
         return self._decorate("action", fn, options)
 
@@ -303,11 +302,13 @@ class Agent:
         cache: bool = ...,
         tags: tuple[str, ...] | list[str] = ...,
     ) -> Callable[[Callable[P, R]], Step[P, R]]: ...
-    def learning(self, fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
+    def learning(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:  # type: ignore[misc]
         """Declare a learning step: record outcomes and feedback, update memory."""
         return self._decorate("learning", fn, options)
 
-    def _decorate(self, layer: Layer, fn: Callable[..., Any] | None, options: dict[str, Any]) -> Any:
+    def _decorate(
+        self, layer: Layer, fn: Callable[..., Any] | None, options: dict[str, Any]
+    ) -> Any:
         if "tags" in options:
             options["tags"] = tuple(options["tags"])
         unknown = set(options) - {f.name for f in dataclasses.fields(StepOptions)}

@@ -63,9 +63,8 @@ def ticket(raw: dict[str, Any], memory: Memory) -> Ticket:
 @triage.reasoning(threshold=0.7, retries=2, retry_delay=0.5)
 def route(ticket: Ticket, llm: LLM) -> Routing:
     """Ask the model for category and urgency, with a confidence and a rationale."""
-    history = (
-        f"The customer filed {ticket.previous_tickets} earlier tickets"
-        + (f", last about {ticket.last_category}." if ticket.last_category else ".")
+    history = f"The customer filed {ticket.previous_tickets} earlier tickets" + (
+        f", last about {ticket.last_category}." if ticket.last_category else "."
     )
     return llm.decide(
         Routing,

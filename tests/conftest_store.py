@@ -2,7 +2,8 @@
 
 * `db_url`: parametrised over a temporary SQLite file and a fresh PostgreSQL database (one per
   test session, created on 127.0.0.1 as user postgres and dropped at the end), both upgraded.
-* `fresh_db_url`: the same two backends, but a brand-new, *empty* database per test.
+* `fresh_db_url`: the same two backends, but a brand-new, *empty* database per test
+  (`fresh_pg_url`: PostgreSQL only).
 * `new_tenant`: a unique tenant name, so tests sharing a database never see each other's rows.
 
 PostgreSQL tests carry the `postgres` marker and are skipped, with the reason, only if the

@@ -75,5 +75,6 @@ def remember(send: Sent, memory: Memory) -> None:
 if __name__ == "__main__":
     count, concurrency = int(sys.argv[1]), int(sys.argv[2])
     items = [{"raw": {"id": i}, "subject": f"s{i % 10}"} for i in range(count)]
-    results = agent.batch(items, tenant="durable-tenant", concurrency=concurrency)
+    tenant = os.environ.get("STALWART_TEST_TENANT", "durable-tenant")
+    results = agent.batch(items, tenant=tenant, concurrency=concurrency)
     print(json.dumps(Counter(r.status for r in results)), flush=True)

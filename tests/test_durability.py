@@ -26,6 +26,8 @@ def _env(out: Path, db_url: str, sleep: float = 0.0) -> dict[str, str]:
         STALWART_DATABASE_URL=db_url,
         STALWART_TEST_OUT=str(out),
         STALWART_TEST_SLEEP=str(sleep),
+        # One tenant per test: the PostgreSQL database is shared by the session.
+        STALWART_TEST_TENANT=out.name,
         PREFECT_API_URL=str(PREFECT_API_URL.value()),
         PYTHONPATH=f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}",
     )
@@ -54,7 +56,9 @@ def test_cache_hits_in_a_second_process(state_db: str, tmp_path: Path) -> None:
     first = {name: len(_lines(tmp_path, name)) for name in ("ticket", "route", "calls", "remember")}
     assert first == {"ticket": 12, "route": 12, "calls": 12, "remember": 12}
     assert _run(tmp_path, state_db, 12, 4) == {"completed": 12}
-    second = {name: len(_lines(tmp_path, name)) for name in ("ticket", "route", "calls", "remember")}
+    second = {
+        name: len(_lines(tmp_path, name)) for name in ("ticket", "route", "calls", "remember")
+    }
     assert second == first, "a step executed again in the second process"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from typing import Any
@@ -107,7 +108,9 @@ def test_prefect_sees_named_tasks_tags_and_the_dag_artifact(sqlite_url: str) -> 
     flow_run, task_runs, artifacts = asyncio.run(inspect())
     assert {"agent:rt-prefect", "tenant:acme", "subject:cust-7"} <= set(flow_run.tags)
     names = sorted(tr.name for tr in task_runs)
-    assert names == sorted(f"rt-prefect.{s}[cust-7]" for s in ["ticket", "route", "send", "remember"])
+    assert names == sorted(
+        f"rt-prefect.{s}[cust-7]" for s in ["ticket", "route", "send", "remember"]
+    )
     # Task runs carry no tags: each tag costs a concurrency-slot API call per task run.
     assert all(tr.tags == [] for tr in task_runs)
     assert any("```mermaid" in (a.data or "") for a in artifacts)
@@ -160,7 +163,7 @@ def test_retries_back_off_and_user_errors_are_not_retried(sqlite_url: str) -> No
 
     result = agent.run(tenant="acme", raw="x")
     assert len(attempts) == 4
-    gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
     assert gaps[2] > gaps[0], f"no exponential backoff: {gaps}"
     assert result.status == "failed"
     assert result.steps["flaky"] == "completed" and result.steps["decide"] == "failed"
@@ -225,7 +228,9 @@ def test_a_batch_keeps_order_isolates_failures_and_bounds_concurrency(sqlite_url
     results = agent.batch(items, tenant="acme", concurrency=5)
     assert len(results) == 40
     assert results[3].status == "failed" and "bad ticket 3" in (results[3].error or "")
-    assert results[7].status == "failed" and "run input 'raw' is missing" in (results[7].error or "")
+    assert results[7].status == "failed" and "run input 'raw' is missing" in (
+        results[7].error or ""
+    )
     ok = [r for i, r in enumerate(results) if i not in (3, 7)]
     assert all(r.status == "completed" for r in ok)
     assert [r.outputs["decide"].queue for r in ok] == [

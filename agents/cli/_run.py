@@ -46,8 +46,9 @@ def read_inputs(
             try:
                 text = raw_line.decode("utf-8")
             except UnicodeDecodeError as exc:
-                rejected.append(Rejected(number, f"not UTF-8: {exc.reason} at byte {exc.start}",
-                                         shown))
+                rejected.append(
+                    Rejected(number, f"not UTF-8: {exc.reason} at byte {exc.start}", shown)
+                )
                 continue
             try:
                 item = json.loads(text)

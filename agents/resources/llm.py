@@ -181,7 +181,7 @@ class LLM:
             **params,
         )
         self._record(endpoint, model, output, completion, started)
-        return result  # type: ignore[no-any-return]
+        return result
 
     async def adecide(
         self,
@@ -205,7 +205,7 @@ class LLM:
             **params,
         )
         self._record(endpoint, model, output, completion, started)
-        return result  # type: ignore[no-any-return]
+        return result
 
     def _record(
         self,

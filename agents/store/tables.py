@@ -26,13 +26,17 @@ class AgentRun(SQLModel, table=True):
     """One execution of an agent on one input (one element of a batch)."""
 
     __tablename__ = "agent_run"
-    __table_args__ = (sa.Index("ix_agent_run_tenant_agent_started", "tenant", "agent", "started_at"),)
+    __table_args__ = (
+        sa.Index("ix_agent_run_tenant_agent_started", "tenant", "agent", "started_at"),
+    )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
     tenant: str = Field(index=True, max_length=200)
     agent: str = Field(max_length=200)
     subject: str | None = Field(default=None, index=True, max_length=500)
-    run_key: str = Field(max_length=200, description="Stable key: the same input gets the same key.")
+    run_key: str = Field(
+        max_length=200, description="Stable key: the same input gets the same key."
+    )
     status: str = Field(max_length=20, description="running, completed, held, failed")
     inputs_digest: str = Field(max_length=64)
     flow_run_id: str | None = Field(default=None, max_length=36, index=True)
