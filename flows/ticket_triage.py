@@ -95,3 +95,7 @@ def remember(dispatch: Dispatch, memory: Memory) -> None:
         return history
 
     memory.update("history", bump)
+
+
+#: The deployable Prefect flow (parameters: inputs, tenant, concurrency); see prefect.yaml.
+ticket_triage_flow = triage.flow

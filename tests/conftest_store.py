@@ -7,7 +7,8 @@
 * `new_tenant`: a unique tenant name, so tests sharing a database never see each other's rows.
 
 PostgreSQL tests carry the `postgres` marker and are skipped, with the reason, only if the
-server stays unreachable. The admin URL is STALWART_TEST_PG, as in tests/conftest.py.
+server stays unreachable (a failure with STALWART_REQUIRE_POSTGRES set). The admin URL is
+STALWART_TEST_PG, as in tests/conftest.py.
 
 Test modules `import conftest_store` first (it puts the repository on sys.path for a bare
 `pytest`) and register it with `pytest_plugins = ["conftest_store"]`, so session fixtures are
@@ -55,6 +56,8 @@ def _admin_connect() -> psycopg.Connection:
     _pg_unreachable = (
         f"PostgreSQL unreachable at {PG_ADMIN_URL.split('@')[-1]} after 4 tries: {last}"
     )
+    if os.environ.get("STALWART_REQUIRE_POSTGRES"):  # CI: a missing server is a failure
+        raise RuntimeError(_pg_unreachable) from last
     pytest.skip(_pg_unreachable)
 
 

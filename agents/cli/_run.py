@@ -118,6 +118,8 @@ def run_command(
                 concurrency=concurrency,
                 on_result=lambda _index, _result: progress.advance(bar),
             )
+    if results:
+        _let_prefect_settle()
     if output == "json":
         for (line, _), result in zip(accepted, results, strict=True):
             console.print_json(
@@ -136,6 +138,22 @@ def run_command(
     failed = sum(1 for r in results if r.status == "failed")
     if failed or rejected:
         raise typer.Exit(1)
+
+
+def _let_prefect_settle() -> None:
+    """Let the ephemeral Prefect server record the last task runs before the process exits.
+
+    Without a wait it is stopped mid-flush and prints `Error flushing ... events` tracebacks.
+    """
+    import time
+
+    from prefect.events.worker import EventsWorker
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return  # a real server keeps running; nothing to wait for
+    EventsWorker.drain_all(timeout=10)
+    time.sleep(1.5)
 
 
 def _summary(
