@@ -55,7 +55,7 @@ from agents._errors import DeclarationError, InputError, UserError
 from agents._run import RunContext, RunResult, RunStatus, StepStatus
 from agents._settings import get_current_settings
 from agents.observe import capture_failure, flow_failure_hook, init_sentry
-from agents.resources.llm import LLM
+from agents.resources.llm import LLM, LLMCall
 from agents.store import ledger, queries
 from agents.store.memory import Memory
 from agents.store.results import SQLResultStorage
@@ -110,7 +110,7 @@ class StepCall:
     cache_key: str
     idempotency_key: str
     attempts: int = 0
-    llm_calls: list[Any] = field(default_factory=list)
+    llm_calls: list[LLMCall] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -678,7 +678,16 @@ class CompiledAgent:
                     status = "held"
                 statuses[step.name] = status
                 rows.append(
-                    self._row(step, result, status, call.attempts, cached, elapsed, task_run_id)
+                    self._row(
+                        step,
+                        result,
+                        status,
+                        call.attempts,
+                        cached,
+                        elapsed,
+                        task_run_id,
+                        llm_calls=call.llm_calls,
+                    )
                 )
             else:
                 exc = await _state_exception(state)
@@ -698,7 +707,15 @@ class CompiledAgent:
                     result.error = f"{step.name}: {error}"
                 rows.append(
                     self._row(
-                        step, result, "failed", call.attempts, False, elapsed, task_run_id, error
+                        step,
+                        result,
+                        "failed",
+                        call.attempts,
+                        False,
+                        elapsed,
+                        task_run_id,
+                        error,
+                        llm_calls=call.llm_calls,
                     )
                 )
 
@@ -754,8 +771,12 @@ class CompiledAgent:
         duration_ms: float,
         task_run_id: str | None,
         error: str | None = None,
+        llm_calls: Sequence[LLMCall] = (),
     ) -> StepRun:
         return StepRun(
+            tokens_in=sum(c.tokens_in for c in llm_calls),
+            tokens_out=sum(c.tokens_out for c in llm_calls),
+            model_ms=sum(c.latency_ms for c in llm_calls) if llm_calls else None,
             tenant=result.tenant,
             agent=self.name,
             agent_run_id=result.run_id,
@@ -780,7 +801,7 @@ class CompiledAgent:
                     tenant=call.tenant, agent=call.agent, subject=call.subject
                 )
             elif p.name == "llm":
-                kwargs["llm"] = LLM()
+                kwargs["llm"] = LLM(calls=call.llm_calls)  # usage of every attempt
             elif p.name == "context":
                 kwargs["context"] = RunContext(
                     agent=call.agent,

@@ -536,10 +536,14 @@ def run_child(
         flush=True,
     )
     started = time.perf_counter()
-    with open(log_path, "w") as log:
+    out_path = log_dir / f"{label}.out"
+    # Files, not pipes: Prefect's temporary API server (a grandchild) inherits the child's
+    # standard streams, and a pipe would stay open until it exits.
+    with open(log_path, "w") as log, open(out_path, "w") as out:
         proc = subprocess.Popen(
             command,
-            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
             stderr=log,
             text=True,
             env=_child_env(work, model_url, db_url, prefect_home),
@@ -547,16 +551,13 @@ def run_child(
             start_new_session=True,
         )
         try:
-            stdout, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            stdout, _ = proc.communicate()
-            stdout = (stdout or "") + "\n"
-            error = f"timed out after {timeout:.0f} s"
-        else:
+            proc.wait(timeout=timeout)
             error = None
-        _kill_group(proc)  # the child's own helpers (Prefect's temporary API server), if any
-        log.write("\n--- stdout ---\n" + (stdout or ""))
+        except subprocess.TimeoutExpired:
+            error = f"timed out after {timeout:.0f} s"
+        _kill_group(proc)  # the child's helpers (Prefect's temporary API server), if any
+        proc.wait()
+    stdout = out_path.read_text()
     elapsed = time.perf_counter() - started
     result: dict[str, Any] | None = None
     for line in (stdout or "").splitlines():

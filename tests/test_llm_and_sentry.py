@@ -69,6 +69,11 @@ def test_a_reasoning_step_decides_through_the_model_server_and_never_pays_twice(
     assert first.outputs["route"].category == "billing"  # steered by the bundled rules
     assert 0.5 <= first.outputs["route"].confidence <= 1
     assert model_server.stats.requests_total == 1
+    from agents.store import queries
+
+    rows = {s.step: s for s in queries.steps(tenant="acme", agent_run_id=first.run_id)}
+    assert rows["route"].tokens_in > 0 and rows["route"].tokens_out > 0
+    assert rows["route"].model_ms is not None and rows["ticket"].tokens_in == 0
     again = agent.run(tenant="acme", raw="I was charged twice, I need a refund")
     assert again.steps["route"] == "cached"
     assert model_server.stats.requests_total == 1

@@ -251,3 +251,23 @@ def test_tenants_never_see_each_others_runs_or_memory(sqlite_url: str) -> None:
     assert Memory(tenant="globex", agent="rt-tenants", subject="shared-id").get("secret") is None
     with pytest.raises((TypeError, ValueError)):
         queries.runs(tenant="")
+
+
+def test_a_step_over_its_timeout_fails_the_run_without_hanging(sqlite_url: str) -> None:
+    agent = Agent("rt-timeout")
+
+    @agent.perception(timeout=0.5, cache=False)
+    async def slow(raw: str) -> str:
+        await asyncio.sleep(5)
+        return raw
+
+    @agent.reasoning(cache=False)
+    def decide(slow: str) -> Routing:
+        return Routing(queue=slow, confidence=1, rationale="r")
+
+    started = time.monotonic()
+    result = agent.run(tenant="acme", raw="x")
+    assert time.monotonic() - started < 4.5
+    assert result.status == "failed"
+    assert result.steps == {"slow": "failed", "decide": "skipped"}
+    assert "Timeout" in (result.error or "")

@@ -60,6 +60,9 @@ class StepRun(SQLModel, table=True):
     status: str = Field(max_length=20, description="completed, cached, skipped, failed")
     attempts: int = 0
     cache_hit: bool = False
+    tokens_in: int = Field(default=0, description="Model input tokens of this step's LLM calls.")
+    tokens_out: int = Field(default=0, description="Model output tokens of its LLM calls.")
+    model_ms: float | None = Field(default=None, description="Time spent waiting for the model.")
     task_run_id: str | None = Field(default=None, max_length=36)
     started_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
     duration_ms: float | None = None

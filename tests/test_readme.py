@@ -1,0 +1,35 @@
+"""The README's example agent compiles and runs as documented."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_the_twenty_line_agent_runs_as_the_readme_says(sqlite_url: str, prefect_api: None) -> None:
+    declaration = python_blocks()[0]
+    assert len(declaration.strip().splitlines()) <= 30
+    namespace: dict[str, Any] = {"__name__": "readme_example"}
+    exec(compile(declaration, str(README), "exec", dont_inherit=True), namespace)
+    triage = namespace["triage"]
+    result = triage.run(tenant="acme", subject="cust-42", raw={"body": "I was charged twice"})
+    assert (result.status, result.outputs["route"].category) == ("completed", "billing")
+    assert result.outputs["send"].startswith("sent to billing (")
+    again = triage.run(tenant="acme", subject="cust-42", raw={"body": "I was charged twice"})
+    assert set(again.steps.values()) == {"cached"}
+
+
+@pytest.mark.parametrize("name", ["Agent", "Decision", "DeclarationError", "LLM", "Memory"])
+def test_the_public_names_the_issues_fix_are_exported(name: str) -> None:
+    import agents
+
+    assert name in agents.__all__ and hasattr(agents, name)
