@@ -121,3 +121,79 @@ class ActionRecord(SQLModel, table=True):
     agent_run_id: str | None = Field(default=None, max_length=32)
     started_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
     completed_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+
+
+class DecisionRecord(SQLModel, table=True):
+    """One decision of a reasoning step: inputs, model, output, confidence, path and outcome.
+
+    `path` is how the decision was reached: `direct`, `fallback_model`, `human`, `default` or
+    `rejected`. The outcome is written later (by a learning step or feedback).
+    """
+
+    __tablename__ = "decision_record"
+    __table_args__ = (
+        sa.Index("ix_decision_record_tenant_agent_created", "tenant", "agent", "created_at"),
+    )
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    tenant: str = Field(index=True, max_length=200)
+    agent: str = Field(max_length=200)
+    step: str = Field(max_length=200)
+    agent_run_id: str | None = Field(default=None, index=True, max_length=32)
+    flow_run_id: str | None = Field(default=None, max_length=36)
+    subject: str | None = Field(default=None, max_length=500)
+    run_key: str | None = Field(default=None, max_length=200)
+    input_digest: str = Field(max_length=64)
+    input_snapshot: Any = Field(default=None, sa_type=sa.JSON, description="Redacted inputs.")
+    prompt_digest: str | None = Field(default=None, max_length=64)
+    prompt_version: str | None = Field(default=None, max_length=100)
+    model: str | None = Field(default=None, max_length=200)
+    endpoint: str | None = Field(default=None, max_length=200, description="Name, never a key.")
+    raw_output: str | None = Field(default=None, sa_type=sa.Text)
+    output: Any = Field(default=None, sa_type=sa.JSON)
+    confidence: float | None = Field(default=None, index=True)
+    logprobs: Any = Field(default=None, sa_type=sa.JSON)
+    rationale: str | None = Field(default=None, sa_type=sa.Text)
+    path: str = Field(default="direct", max_length=20, index=True)
+    reviewer: str | None = Field(default=None, max_length=200)
+    correction: Any = Field(default=None, sa_type=sa.JSON)
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+    latency_ms: float | None = None
+    attempts: int = 1
+    error_class: str | None = Field(default=None, max_length=200)
+    outcome: Any = Field(default=None, sa_type=sa.JSON)
+    outcome_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_type=sa.DateTime(timezone=True), index=True
+    )
+
+
+class LLMCacheEntry(SQLModel, table=True):
+    """A model answer cached by (tenant, endpoint, model, messages, output schema, parameters)."""
+
+    __tablename__ = "llm_cache"
+
+    key: str = Field(primary_key=True, max_length=64)
+    tenant: str = Field(index=True, max_length=200)
+    endpoint: str = Field(max_length=200)
+    model: str = Field(max_length=200)
+    response: Any = Field(default=None, sa_type=sa.JSON)
+    hits: int = 0
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_type=sa.DateTime(timezone=True), index=True
+    )
+
+
+class CircuitState(SQLModel, table=True):
+    """A model endpoint's circuit breaker, visible to every worker: closed, open or half_open."""
+
+    __tablename__ = "circuit_state"
+
+    endpoint: str = Field(primary_key=True, max_length=300)
+    state: str = Field(default="closed", max_length=20)
+    failures: int = 0
+    opened_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+    last_error: str | None = Field(default=None, sa_type=sa.Text)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
