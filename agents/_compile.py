@@ -30,11 +30,13 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from prefect import Flow, Task, tags
 from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.context import TagsContext, TaskRunContext
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
 from prefect.tasks import exponential_backoff
 from prefect.utilities.annotations import quote
 from prefect.utilities.asyncutils import run_coro_as_sync
@@ -45,6 +47,7 @@ from agents._declare import (
     LAYERS,
     RESOURCES,
     Param,
+    Review,
     Step,
     StepInfo,
     is_concrete_class,
@@ -55,11 +58,12 @@ from agents._errors import DeclarationError, InputError, UserError
 from agents._run import RunContext, RunResult, RunStatus, StepStatus
 from agents._settings import get_current_settings
 from agents.observe import capture_failure, flow_failure_hook, init_sentry
-from agents.resources.llm import LLM, LLMCall
+from agents.resources.llm import LLM, LLMCall, resolve_endpoint
 from agents.store import ledger, queries
+from agents.store.decisions import cost_of, record_decisions
 from agents.store.memory import Memory
 from agents.store.results import SQLResultStorage
-from agents.store.tables import AgentRun, StepRun
+from agents.store.tables import AgentRun, DecisionRecord, StepRun
 
 if TYPE_CHECKING:
     from agents._declare import Agent
@@ -109,6 +113,7 @@ class StepCall:
     flow_run_id: str | None
     cache_key: str
     idempotency_key: str
+    model: str | None = None
     attempts: int = 0
     llm_calls: list[LLMCall] = field(default_factory=list)
 
@@ -182,6 +187,52 @@ async def _result_storage() -> SQLResultStorage:
     return storage
 
 
+class ReviewInput(RunInput):
+    """What a reviewer answers in the Prefect UI for a paused decision."""
+
+    verdict: Literal["approve", "correct", "reject"] = "approve"
+    correction: dict[str, Any] | None = None
+    reviewer: str | None = None
+
+
+@dataclass(kw_only=True)
+class LadderOutcome:
+    """Where the fallback ladder ended: the decision, its path, and what it cost."""
+
+    decision: Any
+    path: str
+    held: bool = False
+    llm_calls: list[LLMCall] = field(default_factory=list)
+    reviewer: str | None = None
+    correction: dict[str, Any] | None = None
+    proposed: Decision | None = None
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _review_markdown(
+    agent: str, step: str, result: RunResult, args: dict[str, Any], proposed: Decision
+) -> str:
+    from agents.observe import scrub_text
+
+    inputs = scrub_text(json.dumps(canonical(args), indent=2, default=repr))[:4000]
+    decision = scrub_text(json.dumps(proposed.model_dump(mode="json"), indent=2))[:4000]
+    return (
+        f"## Review `{agent}.{step}`\n\n"
+        f"Tenant `{result.tenant}`, subject `{result.subject}`, run `{result.run_id}`.\n\n"
+        f"**Confidence {proposed.confidence:.2f}** — {scrub_text(proposed.rationale)}\n\n"
+        f"### Proposed decision\n```json\n{decision}\n```\n"
+        f"### Input\n```json\n{inputs}\n```\n"
+        "Answer `approve`, `correct` (with the corrected fields in `correction`) or `reject`."
+    )
+
+
 # -- the compiled agent -----------------------------------------------------------------------
 
 
@@ -217,6 +268,7 @@ class CompiledAgent:
         self._tasks: dict[str, Task[Any, Any]] = {}
         self._tasks_storage: SQLResultStorage | None = None
         self._on_result: Callable[[int, RunResult], None] | None = None
+        self._review_locks: dict[int, asyncio.Lock] = {}
         self.flow: Flow[Any, Any] = self._make_flow()
 
     # -- validation -------------------------------------------------------------------------
@@ -612,19 +664,28 @@ class CompiledAgent:
             return result
 
         rows: list[StepRun] = []
+        decisions: list[DecisionRecord] = []
         try:
-            await self._walk(inputs, result, prefect_tasks, rows)
+            await self._walk(inputs, result, prefect_tasks, rows, decisions)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a runtime bug must fail this input only
             result.status = "failed"
             result.error = _describe(exc)
         duration = (time.perf_counter() - started) * 1000
-        await in_thread(self._record_end, result, rows, duration)
+        await in_thread(self._record_end, result, rows, decisions, duration)
         return result
 
-    def _record_end(self, result: RunResult, rows: list[StepRun], duration: float) -> None:
+    def _record_end(
+        self,
+        result: RunResult,
+        rows: list[StepRun],
+        decisions: list[DecisionRecord],
+        duration: float,
+    ) -> None:
         queries.record_steps(rows)
+        if decisions:
+            record_decisions(decisions)
         queries.record_run_end(
             result.run_id,
             tenant=result.tenant,
@@ -640,6 +701,7 @@ class CompiledAgent:
         result: RunResult,
         prefect_tasks: dict[str, Task[Any, Any]],
         rows: list[StepRun],
+        decisions: list[DecisionRecord],
     ) -> None:
         statuses: dict[str, StepStatus] = {}
         held_above: dict[str, bool] = {}
@@ -666,16 +728,23 @@ class CompiledAgent:
             task_run_id = str(state.state_details.task_run_id or "") or None
             if state.is_completed():
                 value = await state.aresult()
-                result.outputs[step.name] = value
                 cached = state.name == "Cached"
                 status: StepStatus = "cached" if cached else "completed"
-                threshold = step.options.threshold
-                if (
-                    threshold is not None
-                    and isinstance(value, Decision)
-                    and value.confidence < threshold
-                ):
-                    status = "held"
+                llm_calls = list(call.llm_calls)
+                if step.layer == "reasoning" and isinstance(value, Decision):
+                    outcome = await self._ladder(step, value, args, result, prefect_tasks)
+                    value = outcome.decision
+                    llm_calls += outcome.llm_calls
+                    result.paths[step.name] = outcome.path
+                    if outcome.held:
+                        status = "held"
+                    if not cached:  # a cached decision was logged when it was made
+                        decisions.append(
+                            self._decision_row(
+                                step, result, args, outcome, llm_calls, call.attempts
+                            )
+                        )
+                result.outputs[step.name] = value
                 statuses[step.name] = status
                 rows.append(
                     self._row(
@@ -686,7 +755,7 @@ class CompiledAgent:
                         cached,
                         elapsed,
                         task_run_id,
-                        llm_calls=call.llm_calls,
+                        llm_calls=llm_calls,
                     )
                 )
             else:
@@ -731,7 +800,13 @@ class CompiledAgent:
             status = "held"
         result.status = status
 
-    def _call(self, step: Step[Any, Any], result: RunResult, args: dict[str, Any]) -> StepCall:
+    def _call(
+        self,
+        step: Step[Any, Any],
+        result: RunResult,
+        args: dict[str, Any],
+        model: str | None = None,
+    ) -> StepCall:
         key = ledger.idempotency_key(
             result.tenant, self.name, result.subject or "", result.run_key, step.name
         )
@@ -746,6 +821,7 @@ class CompiledAgent:
                     "step": step.name,
                     "source": step.source_digest,
                     "args": args,
+                    "model": model,
                 },
                 48,
             )
@@ -759,6 +835,7 @@ class CompiledAgent:
             flow_run_id=result.flow_run_id,
             cache_key=_safe_key(cache_key),
             idempotency_key=key,
+            model=model,
         )
 
     def _row(
@@ -790,6 +867,166 @@ class CompiledAgent:
             error=error,
         )
 
+    # -- the fallback ladder ----------------------------------------------------------------
+
+    async def _ladder(
+        self,
+        step: Step[Any, Any],
+        decision: Decision,
+        args: dict[str, Any],
+        result: RunResult,
+        prefect_tasks: dict[str, Task[Any, Any]],
+    ) -> LadderOutcome:
+        """Below the threshold: fallback model, then a person, then the safe default."""
+        options = step.options
+        threshold = options.threshold
+        if threshold is None or decision.confidence >= threshold:
+            return LadderOutcome(decision=decision, path="direct")
+        extra_calls: list[LLMCall] = []
+        proposed = decision
+        if options.fallback_model:
+            call = self._call(step, result, args, model=options.fallback_model)
+            state = await prefect_tasks[step.name](call=call, args=quote(args), return_state=True)
+            extra_calls += call.llm_calls
+            if state.is_completed():
+                second = await state.aresult()
+                if isinstance(second, Decision):
+                    if second.confidence >= threshold:
+                        return LadderOutcome(
+                            decision=second, path="fallback_model", llm_calls=extra_calls
+                        )
+                    if second.confidence > proposed.confidence:
+                        proposed = second
+        if options.review is not None:
+            verdict = await self._review(step, proposed, args, result, options.review)
+            if verdict is not None and verdict.verdict in ("approve", "correct"):
+                final = proposed
+                if verdict.verdict == "correct" and verdict.correction:
+                    final = type(proposed).model_validate(
+                        {**proposed.model_dump(), **verdict.correction}
+                    )
+                return LadderOutcome(
+                    decision=final,
+                    path="human",
+                    llm_calls=extra_calls,
+                    reviewer=verdict.reviewer,
+                    correction=verdict.correction if verdict.verdict == "correct" else None,
+                    proposed=proposed,
+                )
+        if options.default is not None:
+            default = options.default
+            if callable(default) and not isinstance(default, BaseModel):
+                default = default()
+            return LadderOutcome(
+                decision=default,
+                path="default",
+                llm_calls=extra_calls,
+                held=not isinstance(default, Decision) or default.confidence < threshold,
+                proposed=proposed,
+            )
+        return LadderOutcome(decision=proposed, path="held", llm_calls=extra_calls, held=True)
+
+    async def _review(
+        self,
+        step: Step[Any, Any],
+        proposed: Decision,
+        args: dict[str, Any],
+        result: RunResult,
+        review: Review,
+    ) -> ReviewInput | None:
+        """Pause the flow run for a person; None when nobody answered in time.
+
+        A verdict is kept in the action ledger, so a rerun never asks twice.
+        """
+        key = ledger.idempotency_key(
+            result.tenant, self.name, result.subject or "", result.run_key, f"{step.name}#review"
+        )
+        record = await in_thread(
+            ledger.claim,
+            key,
+            tenant=result.tenant,
+            agent=self.name,
+            subject=result.subject or "",
+            run_key=result.run_key,
+            step=f"{step.name}#review",
+            agent_run_id=result.run_id,
+        )
+        if record.status == "completed" and isinstance(record.result, dict):
+            return ReviewInput.model_validate(record.result)
+        description = _review_markdown(self.name, step.name, result, args, proposed)
+        async with self._review_lock():
+            try:
+                # pause_flow_run is async-dispatched: awaitable inside a flow run.
+                pending: Any = pause_flow_run(
+                    wait_for_input=ReviewInput.with_initial_data(
+                        description=description, verdict="approve"
+                    ),
+                    timeout=int(review.timeout_seconds),
+                    poll_interval=int(max(1, review.poll_interval)),
+                    key=f"review-{step.name}-{result.run_key[:16]}",
+                )
+                verdict = cast(ReviewInput, await pending)
+            except Exception as exc:  # FlowPauseTimeout or an API failure: fall to the default
+                result.notes.append(f"{step.name}: review not completed ({type(exc).__name__})")
+                return None
+        await in_thread(ledger.complete, key, verdict.model_dump(mode="json", exclude={"metadata"}))
+        return verdict
+
+    def _review_lock(self) -> asyncio.Lock:
+        # One pause at a time: a flow run can only be paused once at a time.
+        loop = asyncio.get_running_loop()
+        lock = self._review_locks.get(id(loop))
+        if lock is None:
+            lock = self._review_locks[id(loop)] = asyncio.Lock()
+        return lock
+
+    def _decision_row(
+        self,
+        step: Step[Any, Any],
+        result: RunResult,
+        args: dict[str, Any],
+        outcome: LadderOutcome,
+        llm_calls: Sequence[LLMCall],
+        attempts: int,
+    ) -> DecisionRecord:
+        from agents.observe import scrub_text
+
+        decision = outcome.decision
+        last = llm_calls[-1] if llm_calls else None
+        tokens_in = sum(c.tokens_in for c in llm_calls)
+        tokens_out = sum(c.tokens_out for c in llm_calls)
+        model = getattr(last, "model", None)
+        snapshot = scrub_text(json.dumps(canonical(args), default=repr))[:20_000]
+        output = decision.model_dump(mode="json") if isinstance(decision, BaseModel) else decision
+        return DecisionRecord(
+            tenant=result.tenant,
+            agent=self.name,
+            step=step.name,
+            agent_run_id=result.run_id,
+            flow_run_id=result.flow_run_id,
+            subject=result.subject,
+            run_key=result.run_key,
+            input_digest=digest(args, 64),
+            input_snapshot=json.loads(snapshot) if _is_json(snapshot) else snapshot,
+            prompt_digest=getattr(last, "prompt_digest", None),
+            model=model,
+            endpoint=getattr(last, "endpoint", None),
+            raw_output=getattr(last, "raw_output", None),
+            output=output,
+            confidence=getattr(decision, "confidence", None),
+            logprobs=getattr(last, "logprobs", None),
+            rationale=scrub_text(str(getattr(decision, "rationale", "") or "")),
+            path=outcome.path,
+            reviewer=outcome.reviewer,
+            correction=outcome.correction,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            cost=cost_of(model, tokens_in, tokens_out),
+            latency_ms=sum(c.latency_ms for c in llm_calls) if llm_calls else None,
+            attempts=attempts,
+            error_class=getattr(last, "error_class", None),
+        )
+
     # -- inside the task run ----------------------------------------------------------------
 
     async def _execute(self, step: Step[Any, Any], call: StepCall, args: dict[str, Any]) -> Any:
@@ -801,7 +1038,8 @@ class CompiledAgent:
                     tenant=call.tenant, agent=call.agent, subject=call.subject
                 )
             elif p.name == "llm":
-                kwargs["llm"] = LLM(calls=call.llm_calls)  # usage of every attempt
+                endpoint = resolve_endpoint(call.model) if call.model else None
+                kwargs["llm"] = LLM(endpoint=endpoint, calls=call.llm_calls)
             elif p.name == "context":
                 kwargs["context"] = RunContext(
                     agent=call.agent,

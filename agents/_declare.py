@@ -42,6 +42,44 @@ RESERVED = frozenset({"tenant", "subject", "run_key", "inputs", "concurrency"})
 _LLM_LAYERS = frozenset({"perception", "reasoning"})
 
 
+def parse_duration(value: float | str) -> float:
+    """Seconds from a number or a string like `90s`, `30m`, `4h`, `2d`.
+
+    Example:
+        >>> parse_duration("4h")
+        14400.0
+    """
+    if isinstance(value, int | float):
+        return float(value)
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = value.strip().lower()
+    if text and text[-1] in units:
+        return float(text[:-1]) * units[text[-1]]
+    return float(text)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Review:
+    """Human review, the second rung of the fallback ladder.
+
+    The flow run pauses with a typed form in the Prefect UI showing the input, the proposed
+    decision, its confidence and rationale; the reviewer approves, corrects or rejects it.
+
+    Example:
+        >>> Review(timeout="4h").timeout_seconds
+        14400.0
+    """
+
+    timeout: float | str = "4h"
+    """How long to wait for a reviewer before falling to the default."""
+    poll_interval: float = 10.0
+    """How often the paused run checks for the reviewer's answer, in seconds."""
+
+    @property
+    def timeout_seconds(self) -> float:
+        return parse_duration(self.timeout)
+
+
 @dataclass(frozen=True, kw_only=True)
 class StepOptions:
     """How a step runs. Every option has a default; decorators accept each as a keyword."""
@@ -57,7 +95,16 @@ class StepOptions:
     tags: tuple[str, ...] = ()
     """Extra Prefect tags on this step's task runs."""
     threshold: float | None = None
-    """Reasoning only: below this confidence the decision is held and no action runs on it."""
+    """Reasoning only: below this confidence the fallback ladder runs; a decision still below
+    it is held and no action runs on it."""
+    fallback_model: str | None = None
+    """Reasoning only, rung 1: the model asked again when confidence is below the threshold."""
+    review: Review | None = None
+    """Reasoning only, rung 2: a person approves, corrects or rejects the decision."""
+    default: Any = None
+    """Reasoning only, rung 3: the safe decision (an instance of the step's return type, or a
+    function of no arguments returning one) used when nothing above reached the threshold.
+    Actions run on it only if its own confidence meets the threshold."""
 
 
 @dataclass(frozen=True)
@@ -179,6 +226,16 @@ class Step(Generic[P, R]):
                 )
         if self.return_annotation is inspect.Signature.empty:
             problems.append(f"{where}: the return type has no hint; annotate it (-> None if none)")
+        for ladder in ("fallback_model", "review", "default"):
+            if getattr(self.options, ladder) is not None:
+                if self.layer != "reasoning":
+                    problems.append(f"{where}: option '{ladder}' only applies to reasoning steps")
+                elif self.options.threshold is None:
+                    problems.append(
+                        f"{where}: option '{ladder}' needs a 'threshold' to know when to apply"
+                    )
+        if self.options.review is not None and not isinstance(self.options.review, Review):
+            problems.append(f"{where}: option 'review' must be a Review(...)")
         if self.options.threshold is not None:
             if self.layer != "reasoning":
                 problems.append(f"{where}: option 'threshold' only applies to reasoning steps")
@@ -264,6 +321,9 @@ class Agent:
         self,
         *,
         threshold: float | None = ...,
+        fallback_model: str | None = ...,
+        review: Review | None = ...,
+        default: Any = ...,
         retries: int = ...,
         retry_delay: float = ...,
         timeout: float | None = ...,
@@ -313,7 +373,7 @@ class Agent:
             options["tags"] = tuple(options["tags"])
         unknown = set(options) - {f.name for f in dataclasses.fields(StepOptions)}
         if layer != "reasoning":
-            unknown |= {"threshold"} & set(options)
+            unknown |= {"threshold", "fallback_model", "review", "default"} & set(options)
         if unknown:
             raise DeclarationError.single(
                 self.name,

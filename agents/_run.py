@@ -59,8 +59,12 @@ class RunResult:
     """Each finished step's output, by step name."""
     steps: dict[str, StepStatus] = field(default_factory=dict)
     """Each step's status: completed, cached, held, skipped or failed."""
+    paths: dict[str, str] = field(default_factory=dict)
+    """Each reasoning step's path: direct, fallback_model, human, default or held."""
     error: str | None = None
     """The first failure's type and message (never a secret), or None."""
+    notes: list[str] = field(default_factory=list)
+    """What else happened worth knowing (a review that timed out, ...)."""
     flow_run_id: str | None = None
 
     @property

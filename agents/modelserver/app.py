@@ -195,7 +195,9 @@ class _Handlers:
         reply = complete(
             body,
             rules=state.rules,
-            force_confidence=state.faults.force_confidence,
+            force_confidence=state.faults.confidence_by_model.get(
+                str(body.get("model")), state.faults.force_confidence
+            ),
             fault=fault,
         )
         usage = reply["usage"]

@@ -37,6 +37,7 @@ _CONFIG_FIELDS: tuple[str, ...] = (
     "retry_after_s",
     "timeout_sleep_s",
     "force_confidence",
+    "confidence_by_model",
     "seed",
 )
 
@@ -82,6 +83,8 @@ class Faults:
         timeout_sleep_s: Delay of a `"timeout"` fault (bounded; the answer follows if the client
             is still waiting).
         force_confidence: Value forced into any `confidence` field; None leaves it alone.
+        confidence_by_model: Forced confidence per requested model name (wins over
+            `force_confidence`), to make a primary model unsure and its fallback sure.
         seed: Seed of the `random.Random` behind `error_rate` and `latency_ms_range`.
 
     Example:
@@ -100,6 +103,7 @@ class Faults:
     retry_after_s: float = 1.0
     timeout_sleep_s: float = 5.0
     force_confidence: float | None = None
+    confidence_by_model: dict[str, float] = field(default_factory=dict)
     seed: int = 0
     _rng: random.Random = field(init=False, repr=False, compare=False)
     _rng_seed: int = field(init=False, repr=False, compare=False)
