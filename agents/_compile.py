@@ -732,7 +732,12 @@ class CompiledAgent:
                 status: StepStatus = "cached" if cached else "completed"
                 llm_calls = list(call.llm_calls)
                 if step.layer == "reasoning" and isinstance(value, Decision):
-                    outcome = await self._ladder(step, value, args, result, prefect_tasks)
+                    refusal = self._refusal(value)
+                    if refusal is not None:
+                        outcome = LadderOutcome(decision=value, path="rejected", held=True)
+                        result.notes.append(f"{step.name}: {refusal}")
+                    else:
+                        outcome = await self._ladder(step, value, args, result, prefect_tasks)
                     value = outcome.decision
                     llm_calls += outcome.llm_calls
                     result.paths[step.name] = outcome.path
@@ -925,6 +930,31 @@ class CompiledAgent:
                 proposed=proposed,
             )
         return LadderOutcome(decision=proposed, path="held", llm_calls=extra_calls, held=True)
+
+    def _refusal(self, decision: Decision) -> str | None:
+        """Why a decision may not be acted on (an action it names is not allowed), or None.
+
+        Input text is data, not instructions: whatever the model was told, a decision can only
+        name an action the agent declared, with arguments that fit that action's schema.
+        """
+        action = getattr(decision, "action", None)
+        if action is None:
+            return None
+        allowed = self.agent.allowed_actions
+        if allowed is None or action not in allowed:
+            names = sorted(allowed or {})
+            return f"action {str(action)[:100]!r} is not allowed (allowed: {names})"
+        schema = allowed[action]
+        arguments = getattr(decision, "arguments", None)
+        if schema is None:
+            if arguments:
+                return f"action {action!r} takes no arguments"
+            return None
+        try:
+            TypeAdapter(schema).validate_python(arguments or {})
+        except ValueError as exc:
+            return f"arguments of action {action!r} do not fit its schema: {exc}"[:500]
+        return None
 
     async def _review(
         self,

@@ -13,7 +13,7 @@ import hashlib
 import inspect
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
 
@@ -282,7 +282,13 @@ class Agent:
         ['name', 'greeting']
     """
 
-    def __init__(self, name: str, *, description: str = "") -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        description: str = "",
+        allowed_actions: Mapping[str, type[Any] | None] | Sequence[str] | None = None,
+    ) -> None:
         if not name or not all(c.isalnum() or c in "-_" for c in name):
             raise DeclarationError.single(
                 name or "<empty>",
@@ -290,6 +296,15 @@ class Agent:
             )
         self.name = name
         self.description = description
+        #: Action names a decision may name (`decision.action`), each with the Pydantic model
+        #: its `arguments` must fit (None: no arguments). None: decisions name no actions.
+        self.allowed_actions: dict[str, type[Any] | None] | None = (
+            None
+            if allowed_actions is None
+            else dict(allowed_actions)
+            if isinstance(allowed_actions, Mapping)
+            else dict.fromkeys(allowed_actions)
+        )
         self._registry = _Registry()
         self._compiled: CompiledAgent | None = None
 

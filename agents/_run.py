@@ -60,7 +60,8 @@ class RunResult:
     steps: dict[str, StepStatus] = field(default_factory=dict)
     """Each step's status: completed, cached, held, skipped or failed."""
     paths: dict[str, str] = field(default_factory=dict)
-    """Each reasoning step's path: direct, fallback_model, human, default or held."""
+    """Each reasoning step's path: direct, fallback_model, human, default, held or rejected
+    (the decision named an action the agent does not allow)."""
     error: str | None = None
     """The first failure's type and message (never a secret), or None."""
     notes: list[str] = field(default_factory=list)
