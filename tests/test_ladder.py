@@ -78,8 +78,11 @@ class Reviewer:
 
     async def _answer(self) -> None:
         from prefect import get_client
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState
-        from prefect.client.schemas.filters import FlowRunFilterStateType
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
         from prefect.client.schemas.objects import StateType
         from prefect.flow_runs import resume_flow_run
 

@@ -10,6 +10,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from agents.cli._decisions import decisions_command, prune_command
 from agents.cli._run import run_command
 from agents.cli._utilities import console, exit_with_error, load_agent, registered_agents
 
@@ -24,6 +25,8 @@ model_app = typer.Typer(help="The bundled offline model server.", no_args_is_hel
 app.add_typer(db_app, name="db")
 app.add_typer(model_app, name="model")
 app.command("run")(run_command)
+app.command("decisions")(decisions_command)
+app.command("prune")(prune_command)
 
 
 def parse_since(value: str | None) -> datetime | None:

@@ -18,6 +18,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from agents.store import ledger
+from agents.store.decisions import (
+    cost_of,
+    find_decisions,
+    get_decision,
+    prune,
+    record_decisions,
+    set_outcome,
+)
 from agents.store.engine import (
     current_revision,
     dispose_engines,
@@ -39,7 +47,14 @@ from agents.store.queries import (
     runs,
     steps,
 )
-from agents.store.tables import ActionRecord, AgentRun, MemoryItem, StepResult, StepRun
+from agents.store.tables import (
+    ActionRecord,
+    AgentRun,
+    DecisionRecord,
+    MemoryItem,
+    StepResult,
+    StepRun,
+)
 
 if TYPE_CHECKING:
     from agents.store.results import SQLResultStorage
@@ -47,26 +62,33 @@ if TYPE_CHECKING:
 __all__ = [
     "ActionRecord",
     "AgentRun",
+    "DecisionRecord",
     "Memory",
     "MemoryItem",
     "SQLResultStorage",
     "StepResult",
     "StepRun",
     "actions",
+    "cost_of",
     "current_revision",
     "dispose_engines",
     "downgrade",
+    "find_decisions",
+    "get_decision",
     "get_engine",
     "head_revision",
     "ledger",
     "memory",
     "normalize_url",
+    "prune",
+    "record_decisions",
     "record_run_end",
     "record_run_start",
     "record_steps",
     "redact_url",
     "runs",
     "session",
+    "set_outcome",
     "steps",
     "upgrade",
 ]

@@ -1,0 +1,385 @@
+"""Decision log storage: write decisions, read them back by tenant, record outcomes, prune.
+
+The low-level half of the decision log (the public query API is `agents.decisions`). Every
+function is tenant-scoped: a read or an outcome never crosses tenants. `prune` is the one
+operator function that may span all tenants (tenant None); it deletes in short, bounded
+batches so it never holds a long lock on a busy database.
+
+Example:
+    >>> from agents.store.decisions import find_decisions, record_decisions
+    >>> from agents.store.tables import DecisionRecord
+    >>> record_decisions([DecisionRecord(tenant="acme", agent="triage", step="route",
+    ...                                  input_digest="0" * 64, confidence=0.4)], url="sqlite://")
+    >>> [d.confidence for d in find_decisions(tenant="acme", below=0.5, url="sqlite://")]
+    [0.4]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import ColumnElement, delete, insert, update
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlmodel import Session, SQLModel, col, select
+
+from agents._settings import get_current_settings
+from agents.store._convert import as_utc, to_json_value
+from agents.store.engine import session
+from agents.store.tables import (
+    ActionRecord,
+    AgentRun,
+    DecisionRecord,
+    StepResult,
+    StepRun,
+    utcnow,
+)
+
+__all__ = [
+    "MAX_BATCH_SIZE",
+    "PRUNED_TABLES",
+    "cost_of",
+    "find_decisions",
+    "get_decision",
+    "prune",
+    "record_decisions",
+    "set_outcome",
+]
+
+MAX_BATCH_SIZE = 10_000
+"""Largest `prune` batch (one `IN (...)` list: stays far below every driver's parameter limit)."""
+
+PRUNED_TABLES = ("agent_run", "step_run", "decision_record", "step_result", "action_record")
+"""The tables `prune` deletes from, in the order of its result."""
+
+_JSON_FIELDS = ("input_snapshot", "output", "logprobs", "correction", "outcome")
+_DATETIME_FIELDS = ("created_at", "outcome_at")
+_utc_loader_installed = False
+
+
+def _install_utc_loader() -> None:
+    """Load `DecisionRecord` datetimes as aware UTC (SQLite keeps them naive), once."""
+    global _utc_loader_installed
+    if _utc_loader_installed:
+        return
+
+    def on_load(target: Any, *_args: Any) -> None:
+        for name in _DATETIME_FIELDS:
+            value = target.__dict__.get(name)
+            if isinstance(value, datetime) and value.tzinfo is not UTC:
+                set_committed_value(target, name, as_utc(value))
+
+    sa.event.listen(DecisionRecord, "load", on_load)
+    sa.event.listen(DecisionRecord, "refresh", on_load)
+    _utc_loader_installed = True
+
+
+_install_utc_loader()
+
+
+def _require_tenant(tenant: str) -> None:
+    if not isinstance(tenant, str) or not tenant:
+        raise ValueError("A non-empty tenant is required: Stalwart never reads across tenants.")
+
+
+def _row(record: DecisionRecord) -> dict[str, Any]:
+    row = {name: getattr(record, name) for name in DecisionRecord.model_fields}
+    for name in _JSON_FIELDS:
+        row[name] = to_json_value(row[name], what=f"DecisionRecord.{name}")
+    for name in _DATETIME_FIELDS:
+        if isinstance(row[name], datetime):
+            row[name] = as_utc(row[name])
+    if row["created_at"] is None:
+        row["created_at"] = utcnow()
+    return row
+
+
+def record_decisions(rows: list[DecisionRecord], url: str | None = None) -> None:
+    """Insert decisions in one transaction (one multi-row insert).
+
+    JSON fields (`input_snapshot`, `output`, `logprobs`, `correction`, `outcome`) must be JSON
+    values or pydantic models; datetimes are stored in UTC. The objects themselves are not
+    attached to any session.
+
+    Args:
+        rows: the decisions; each must have a non-empty tenant.
+        url: database URL; None means the settings' URL.
+
+    Raises:
+        ValueError: a row has no tenant.
+        TypeError: a JSON field holds something that is not JSON.
+
+    Example:
+        >>> record_decisions([DecisionRecord(tenant="acme", agent="triage", step="route",
+        ...                                  input_digest="0" * 64)], url="sqlite://")
+    """
+    if not rows:
+        return
+    for row in rows:
+        _require_tenant(row.tenant)
+    params = [_row(row) for row in rows]
+    with session(url) as s:
+        s.exec(insert(DecisionRecord), params=params)
+
+
+def cost_of(model: str | None, tokens_in: int, tokens_out: int) -> float:
+    """What a model call cost in USD, from the price table in settings (`model_prices`).
+
+    Prices are USD per 1,000 tokens, `(input, output)`, per model name
+    (`STALWART_MODEL_PRICES='{"gpt-4o": [0.0025, 0.01]}'`). An unknown model (or None) costs 0.0;
+    negative token counts count as 0.
+
+    Args:
+        model: the model name as sent to the endpoint.
+        tokens_in: prompt tokens.
+        tokens_out: completion tokens.
+
+    Example:
+        >>> from agents._settings import temporary_settings
+        >>> with temporary_settings(model_prices={"gpt-4o": (0.0025, 0.01)}):
+        ...     round(cost_of("gpt-4o", 2000, 500), 6)
+        0.01
+        >>> cost_of("unknown-model", 2000, 500)
+        0.0
+    """
+    if model is None:
+        return 0.0
+    prices = get_current_settings().model_prices.get(model)
+    if prices is None:
+        return 0.0
+    price_in, price_out = prices
+    return (max(tokens_in, 0) * price_in + max(tokens_out, 0) * price_out) / 1000.0
+
+
+def find_decisions(
+    *,
+    tenant: str,
+    agent: str | None = None,
+    step: str | None = None,
+    since: datetime | None = None,
+    below: float | None = None,
+    path: str | None = None,
+    subject: str | None = None,
+    limit: int = 100,
+    url: str | None = None,
+) -> list[DecisionRecord]:
+    """A tenant's decisions, newest first (the store-level query behind `agents.decisions`).
+
+    Args:
+        tenant: the tenant (mandatory).
+        agent: only this agent's decisions.
+        step: only this step's decisions.
+        since: only decisions made at or after this instant (naive means UTC).
+        below: only decisions with a confidence strictly below this (no confidence: excluded).
+        path: only decisions reached this way (direct, fallback_model, human, default, rejected).
+        subject: only decisions about this subject.
+        limit: at most this many rows (at least 1).
+        url: database URL; None means the settings' URL.
+
+    Raises:
+        ValueError: no tenant, or a limit below 1.
+
+    Example:
+        >>> find_decisions(tenant="nobody", agent="triage", below=0.7, url="sqlite://")
+        []
+    """
+    _require_tenant(tenant)
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    query = select(DecisionRecord).where(col(DecisionRecord.tenant) == tenant)
+    if agent is not None:
+        query = query.where(col(DecisionRecord.agent) == agent)
+    if step is not None:
+        query = query.where(col(DecisionRecord.step) == step)
+    if since is not None:
+        query = query.where(col(DecisionRecord.created_at) >= as_utc(since))
+    if below is not None:
+        query = query.where(col(DecisionRecord.confidence) < below)
+    if path is not None:
+        query = query.where(col(DecisionRecord.path) == path)
+    if subject is not None:
+        query = query.where(col(DecisionRecord.subject) == subject)
+    query = query.order_by(
+        col(DecisionRecord.created_at).desc(), col(DecisionRecord.id).desc()
+    ).limit(limit)
+    with session(url) as s:
+        return list(s.exec(query).all())
+
+
+def get_decision(decision_id: str, *, tenant: str, url: str | None = None) -> DecisionRecord | None:
+    """One decision by id, or None if that tenant has no such decision.
+
+    Example:
+        >>> get_decision("0" * 32, tenant="acme", url="sqlite://") is None
+        True
+    """
+    _require_tenant(tenant)
+    query = select(DecisionRecord).where(
+        col(DecisionRecord.id) == decision_id, col(DecisionRecord.tenant) == tenant
+    )
+    with session(url) as s:
+        return s.exec(query).one_or_none()
+
+
+def set_outcome(decision_id: str, *, tenant: str, outcome: Any, url: str | None = None) -> bool:
+    """Record what came of a decision (a later learning step, feedback, a label).
+
+    Overwrites any earlier outcome and stamps `outcome_at` with now.
+
+    Args:
+        decision_id: the decision's id.
+        tenant: its tenant (a decision of another tenant is never touched).
+        outcome: any JSON value or pydantic model, e.g. `{"correct": False, "label": "billing"}`.
+        url: database URL; None means the settings' URL.
+
+    Returns:
+        True if the decision was found in that tenant and updated, else False.
+
+    Raises:
+        ValueError: no tenant.
+        TypeError: the outcome is not JSON.
+
+    Example:
+        >>> set_outcome("0" * 32, tenant="acme", outcome={"correct": True}, url="sqlite://")
+        False
+    """
+    _require_tenant(tenant)
+    value = to_json_value(outcome, what="outcome")
+    with session(url) as s:
+        result = s.exec(
+            update(DecisionRecord)
+            .where(col(DecisionRecord.id) == decision_id, col(DecisionRecord.tenant) == tenant)
+            .values(outcome=value, outcome_at=utcnow())
+        )
+        return bool(result.rowcount)
+
+
+# -- retention ----------------------------------------------------------------------------------
+
+
+def _delete_in_batches(
+    table: type[SQLModel],
+    key: Any,
+    condition: ColumnElement[bool],
+    batch_size: int,
+    url: str | None,
+    before_delete: Callable[[Session, list[Any]], None] | None = None,
+) -> int:
+    """Delete the rows matching `condition`, `batch_size` at a time, one transaction each.
+
+    `before_delete(session, ids)` runs first in each batch's transaction (to delete dependants).
+    """
+    deleted = 0
+    while True:
+        with session(url) as s:
+            ids = list(s.exec(select(key).where(condition).limit(batch_size)).all())
+            if not ids:
+                return deleted
+            if before_delete is not None:
+                before_delete(s, ids)
+            result = s.exec(delete(table).where(key.in_(ids), condition))
+            deleted += result.rowcount
+        if len(ids) < batch_size:
+            return deleted
+
+
+def prune(
+    *,
+    older_than: timedelta,
+    batch_size: int = 500,
+    url: str | None = None,
+    tenant: str | None = None,
+) -> dict[str, int]:
+    """Delete state older than a cutoff, in short batches (the retention job, `stalwart prune`).
+
+    Deleted, when older than `now - older_than`: agent runs (by `started_at`) with all their
+    step runs, any other step runs (by `started_at`), decisions (`created_at`), step results
+    (`created_at`), and *completed* action records (`completed_at`). Action records still
+    `started` are kept: they guard an action that may be in flight. Note that a pruned action
+    record no longer prevents its action from running again for the same run key.
+
+    Each batch selects at most `batch_size` ids, deletes them and commits, so no table is locked
+    for long and concurrent runs go on; an interrupted prune can simply be run again.
+
+    Args:
+        older_than: the age beyond which rows are deleted (must be positive).
+        batch_size: rows per transaction, 1 to `MAX_BATCH_SIZE`.
+        url: database URL; None means the settings' URL.
+        tenant: only this tenant's rows; None prunes every tenant (an operator's job).
+
+    Returns:
+        Rows deleted per table: `agent_run`, `step_run`, `decision_record`, `step_result`,
+        `action_record`.
+
+    Raises:
+        ValueError: a non-positive age, a batch size out of range, or an empty tenant.
+
+    Example:
+        >>> from datetime import timedelta
+        >>> prune(older_than=timedelta(days=90), url="sqlite://")["decision_record"]
+        0
+    """
+    if older_than <= timedelta(0):
+        raise ValueError(f"older_than must be positive, got {older_than}")
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise ValueError(f"batch_size must be between 1 and {MAX_BATCH_SIZE}, got {batch_size}")
+    if tenant is not None:
+        _require_tenant(tenant)
+    cutoff = utcnow() - older_than
+
+    def scoped(condition: ColumnElement[bool], tenant_column: Any) -> ColumnElement[bool]:
+        if tenant is None:
+            return condition
+        return sa.and_(condition, tenant_column == tenant)
+
+    counts = dict.fromkeys(PRUNED_TABLES, 0)
+
+    def delete_steps_of_runs(s: Session, run_ids: list[Any]) -> None:
+        result = s.exec(delete(StepRun).where(col(StepRun.agent_run_id).in_(run_ids)))
+        counts["step_run"] += result.rowcount
+
+    counts["agent_run"] = _delete_in_batches(
+        AgentRun,
+        col(AgentRun.id),
+        scoped(col(AgentRun.started_at) < cutoff, col(AgentRun.tenant)),
+        batch_size,
+        url,
+        before_delete=delete_steps_of_runs,
+    )
+    counts["step_run"] += _delete_in_batches(
+        StepRun,
+        col(StepRun.id),
+        scoped(col(StepRun.started_at) < cutoff, col(StepRun.tenant)),
+        batch_size,
+        url,
+    )
+    counts["decision_record"] = _delete_in_batches(
+        DecisionRecord,
+        col(DecisionRecord.id),
+        scoped(col(DecisionRecord.created_at) < cutoff, col(DecisionRecord.tenant)),
+        batch_size,
+        url,
+    )
+    counts["step_result"] = _delete_in_batches(
+        StepResult,
+        col(StepResult.key),
+        scoped(col(StepResult.created_at) < cutoff, col(StepResult.tenant)),
+        batch_size,
+        url,
+    )
+    counts["action_record"] = _delete_in_batches(
+        ActionRecord,
+        col(ActionRecord.idempotency_key),
+        scoped(
+            sa.and_(
+                col(ActionRecord.status) == "completed",
+                col(ActionRecord.completed_at) < cutoff,
+            ),
+            col(ActionRecord.tenant),
+        ),
+        batch_size,
+        url,
+    )
+    return counts
