@@ -29,7 +29,6 @@ from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from prefect import Flow, Task, tags
@@ -54,14 +53,16 @@ from agents._declare import (
     resolve_hints,
     returns_decision,
 )
-from agents._errors import DeclarationError, InputError, UserError
+from agents._errors import DeclarationError, InputError
 from agents._run import RunContext, RunResult, RunStatus, StepStatus
 from agents._settings import get_current_settings
 from agents.observe import capture_failure, flow_failure_hook, init_sentry
+from agents.policy.retry import is_retryable_by_step
 from agents.resources.llm import LLM, LLMCall, resolve_endpoint
-from agents.store import ledger, queries
-from agents.store.decisions import cost_of, record_decisions
+from agents.store import ledger
+from agents.store.decisions import cost_of
 from agents.store.memory import Memory
+from agents.store.records import RecordWriter
 from agents.store.results import SQLResultStorage
 from agents.store.tables import AgentRun, DecisionRecord, StepRun
 
@@ -145,8 +146,10 @@ STEP_CACHE = StepCacheKey()
 
 
 def _retry_unless_user_error(task: Task[Any, Any], task_run: Any, state: Any) -> bool:
-    """A developer's mistake is never retried; everything else follows the step's retries."""
-    return not isinstance(getattr(state, "data", None), UserError)
+    """A developer's mistake is never retried, nor a provider failure the LLM layer already
+    retried (retries live in one layer); everything else follows the step's retries."""
+    error = getattr(state, "data", None)
+    return not isinstance(error, BaseException) or is_retryable_by_step(error)
 
 
 _executor_lock = threading.Lock()
@@ -592,17 +595,25 @@ class CompiledAgent:
         flow_run_id = str(flow_run.id) if flow_run.id else None
         await self._publish_graph()
         gate = asyncio.Semaphore(max(1, int(concurrency)))
+        writer = RecordWriter()
+        flusher = asyncio.ensure_future(_flush_periodically(writer))
 
         async def one(index: int, item: Any) -> RunResult:
             async with gate:
-                result = await self._run_one(item, tenant, flow_run_id, prefect_tasks)
+                result = await self._run_one(item, tenant, flow_run_id, prefect_tasks, writer)
             if self._on_result is not None:
                 self._on_result(index, result)
             return result
 
-        # Task runs get no inherited tags (see `_make_task`); the flow run carries them.
-        with TagsContext(current_tags=set()):
-            return list(await asyncio.gather(*(one(i, item) for i, item in enumerate(inputs))))
+        try:
+            # Task runs get no inherited tags (see `_make_task`); the flow run carries them.
+            with TagsContext(current_tags=set()):
+                return list(await asyncio.gather(*(one(i, item) for i, item in enumerate(inputs))))
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            await in_thread(writer.flush)
 
     async def _publish_graph(self) -> None:
         from prefect.artifacts import acreate_markdown_artifact
@@ -620,6 +631,7 @@ class CompiledAgent:
         tenant: str,
         flow_run_id: str | None,
         prefect_tasks: dict[str, Task[Any, Any]],
+        writer: RecordWriter,
     ) -> RunResult:
         run_id = uuid.uuid4().hex
         if not isinstance(item, Mapping):
@@ -659,7 +671,7 @@ class CompiledAgent:
             flow_run_id=flow_run_id,
             error=result.error,
         )
-        await in_thread(queries.record_run_start, run_row)
+        writer.start_run(run_row)
         if problems:
             return result
 
@@ -672,28 +684,15 @@ class CompiledAgent:
         except Exception as exc:  # a runtime bug must fail this input only
             result.status = "failed"
             result.error = _describe(exc)
-        duration = (time.perf_counter() - started) * 1000
-        await in_thread(self._record_end, result, rows, decisions, duration)
-        return result
-
-    def _record_end(
-        self,
-        result: RunResult,
-        rows: list[StepRun],
-        decisions: list[DecisionRecord],
-        duration: float,
-    ) -> None:
-        queries.record_steps(rows)
-        if decisions:
-            record_decisions(decisions)
-        queries.record_run_end(
-            result.run_id,
-            tenant=result.tenant,
+        writer.end_run(
+            run_id,
             status=result.status,
             error=result.error,
-            finished_at=datetime.now(UTC),
-            duration_ms=duration,
+            duration_ms=(time.perf_counter() - started) * 1000,
+            steps=rows,
+            decisions=decisions,
         )
+        return result
 
     async def _walk(
         self,
@@ -1069,7 +1068,7 @@ class CompiledAgent:
                 )
             elif p.name == "llm":
                 endpoint = resolve_endpoint(call.model) if call.model else None
-                kwargs["llm"] = LLM(endpoint=endpoint, calls=call.llm_calls)
+                kwargs["llm"] = LLM(endpoint=endpoint, calls=call.llm_calls, tenant=call.tenant)
             elif p.name == "context":
                 kwargs["context"] = RunContext(
                     agent=call.agent,
@@ -1113,6 +1112,16 @@ class CompiledAgent:
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+async def _flush_periodically(writer: RecordWriter, interval: float = 0.1) -> None:
+    """Flush run records every `interval` seconds (one transaction for many runs)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await in_thread(writer.flush)
+        except Exception:  # the database hiccuped: the rows stay queued for the next flush
+            await asyncio.sleep(interval)
 
 
 def _flow_run_name() -> str:

@@ -59,3 +59,85 @@ class MemoryConflict(StalwartError):
 
 class StepRunError(StalwartError):
     """A step failed at run time; retried according to the step's policy."""
+
+
+class ProviderUnavailable(StalwartError):
+    """The model endpoint is unavailable: transient failures outlasted the retries, or its
+    circuit breaker is open and no fallback model could answer.
+
+    Already retried inside `LLM.decide`, so a step does not retry it again (see
+    `agents.policy.is_retryable_by_step`). The message names the endpoint and the model, never
+    the key.
+
+    Attributes:
+        endpoint: The endpoint's name (e.g. "configured").
+        model: The model last tried.
+        attempts: HTTP requests made before giving up (0 when the breaker refused them all).
+        status_code: The last HTTP status received, if any.
+        breaker_open: Whether an open circuit breaker refused the request.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        endpoint: str = "",
+        model: str = "",
+        attempts: int = 0,
+        status_code: int | None = None,
+        breaker_open: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+        self.model = model
+        self.attempts = attempts
+        self.status_code = status_code
+        self.breaker_open = breaker_open
+
+
+class ProviderRejected(UserError):
+    """The model endpoint refused the request for good (HTTP 400, 401, 403, 404, 422, ...).
+
+    Retrying cannot help: the key, the model name or the request must be fixed. Never retried.
+    The message names the endpoint, its host, the model and the status code, never the key.
+
+    Attributes:
+        endpoint: The endpoint's name.
+        model: The model the request named.
+        status_code: The HTTP status, or None for a client-side configuration error.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        endpoint: str = "",
+        model: str = "",
+        status_code: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+        self.model = model
+        self.status_code = status_code
+
+
+class ModelOutputError(StalwartError):
+    """The model kept answering with output that does not fit the requested type.
+
+    Raised after instructor's re-asks and the LLM layer's extra fresh attempt(s) all failed
+    validation. It is not a crash of the endpoint (the circuit breaker does not count it) and
+    it is not retried by the step either: the retries already happened inside `LLM.decide`.
+
+    Attributes:
+        endpoint: The endpoint's name.
+        model: The model that answered.
+        attempts: HTTP requests made (re-asks included).
+    """
+
+    def __init__(
+        self, message: str, *, endpoint: str = "", model: str = "", attempts: int = 0
+    ) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+        self.model = model
+        self.attempts = attempts

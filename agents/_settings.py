@@ -59,6 +59,43 @@ class Settings(BaseSettings):
     model_max_reasks: int = Field(
         default=2, ge=0, description="Re-asks after a validation failure of the model's output."
     )
+    model_max_attempts: int = Field(
+        default=4,
+        ge=1,
+        description="HTTP attempts per `decide` on transient errors (429, 5xx, timeouts, "
+        "dropped connections) before ProviderUnavailable. Retries live in the LLM layer only.",
+    )
+    model_retry_base_seconds: float = Field(
+        default=0.5,
+        ge=0,
+        description="Backoff base: wait ~ uniform(0, base * 2**(attempt-1)) (full jitter).",
+    )
+    model_retry_max_wait_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="Longest wait between two attempts, Retry-After headers included.",
+    )
+    model_output_retries: int = Field(
+        default=1,
+        ge=0,
+        description="Fresh attempts after instructor's re-asks still gave invalid output, "
+        "before ModelOutputError.",
+    )
+    breaker_failure_threshold: int = Field(
+        default=5,
+        ge=1,
+        description="Consecutive transient failures that open an endpoint's circuit breaker.",
+    )
+    breaker_reset_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long an open circuit breaker refuses requests before one probe.",
+    )
+    llm_cache_enabled: bool = Field(
+        default=True,
+        description="Cache model answers in the state database (llm_cache); "
+        "`LLM(cache=False)` or `decide(..., cache=False)` turn it off locally.",
+    )
     sentry_dsn: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("SENTRY_DSN", "STALWART_SENTRY_DSN"),
@@ -70,6 +107,10 @@ class Settings(BaseSettings):
     )
     result_storage_block: str = Field(
         default="stalwart", description="Name under which the SQL result storage block is saved."
+    )
+    model_prices: dict[str, tuple[float, float]] = Field(
+        default_factory=dict,
+        description="USD per 1k tokens (in, out) per model name; env STALWART_MODEL_PRICES as JSON",
     )
 
     def resolved_database_url(self) -> str:

@@ -105,6 +105,8 @@ class Measured:
     overhead_ms_per_step: float | None = None
     peak_rss_mib: float = 0.0
     model_calls: int = 0
+    cpu_s: float = 0.0
+    api_cpu_s: float | None = None
     failed: int = 0
     checks: dict[str, Any] = field(default_factory=dict)
     startup_s: float = 0.0
@@ -252,16 +254,26 @@ def _run_stalwart(args: ChildArgs, timer: _Timer, *, sync: bool) -> None:
         upgrade(args.db_url)
     agent = stalwart_agent.build(sync=sync)
 
-    def batch(items: list[dict[str, Any]]) -> list[str | None]:
-        results = agent.batch(items, tenant=TENANT, concurrency=args.concurrency)
-        outcome: list[str | None] = []
+    def outcome(results: list[Any]) -> list[str | None]:
+        found: list[str | None] = []
         for r in results:
-            outcome.append(None if r.status == "completed" else f"{r.status}: {r.error}")
+            found.append(None if r.status == "completed" else f"{r.status}: {r.error}")
             timed_steps.update(r.steps.values())
-        return outcome
+        return found
+
+    def batch(items: list[dict[str, Any]]) -> list[str | None]:
+        return outcome(agent.batch(items, tenant=TENANT, concurrency=args.concurrency))
+
+    async def abatch(items: list[dict[str, Any]]) -> list[str | None]:
+        return outcome(await agent.abatch(items, tenant=TENANT, concurrency=args.concurrency))
 
     timed_steps: Counter[str] = Counter()
-    _timed_sync(batch, timer, on_warm=timed_steps.clear)
+    if os.environ.get("BENCH_PROFILE"):
+        # pyinstrument samples one thread: run the batch on this thread's loop (`abatch`)
+        # instead of Prefect's run-sync loop thread (`batch`). Same flow, same steps.
+        asyncio.run(_timed_async(abatch, timer, on_warm=timed_steps.clear))
+    else:
+        _timed_sync(batch, timer, on_warm=timed_steps.clear)
     from agents.store import queries
 
     actions = queries.actions(tenant=TENANT)
@@ -283,6 +295,23 @@ class _Timer:
         self.measured = measured
         self.checks: dict[str, Any] = measured.checks
         self.process_started = time.perf_counter()
+        self.sql = Counter[str]()
+        _count_sql(self.sql)
+
+
+def _count_sql(counts: Counter[str]) -> None:
+    """Count this process's SQL statements and commits (every SQLAlchemy engine)."""
+    import sqlalchemy as sa
+    from sqlalchemy.engine import Engine
+
+    def statement(*_: Any, **__: Any) -> None:
+        counts["statements"] += 1
+
+    def commit(*_: Any, **__: Any) -> None:
+        counts["commits"] += 1
+
+    sa.event.listen(Engine, "before_cursor_execute", statement)
+    sa.event.listen(Engine, "commit", commit)
 
 
 def _warm_inputs(args: ChildArgs) -> list[dict[str, Any]]:
@@ -301,6 +330,9 @@ def _record(timer: _Timer, wall: float, calls: int, outcome: list[Any]) -> None:
     from workload import MODEL_CLOCK
 
     m = timer.measured
+    runs = max(1, m.runs)
+    m.checks["sql_statements_per_run"] = round(timer.sql["statements"] / runs, 2)
+    m.checks["sql_commits_per_run"] = round(timer.sql["commits"] / runs, 2)
     m.wall_s = wall
     m.runs_per_s = m.runs / wall if wall > 0 else 0.0
     m.model_s = MODEL_CLOCK.total_s
@@ -326,14 +358,19 @@ def _timed_sync(batch: Batch, timer: _Timer, on_warm: Callable[[], None] | None 
     if on_warm is not None:
         on_warm()
     MODEL_CLOCK.reset()
+    timer.sql.clear()
     before = _model_requests(args.model_url)
+    cpu, api_cpu = _cpu_s(), _descendants_cpu_s()
     started = time.perf_counter()
     outcome = batch(items)
     wall = time.perf_counter() - started
+    _record_cpu(timer, cpu, api_cpu)
     _record(timer, wall, _model_requests(args.model_url) - before, outcome)
 
 
-async def _timed_async(batch: Batch, timer: _Timer) -> None:
+async def _timed_async(
+    batch: Batch, timer: _Timer, on_warm: Callable[[], None] | None = None
+) -> None:
     from workload import MODEL_CLOCK
 
     args = timer.args
@@ -342,13 +379,81 @@ async def _timed_async(batch: Batch, timer: _Timer) -> None:
         raise RuntimeError(f"warm-up failed: {next(o for o in warm if o is not None)!r}")
     items = _timed_inputs(args)
     timer.measured.startup_s = time.perf_counter() - timer.process_started
+    if on_warm is not None:
+        on_warm()
     MODEL_CLOCK.reset()
+    timer.sql.clear()
     before = await asyncio.to_thread(_model_requests, args.model_url)
-    started = time.perf_counter()
-    outcome = await batch(items)
-    wall = time.perf_counter() - started
+    cpu, api_cpu = _cpu_s(), _descendants_cpu_s()
+    with _profiled(timer):
+        started = time.perf_counter()
+        outcome = await batch(items)
+        wall = time.perf_counter() - started
+    _record_cpu(timer, cpu, api_cpu)
     calls = await asyncio.to_thread(_model_requests, args.model_url) - before
     _record(timer, wall, calls, outcome)
+
+
+def _record_cpu(timer: _Timer, cpu: float, api_cpu: float | None) -> None:
+    timer.measured.cpu_s = _cpu_s() - cpu
+    after = _descendants_cpu_s()
+    if api_cpu is not None and after is not None:
+        timer.measured.api_cpu_s = max(0.0, after - api_cpu)
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _descendants_cpu_s() -> float | None:
+    """CPU seconds of this process's descendants still running (Prefect's temporary API
+    server), read from /proc; None where there is no /proc."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    parents: dict[int, list[int]] = {}
+    cpu: dict[int, float] = {}
+    ticks = os.sysconf("SC_CLK_TCK")
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        pid, ppid = int(entry.name), int(fields[1])
+        parents.setdefault(ppid, []).append(pid)
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / ticks
+    total, todo = 0.0, list(parents.get(os.getpid(), []))
+    while todo:
+        pid = todo.pop()
+        total += cpu.get(pid, 0.0)
+        todo.extend(parents.get(pid, []))
+    return total
+
+
+@contextlib.contextmanager
+def _profiled(timer: _Timer) -> Iterator[None]:
+    """With BENCH_PROFILE=<file stem>, profile the timed section with pyinstrument."""
+    stem = os.environ.get("BENCH_PROFILE")
+    if not stem:
+        yield
+        return
+    from pyinstrument import Profiler
+
+    profiler = Profiler(interval=0.001, async_mode="enabled")
+    profiler.start()
+    try:
+        yield
+    finally:
+        profiler.stop()
+        Path(f"{stem}.txt").write_text(profiler.output_text(unicode=True, show_all=False))
+        Path(f"{stem}.html").write_text(profiler.output_html())
+        if profiler.last_session is not None:  # re-render: pyinstrument --load <file> ...
+            profiler.last_session.save(f"{stem}.pyisession")
+        timer.checks["profile"] = f"{stem}.txt"
 
 
 def _sql_checks(engine: Any, timer: _Timer) -> None:
@@ -419,9 +524,12 @@ class Config:
     postgres: str | None
     sync_steps: bool
     only: set[str] | None
+    modes: set[str] | None
     timeout_s: float | None
     quick: bool
     keep: bool
+    profile: set[str] = field(default_factory=set)
+    env: dict[str, str] = field(default_factory=dict)
 
 
 class StateDatabases:
@@ -535,6 +643,12 @@ def run_child(
         end="",
         flush=True,
     )
+    env = _child_env(work, model_url, db_url, prefect_home)
+    env.update(cfg.env)
+    if mode in cfg.profile:
+        profiles = RESULTS_DIR / "profiles"
+        profiles.mkdir(parents=True, exist_ok=True)
+        env["BENCH_PROFILE"] = str(profiles / label)
     started = time.perf_counter()
     out_path = log_dir / f"{label}.out"
     # Files, not pipes: Prefect's temporary API server (a grandchild) inherits the child's
@@ -546,7 +660,7 @@ def run_child(
             stdout=out,
             stderr=log,
             text=True,
-            env=_child_env(work, model_url, db_url, prefect_home),
+            env=env,
             cwd=str(BENCH_DIR.parent),
             start_new_session=True,
         )
@@ -617,6 +731,9 @@ def scenarios_for(cfg: Config) -> list[Scenario]:
     ]
     if cfg.only:
         found = [s for s in found if s.name in cfg.only]
+    if cfg.modes:
+        for s in found:
+            s.modes = [m for m in s.modes if m in cfg.modes]
     return found
 
 
@@ -662,27 +779,54 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{value:,.{digits}f}"
 
 
+def _per_run_ms(r: dict[str, Any], key: str) -> float | None:
+    value = r.get(key)
+    return None if value is None or not r.get("runs") else 1000 * float(value) / r["runs"]
+
+
 def results_table(results: list[dict[str, Any]]) -> str:
-    head = (
-        "| mode | scenario | runs | concurrency | latency ms | runs/s | overhead ms/step "
-        "| peak RSS MiB | model calls | failed | note |"
-    )
-    lines = [head, "|" + "---|" * 11]
+    columns = [
+        "mode",
+        "scenario",
+        "runs",
+        "concurrency",
+        "latency ms",
+        "runs/s",
+        "overhead ms/step",
+        "peak RSS MiB",
+        "model calls",
+        "failed",
+        "CPU ms/run",
+        "API CPU ms/run",
+        "SQL commits/run",
+        "note",
+    ]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in results:
+        failed = bool(r.get("error"))
+        checks = r.get("checks", {})
         note = r.get("error") or ""
         if not note and r["mode"] == "d":
-            statuses = r.get("checks", {}).get("step_statuses", {})
-            note = f"step statuses {statuses}"
-        if not note and r.get("checks", {}).get("first_failure"):
-            note = r["checks"]["first_failure"][:120]
-        lines.append(
-            f"| {MODE_LABELS.get(r['mode'], r['mode'])} | {r['scenario']} | {r['runs']} "
-            f"| {r['concurrency']} | {r['latency_ms']:g} | "
-            f"{_fmt(r['runs_per_s']) if not r.get('error') else '—'} "
-            f"| {_fmt(r.get('overhead_ms_per_step'), 2)} | {_fmt(r['peak_rss_mib'], 0)} "
-            f"| {r['model_calls'] if not r.get('error') else '—'} | {r.get('failed', '—')} "
-            f"| {note.replace('|', '/')} |"
-        )
+            note = f"step statuses {checks.get('step_statuses', {})}"
+        if not note and checks.get("first_failure"):
+            note = checks["first_failure"][:120]
+        cells = [
+            MODE_LABELS.get(r["mode"], r["mode"]),
+            r["scenario"],
+            str(r["runs"]),
+            str(r["concurrency"]),
+            f"{r['latency_ms']:g}",
+            "—" if failed else _fmt(r["runs_per_s"]),
+            _fmt(r.get("overhead_ms_per_step"), 2),
+            _fmt(r["peak_rss_mib"], 0),
+            "—" if failed else str(r["model_calls"]),
+            str(r.get("failed", "—")),
+            "—" if failed else _fmt(_per_run_ms(r, "cpu_s"), 0),
+            "—" if failed else _fmt(_per_run_ms(r, "api_cpu_s"), 0),
+            _fmt(checks.get("sql_commits_per_run"), 1),
+            note.replace("|", "/"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -851,8 +995,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--postgres", metavar="URL", help="state DBs on PostgreSQL (temporary)")
     parser.add_argument("--sync-steps", action="store_true", help="add mode cs to S1")
     parser.add_argument("--only", help="comma-separated scenarios, e.g. S1,S3")
+    parser.add_argument("--modes", help="comma-separated modes to run (default: all)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per child")
     parser.add_argument("--keep", action="store_true", help="keep the temp work directory")
+    parser.add_argument(
+        "--profile",
+        metavar="MODES",
+        help="comma-separated modes (e.g. b,c) whose timed section pyinstrument profiles "
+        "(results/profiles/; not for the published numbers: profiling slows them down)",
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for every child, e.g. PREFECT_LOGGING_LEVEL=WARNING (repeatable)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -869,9 +1027,12 @@ def main(argv: list[str] | None = None) -> int:
         postgres=ns.postgres,
         sync_steps=ns.sync_steps,
         only={s.strip().upper() for s in ns.only.split(",")} if ns.only else None,
+        modes={m.strip() for m in ns.modes.split(",")} if ns.modes else None,
         timeout_s=ns.timeout,
         quick=ns.quick,
         keep=ns.keep,
+        profile={m.strip() for m in ns.profile.split(",")} if ns.profile else set(),
+        env=dict(item.split("=", 1) for item in ns.env),
     )
     started = datetime.now(UTC)
     results = run_all(cfg)

@@ -79,7 +79,7 @@ def test_a_reasoning_step_decides_through_the_model_server_and_never_pays_twice(
     assert model_server.stats.requests_total == 1
 
 
-def test_schema_invalid_output_is_reasked_and_a_500_is_retried_by_prefect(
+def test_schema_invalid_output_is_reasked_and_a_500_is_retried(
     sqlite_url: str, model_server: ModelServer
 ) -> None:
     model_server.faults.update(fail_next=["schema_invalid", "500"])
@@ -87,7 +87,7 @@ def test_schema_invalid_output_is_reasked_and_a_500_is_retried_by_prefect(
     result = agent.run(tenant="acme", raw="my package never arrived")
     assert result.status == "completed", result.error
     assert result.outputs["route"].category == "shipping"
-    # schema_invalid → instructor re-ask (same attempt); 500 → attempt failed, Prefect retried.
+    # schema_invalid → instructor re-ask; 500 → retried by the LLM layer (one retry layer).
     assert model_server.stats.faults_injected == 2
     assert model_server.stats.requests_total == 3
 

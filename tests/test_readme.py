@@ -17,7 +17,8 @@ def python_blocks() -> list[str]:
 
 def test_the_twenty_line_agent_runs_as_the_readme_says(sqlite_url: str, prefect_api: None) -> None:
     declaration = python_blocks()[0]
-    assert len(declaration.strip().splitlines()) <= 30
+    code = [line for line in declaration.splitlines() if line.strip()]
+    assert len(code) <= 26  # the README promises an agent in about 20 lines
     namespace: dict[str, Any] = {"__name__": "readme_example"}
     exec(compile(declaration, str(README), "exec", dont_inherit=True), namespace)
     triage = namespace["triage"]

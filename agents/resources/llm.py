@@ -1,32 +1,90 @@
-"""The `llm` resource: structured model calls through instructor and the openai client.
+"""The `llm` resource: governed, structured model calls through instructor and the openai client.
 
-`LLM.decide` sends messages to the configured OpenAI-compatible endpoint, asks instructor for an
-object of the given Pydantic type, re-asks on validation errors, and records tokens and latency.
-The openai client's own retries are off: retrying a step is Prefect's job. With no endpoint
-configured (`STALWART_MODEL_URL` unset) the bundled offline model server is started in-process.
+`LLM.decide` sends messages to the configured OpenAI-compatible endpoint and asks instructor for
+an object of the given Pydantic type (instructor re-asks on validation errors). Around that
+call this module applies Stalwart's policy (`agents.policy`), in one layer:
+
+1. **Cache**: a validated answer to the same question (tenant, endpoint, model, messages,
+   output schema, parameters) is reused from the `llm_cache` table without a request.
+2. **Circuit breaker**: a request goes out only if the breaker of (base URL, model) allows it.
+   While it is open the call goes to the fallback model (`Endpoint.fallback_model`, from
+   `STALWART_FALLBACK_MODEL`), which has its own breaker, or fails at once with
+   `ProviderUnavailable`.
+3. **Retries**: transient failures (HTTP 408/409/429/5xx, timeouts, dropped connections) are
+   retried with exponential backoff and full jitter, honouring `Retry-After`, up to
+   `model_max_attempts` requests; then `ProviderUnavailable`. Fatal refusals (400, 401, 403,
+   404, 422, ...) raise `ProviderRejected` (a `UserError`) after exactly one request. Output
+   that stays invalid after the re-asks gets `model_output_retries` fresh attempts, then
+   `ModelOutputError`. The openai client's own retries are off, and the runner does not retry
+   these errors again (`agents.policy.is_retryable_by_step`).
+4. **Recording**: each successful call appends an `LLMCall` (tokens, latency, attempts, model
+   actually used, raw output, logprobs, prompt digest, whether it was cached) to `LLM.calls`.
+
+No error message names the API key. With no endpoint configured (`STALWART_MODEL_URL` unset)
+the bundled offline model server is started in-process.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import instructor
 import openai
-from pydantic import BaseModel, SecretStr
+from instructor.core.hooks import Hooks
+from pydantic import BaseModel, SecretStr, ValidationError
 
-from agents._settings import get_current_settings
+from agents._errors import ModelOutputError, ProviderRejected, ProviderUnavailable
+from agents._settings import Settings, get_current_settings
+from agents.policy import llm_cache
+from agents.policy.breaker import Permit, breaker_key, get_breaker, public_url
+from agents.policy.retry import (
+    classify,
+    retry_after_seconds,
+    retry_wait_seconds,
+    status_code_of,
+    unwrap,
+)
+
+__all__ = ["LLM", "Endpoint", "LLMCall", "bundled_model_url", "resolve_endpoint"]
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T", bound=BaseModel)
 Message = Mapping[str, Any]
+PathModel = Literal["primary", "fallback"]
+
+RAW_OUTPUT_MAX_CHARS = 20_000
+"""`LLMCall.raw_output` keeps at most this many characters."""
+
+_PROVIDER_MESSAGE_MAX = 300
 
 
 @dataclass(frozen=True, kw_only=True)
 class Endpoint:
-    """Where and how to call a model. The key is a secret and never appears in reprs."""
+    """Where and how to call a model. The key is a secret and never appears in reprs.
+
+    Attributes:
+        base_url: The OpenAI-compatible base URL (ending in `/v1`).
+        model: The model asked by default.
+        api_key: Bearer key (None: a placeholder is sent).
+        mode: instructor mode: function tools or a JSON object.
+        timeout: Per-request timeout in seconds.
+        max_reasks: instructor re-asks after a validation failure.
+        name: A short name used in records and messages ("configured", "bundled", ...).
+        fallback_model: Model asked instead while `model`'s circuit breaker is open.
+
+    Example:
+        >>> Endpoint(base_url="http://127.0.0.1:8089/v1", model="m", api_key=SecretStr("sk-x"))
+        Endpoint(name='default', base_url='http://127.0.0.1:8089/v1', model='m')
+    """
 
     base_url: str
     model: str
@@ -35,6 +93,19 @@ class Endpoint:
     timeout: float = 60.0
     max_reasks: int = 2
     name: str = "default"
+    fallback_model: str | None = None
+
+    @property
+    def host(self) -> str:
+        """`host[:port]` of the base URL, without credentials.
+
+        Example:
+            >>> Endpoint(base_url="https://u:p@api.example.com/v1", model="m").host
+            'api.example.com'
+        """
+        parts = urlsplit(self.base_url)
+        host = parts.hostname or "?"
+        return f"{host}:{parts.port}" if parts.port else host
 
     def __repr__(self) -> str:
         return f"Endpoint(name={self.name!r}, base_url={self.base_url!r}, model={self.model!r})"
@@ -42,7 +113,28 @@ class Endpoint:
 
 @dataclass(frozen=True, kw_only=True)
 class LLMCall:
-    """One `decide` call as recorded: model, tokens, latency."""
+    """One successful `decide` call as recorded (failed calls raise instead).
+
+    Attributes:
+        endpoint: The endpoint's name (never its key).
+        model: The model that answered (the fallback model when `path_model == "fallback"`).
+        output_type: Name of the requested Pydantic type.
+        tokens_in: Prompt tokens of every request of the call (re-asks included; 0 if cached).
+        tokens_out: Completion tokens of every request of the call (0 if cached).
+        latency_ms: Wall time of the call, retries and waits included.
+        prompt_digest: sha256 of the canonical messages and output schema (64 hex).
+        raw_output: Tool-call arguments or content of the answer, at most 20,000 characters.
+        attempts: HTTP requests made: retries and re-asks included (0 for a cache hit).
+        error_class: Class name of the last error absorbed by retries or re-asks, or None.
+        logprobs: `choices[0].logprobs` of the answer as JSON, when the endpoint sent them.
+        cached: Whether the answer came from the LLM cache (no request made).
+        path_model: "primary", or "fallback" when the primary model's breaker was open.
+
+    Example:
+        >>> LLMCall(endpoint="bundled", model="m", output_type="Routing", tokens_in=10,
+        ...         tokens_out=5, latency_ms=12.5).cached
+        False
+    """
 
     endpoint: str
     model: str
@@ -50,6 +142,13 @@ class LLMCall:
     tokens_in: int
     tokens_out: int
     latency_ms: float
+    prompt_digest: str = ""
+    raw_output: str | None = None
+    attempts: int = 1
+    error_class: str | None = None
+    logprobs: Any = None
+    cached: bool = False
+    path_model: PathModel = "primary"
 
 
 _bundled_lock = threading.Lock()
@@ -57,7 +156,12 @@ _bundled_server: Any = None
 
 
 def bundled_model_url() -> str:
-    """Start the bundled offline model server once per process and return its base URL."""
+    """Start the bundled offline model server once per process and return its base URL.
+
+    Example:
+        >>> bundled_model_url()  # doctest: +SKIP
+        'http://127.0.0.1:41234/v1'
+    """
     global _bundled_server
     with _bundled_lock:
         if _bundled_server is None:
@@ -71,6 +175,9 @@ def bundled_model_url() -> str:
 
 def resolve_endpoint(model: str | None = None) -> Endpoint:
     """The endpoint in force: `STALWART_MODEL_URL`, or the bundled offline server.
+
+    Args:
+        model: Ask this model instead of `STALWART_MODEL`.
 
     Example:
         >>> resolve_endpoint().model  # doctest: +SKIP
@@ -86,29 +193,37 @@ def resolve_endpoint(model: str | None = None) -> Endpoint:
         timeout=settings.model_timeout_seconds,
         max_reasks=settings.model_max_reasks,
         name="configured" if settings.model_url else "bundled",
+        fallback_model=settings.fallback_model,
     )
 
 
 _clients_lock = threading.Lock()
-_clients: dict[tuple[Any, ...], Any] = {}
+_sync_clients: dict[tuple[Any, ...], Any] = {}
+# An httpx async client belongs to the event loop it first ran on: one client per loop.
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], Any]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _client(endpoint: Endpoint, *, asynchronous: bool) -> Any:
     key_value = endpoint.api_key.get_secret_value() if endpoint.api_key else "stalwart-offline"
-    cache_key = (endpoint.base_url, key_value, endpoint.timeout, endpoint.mode, asynchronous)
+    cache_key = (endpoint.base_url, key_value, endpoint.timeout, endpoint.mode)
+    mode = instructor.Mode.TOOLS if endpoint.mode == "tools" else instructor.Mode.JSON
     with _clients_lock:
-        client = _clients.get(cache_key)
+        if asynchronous:
+            clients = _async_clients.setdefault(asyncio.get_running_loop(), {})
+        else:
+            clients = _sync_clients
+        client = clients.get(cache_key)
         if client is None:
-            mode = instructor.Mode.TOOLS if endpoint.mode == "tools" else instructor.Mode.JSON
             raw: openai.OpenAI | openai.AsyncOpenAI
             if asynchronous:
                 raw = openai.AsyncOpenAI(
                     base_url=endpoint.base_url,
                     api_key=key_value,
-                    max_retries=0,
+                    max_retries=0,  # retries live in `LLM`, honouring Retry-After
                     timeout=endpoint.timeout,
                 )
-                client = instructor.from_openai(raw, mode=mode)
             else:
                 raw = openai.OpenAI(
                     base_url=endpoint.base_url,
@@ -116,8 +231,7 @@ def _client(endpoint: Endpoint, *, asynchronous: bool) -> Any:
                     max_retries=0,
                     timeout=endpoint.timeout,
                 )
-                client = instructor.from_openai(raw, mode=mode)
-            _clients[cache_key] = client
+            client = clients[cache_key] = instructor.from_openai(raw, mode=mode)
         return client
 
 
@@ -132,9 +246,423 @@ def _messages(prompt: str | Sequence[Message], system: str | None) -> list[dict[
     return messages
 
 
+def _schema_of(output: type[BaseModel]) -> dict[str, Any]:
+    try:
+        return output.model_json_schema()
+    except Exception:  # an exotic type pydantic cannot describe: its name must do
+        return {"title": f"{output.__module__}.{output.__qualname__}"}
+
+
+def _raw_output(completion: Any) -> str | None:
+    """The tool-call arguments, or else the content, of the first choice (truncated)."""
+    try:
+        message = completion.choices[0].message
+    except (AttributeError, IndexError, TypeError):
+        return None
+    tool_calls = getattr(message, "tool_calls", None) or []
+    text: Any = None
+    if tool_calls:
+        text = getattr(getattr(tool_calls[0], "function", None), "arguments", None)
+    if text is None:
+        text = getattr(message, "content", None)
+    return text[:RAW_OUTPUT_MAX_CHARS] if isinstance(text, str) else None
+
+
+def _logprobs(completion: Any) -> Any:
+    try:
+        logprobs = completion.choices[0].logprobs
+    except (AttributeError, IndexError, TypeError):
+        return None
+    if logprobs is None:
+        return None
+    if isinstance(logprobs, BaseModel):
+        return logprobs.model_dump(mode="json")
+    return logprobs if isinstance(logprobs, dict | list) else None
+
+
+def _usage_tokens(usage: Any) -> tuple[int, int]:
+    if usage is None:
+        return 0, 0
+    return (
+        int(getattr(usage, "prompt_tokens", 0) or 0),
+        int(getattr(usage, "completion_tokens", 0) or 0),
+    )
+
+
+@dataclass
+class _Route:
+    """Where the next request goes, with the breaker's leave to send it."""
+
+    model: str
+    path: PathModel
+    permit: Permit
+
+
+@dataclass
+class _Hit(Generic[T]):
+    """A cached answer: no request needed."""
+
+    result: T
+
+
+@dataclass
+class _Counter:
+    """instructor hooks of one `decide` call: HTTP requests and absorbed parse errors."""
+
+    requests: int = 0
+    last_error: str | None = None
+
+    def hooks(self) -> Hooks:
+        hooks = Hooks()
+        hooks.on("completion:kwargs", self._on_request)
+        hooks.on("parse:error", self._on_parse_error)
+        return hooks
+
+    def _on_request(self, *args: Any, **kwargs: Any) -> None:
+        self.requests += 1
+
+    def _on_parse_error(self, error: Exception, **kwargs: Any) -> None:
+        self.last_error = type(error).__name__
+
+
+@dataclass
+class _Call(Generic[T]):
+    """The policy state of one `decide` call, shared by the sync and async drivers.
+
+    Every method that may touch the database (`lookup`, `route`, `succeeded`, `failed`: cache
+    rows and `circuit_state`) is synchronous; the async driver runs them in a worker thread.
+    """
+
+    llm: LLM
+    endpoint: Endpoint
+    settings: Settings
+    output: type[T]
+    messages: list[dict[str, Any]]
+    params: dict[str, Any]
+    max_reasks: int
+    use_cache: bool
+    primary: str
+    started: float = field(default_factory=time.perf_counter)
+    counter: _Counter = field(default_factory=_Counter)
+    schema: dict[str, Any] = field(init=False)
+    digest: str = field(init=False)
+    fallback: str | None = field(init=False)
+    hooks: Hooks = field(init=False)
+    transient_failures: int = 0
+    output_failures: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    last_error: BaseException | None = None
+    fallback_looked_up: bool = False
+
+    def __post_init__(self) -> None:
+        self.schema = _schema_of(self.output)
+        self.digest = llm_cache.prompt_digest(self.messages, self.schema)
+        fallback = self.endpoint.fallback_model
+        self.fallback = fallback if fallback and fallback != self.primary else None
+        self.hooks = self.counter.hooks()
+
+    # -- naming ---------------------------------------------------------------------------
+
+    def where(self, model: str) -> str:
+        """Endpoint name, host and model, for messages (never the key)."""
+        return f"model endpoint {self.endpoint.name!r} ({self.endpoint.host}), model {model!r}"
+
+    def _breaker(self, model: str) -> str:
+        return breaker_key(self.endpoint.base_url, model)
+
+    # -- cache ----------------------------------------------------------------------------
+
+    def _cache_key(self, model: str) -> str:
+        return llm_cache.cache_key(
+            tenant=self.llm.tenant or "",
+            base_url=self.endpoint.base_url,
+            model=model,
+            messages=self.messages,
+            schema=self.schema,
+            params={"mode": self.endpoint.mode, **self.params},
+        )
+
+    def lookup(self, model: str, path: PathModel) -> _Hit[T] | None:
+        """A cached answer for `model`, recorded as a cached call; None on a miss."""
+        if not self.use_cache:
+            return None
+        answer = llm_cache.lookup(self._cache_key(model))
+        if answer is None:
+            return None
+        try:
+            result = self.output.model_validate(answer.output)
+        except ValidationError:
+            logger.debug("Ignoring a cached answer that no longer validates as %s", self.output)
+            return None
+        self.record(
+            model=model,
+            path=path,
+            result_tokens=(0, 0),
+            raw_output=answer.raw_output,
+            logprobs=answer.logprobs,
+            cached=True,
+        )
+        return _Hit(result)
+
+    # -- routing --------------------------------------------------------------------------
+
+    def route(self) -> _Route | _Hit[T]:
+        """The model the next request goes to, or a cached fallback answer.
+
+        Raises:
+            ProviderUnavailable: Every breaker on the way is open.
+        """
+        permit = get_breaker(self._breaker(self.primary)).allow()
+        if permit is not None:
+            return _Route(self.primary, "primary", permit)
+        if self.fallback is not None:
+            if not self.fallback_looked_up:
+                self.fallback_looked_up = True
+                hit = self.lookup(self.fallback, "fallback")
+                if hit is not None:
+                    return hit
+            permit = get_breaker(self._breaker(self.fallback)).allow()
+            if permit is not None:
+                return _Route(self.fallback, "fallback", permit)
+        if self.fallback is not None:
+            what = (
+                f"the circuit breakers of model {self.primary!r} and of its fallback "
+                f"{self.fallback!r} are open"
+            )
+        else:
+            what = f"the circuit breaker of model {self.primary!r} is open"
+        last = f" (last error: {self._describe(self.last_error)})" if self.last_error else ""
+        sent = "no further request was sent" if self.counter.requests else "no request was sent"
+        raise ProviderUnavailable(
+            f"The {self.where(self.primary)} is unavailable: {what} after repeated transient "
+            f"failures{last}; {sent}. A breaker allows one probe request "
+            f"{self.settings.breaker_reset_seconds:g} s after opening "
+            "(STALWART_BREAKER_RESET_SECONDS).",
+            endpoint=self.endpoint.name,
+            model=self.primary,
+            attempts=self.counter.requests,
+            status_code=status_code_of(self.last_error) if self.last_error else None,
+            breaker_open=True,
+        )
+
+    def send_kwargs(self, route: _Route) -> dict[str, Any]:
+        """Arguments of `create_with_completion` for one instructor call."""
+        return {
+            **self.params,
+            "model": route.model,
+            "response_model": self.output,
+            "messages": [dict(m) for m in self.messages],
+            "max_retries": self.max_reasks,
+            "hooks": self.hooks,
+        }
+
+    # -- outcomes -------------------------------------------------------------------------
+
+    def succeeded(self, route: _Route, result: T, completion: Any) -> T:
+        """Close the books on an answer: breaker, tokens, record, cache."""
+        route.permit.success()
+        total = getattr(result, "_total_usage", None)
+        tokens = _usage_tokens(total if total is not None else getattr(completion, "usage", None))
+        self.tokens_in += tokens[0]
+        self.tokens_out += tokens[1]
+        raw, logprobs = _raw_output(completion), _logprobs(completion)
+        self.record(
+            model=route.model,
+            path=route.path,
+            result_tokens=(self.tokens_in, self.tokens_out),
+            raw_output=raw,
+            logprobs=logprobs,
+            cached=False,
+        )
+        if self.use_cache:
+            llm_cache.store(
+                self._cache_key(route.model),
+                llm_cache.CachedAnswer(
+                    output=result.model_dump(mode="json"),
+                    raw_output=raw,
+                    usage={"tokens_in": tokens[0], "tokens_out": tokens[1]},
+                    logprobs=logprobs,
+                ),
+                tenant=self.llm.tenant or "",
+                endpoint=public_url(self.endpoint.base_url),
+                model=route.model,
+            )
+        return result
+
+    def failed(self, route: _Route, exc: Exception) -> float:
+        """Judge a failed instructor call: the wait before the next try, or raise.
+
+        Raises:
+            ProviderRejected: A fatal refusal (after exactly one request).
+            ProviderUnavailable: Transient failures used up `model_max_attempts`.
+            ModelOutputError: The output stayed invalid after the extra fresh attempts.
+            Exception: `exc` itself when it is not a model-call error.
+        """
+        kind = classify(exc)
+        inner = unwrap(exc)
+        usage = getattr(exc, "total_usage", None)
+        if usage is not None:
+            tokens = _usage_tokens(usage)
+            self.tokens_in += tokens[0]
+            self.tokens_out += tokens[1]
+        if kind == "unknown":
+            route.permit.release()
+            raise exc
+        self.last_error = inner
+        self.counter.last_error = type(inner).__name__
+        if kind == "fatal":
+            status = status_code_of(inner)
+            if status is None:
+                route.permit.release()
+            else:
+                route.permit.success()  # the endpoint is up; it refuses this request
+            raise ProviderRejected(
+                self._rejection(route.model, inner, status),
+                endpoint=self.endpoint.name,
+                model=route.model,
+                status_code=status,
+            ) from exc
+        if kind == "output":
+            route.permit.success()
+            self.output_failures += 1
+            if self.output_failures > self.settings.model_output_retries:
+                raise ModelOutputError(
+                    f"The {self.where(route.model)} answered {self.counter.requests} time(s) "
+                    f"but never with a valid {self.output.__name__} (re-asked "
+                    f"{self.max_reasks} time(s) per attempt, {self.output_failures} "
+                    f"attempt(s)). Last problem: {self._describe(inner)}",
+                    endpoint=self.endpoint.name,
+                    model=route.model,
+                    attempts=self.counter.requests,
+                ) from exc
+            logger.warning(
+                "%s: output still invalid after re-asks (%s); trying once more afresh",
+                self.where(route.model),
+                type(inner).__name__,
+            )
+            return 0.0
+        route.permit.failure(self._describe(inner))
+        self.transient_failures += 1
+        max_attempts = self.settings.model_max_attempts
+        if self.transient_failures >= max_attempts:
+            raise ProviderUnavailable(
+                f"The {self.where(route.model)} is unavailable: {self.transient_failures} "
+                f"attempt(s) failed with transient errors, the last: {self._describe(inner)}. "
+                f"Retried with backoff up to STALWART_MODEL_MAX_ATTEMPTS={max_attempts}.",
+                endpoint=self.endpoint.name,
+                model=route.model,
+                attempts=self.counter.requests,
+                status_code=status_code_of(inner),
+            ) from exc
+        wait = retry_wait_seconds(
+            self.transient_failures,
+            base=self.settings.model_retry_base_seconds,
+            cap=self.settings.model_retry_max_wait_seconds,
+            retry_after=retry_after_seconds(inner),
+        )
+        logger.warning(
+            "%s failed (%s); retry %d of %d in %.2f s",
+            self.where(route.model),
+            self._describe(inner),
+            self.transient_failures,
+            max_attempts - 1,
+            wait,
+        )
+        return wait
+
+    def abandoned(self, route: _Route) -> None:
+        """The call was cancelled mid-request: free the breaker permit."""
+        route.permit.release()
+
+    def record(
+        self,
+        *,
+        model: str,
+        path: PathModel,
+        result_tokens: tuple[int, int],
+        raw_output: str | None,
+        logprobs: Any,
+        cached: bool,
+    ) -> None:
+        self.llm.calls.append(
+            LLMCall(
+                endpoint=self.endpoint.name,
+                model=model,
+                output_type=self.output.__name__,
+                tokens_in=result_tokens[0],
+                tokens_out=result_tokens[1],
+                latency_ms=(time.perf_counter() - self.started) * 1000,
+                prompt_digest=self.digest,
+                raw_output=raw_output,
+                attempts=0 if cached else self.counter.requests,
+                error_class=None if cached else self.counter.last_error,
+                logprobs=logprobs,
+                cached=cached,
+                path_model=path,
+            )
+        )
+
+    # -- messages -------------------------------------------------------------------------
+
+    def _describe(self, exc: BaseException) -> str:
+        """A short, secret-free description of a failure."""
+        status = status_code_of(exc)
+        detail = self._provider_message(exc)
+        name = type(exc).__name__
+        if status is not None:
+            return f"HTTP {status} {name}" + (f": {detail}" if detail else "")
+        return f"{name}: {detail}" if detail else name
+
+    def _provider_message(self, exc: BaseException) -> str:
+        body = getattr(exc, "body", None)
+        message: Any = None
+        if isinstance(body, Mapping):
+            message = body.get("message")
+            if message is None and isinstance(body.get("error"), Mapping):
+                message = body["error"].get("message")
+        if not isinstance(message, str):
+            message = getattr(exc, "message", None) if body is None else None
+        if not isinstance(message, str):
+            message = str(exc) if not isinstance(exc, ValidationError) else _first_line(exc)
+        return self._scrub(message)[:_PROVIDER_MESSAGE_MAX].rstrip(". ")
+
+    def _scrub(self, text: str) -> str:
+        from agents.observe.sentry import scrub_text
+
+        key = self.endpoint.api_key.get_secret_value() if self.endpoint.api_key else ""
+        if key:
+            text = text.replace(key, "***")
+        return scrub_text(" ".join(text.split()))
+
+    def _rejection(self, model: str, exc: BaseException, status: int | None) -> str:
+        if status is None:
+            return (
+                f"The {self.where(model)} cannot be called: {self._describe(exc)}. "
+                "Check STALWART_MODEL_URL, STALWART_MODEL and STALWART_API_KEY."
+            )
+        hint = {
+            401: "the API key was refused: check STALWART_API_KEY",
+            403: "the API key may not use this model: check its permissions",
+            404: "the model or URL does not exist: check STALWART_MODEL and STALWART_MODEL_URL",
+        }.get(status, "the request is invalid for this endpoint: fix it, retrying cannot help")
+        return f"The {self.where(model)} rejected the request with {self._describe(exc)}; {hint}."
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return " ".join(text.splitlines()[:3])
+
+
 @dataclass
 class LLM:
     """The model handle injected into steps that declare `llm: LLM`.
+
+    Attributes:
+        endpoint: The endpoint to call (default: `resolve_endpoint()` on first use).
+        calls: Where successful calls are recorded (the runner passes a shared list).
+        tenant: The tenant asking; scopes the answer cache (None: "").
+        cache: Use the LLM answer cache (None: `STALWART_LLM_CACHE_ENABLED`, on by default).
 
     Example:
         >>> @triage.reasoning(threshold=0.7)  # doctest: +SKIP
@@ -144,11 +672,39 @@ class LLM:
 
     endpoint: Endpoint | None = None
     calls: list[LLMCall] = field(default_factory=list)
+    tenant: str | None = None
+    cache: bool | None = None
 
     def _resolved(self) -> Endpoint:
         if self.endpoint is None:
             self.endpoint = resolve_endpoint()
         return self.endpoint
+
+    def _call(
+        self,
+        output: type[T],
+        prompt: str | Sequence[Message],
+        system: str | None,
+        model: str | None,
+        max_reasks: int | None,
+        cache: bool | None,
+        params: dict[str, Any],
+    ) -> _Call[T]:
+        endpoint = self._resolved()
+        settings = get_current_settings()
+        if cache is None:
+            cache = self.cache if self.cache is not None else settings.llm_cache_enabled
+        return _Call(
+            llm=self,
+            endpoint=endpoint,
+            settings=settings,
+            output=output,
+            messages=_messages(prompt, system),
+            params=params,
+            max_reasks=endpoint.max_reasks if max_reasks is None else max_reasks,
+            use_cache=cache,
+            primary=model or endpoint.model,
+        )
 
     def decide(
         self,
@@ -158,9 +714,10 @@ class LLM:
         system: str | None = None,
         model: str | None = None,
         max_reasks: int | None = None,
+        cache: bool | None = None,
         **params: Any,
     ) -> T:
-        """Ask the model for an `output` object; validate, re-ask on errors, record usage.
+        """Ask the model for an `output` object: cached, guarded, retried, recorded.
 
         Args:
             output: The Pydantic type to fill in (usually a `Decision` subclass).
@@ -168,20 +725,45 @@ class LLM:
             system: An optional system message put first.
             model: Override the endpoint's model for this call.
             max_reasks: Re-asks after a validation failure (default from settings).
+            cache: Use the answer cache for this call (default: the handle's `cache`).
             **params: Passed to the chat completion (`temperature`, `max_tokens`, ...).
+
+        Returns:
+            A validated `output` instance.
+
+        Raises:
+            ProviderRejected: The endpoint refused the request for good (HTTP 400, 401, ...).
+            ProviderUnavailable: Transient failures outlasted the retries, or the breaker is
+                open and no fallback model could answer.
+            ModelOutputError: The answer never validated as `output`.
+
+        Example:
+            >>> llm = LLM(tenant="acme")  # doctest: +SKIP
+            >>> llm.decide(Routing, "Route this ticket: refund please").category  # doctest: +SKIP
+            'billing'
         """
-        endpoint = self._resolved()
-        client = _client(endpoint, asynchronous=False)
-        started = time.perf_counter()
-        result, completion = client.chat.completions.create_with_completion(
-            model=model or endpoint.model,
-            response_model=output,
-            messages=_messages(prompt, system),
-            max_retries=endpoint.max_reasks if max_reasks is None else max_reasks,
-            **params,
-        )
-        self._record(endpoint, model, output, completion, started)
-        return result
+        call = self._call(output, prompt, system, model, max_reasks, cache, params)
+        hit = call.lookup(call.primary, "primary")
+        if hit is not None:
+            return hit.result
+        while True:
+            route = call.route()
+            if isinstance(route, _Hit):
+                return route.result
+            client = _client(call.endpoint, asynchronous=False)
+            try:
+                result, completion = client.chat.completions.create_with_completion(
+                    **call.send_kwargs(route)
+                )
+            except Exception as exc:
+                wait = call.failed(route, exc)
+                if wait > 0:
+                    time.sleep(wait)
+                continue
+            except BaseException:
+                call.abandoned(route)
+                raise
+            return call.succeeded(route, result, completion)
 
     async def adecide(
         self,
@@ -191,41 +773,37 @@ class LLM:
         system: str | None = None,
         model: str | None = None,
         max_reasks: int | None = None,
+        cache: bool | None = None,
         **params: Any,
     ) -> T:
-        """Async twin of `decide`."""
-        endpoint = self._resolved()
-        client = _client(endpoint, asynchronous=True)
-        started = time.perf_counter()
-        result, completion = await client.chat.completions.create_with_completion(
-            model=model or endpoint.model,
-            response_model=output,
-            messages=_messages(prompt, system),
-            max_retries=endpoint.max_reasks if max_reasks is None else max_reasks,
-            **params,
-        )
-        self._record(endpoint, model, output, completion, started)
-        return result
+        """Async twin of `decide` (database work runs in a worker thread).
 
-    def _record(
-        self,
-        endpoint: Endpoint,
-        model: str | None,
-        output: type[BaseModel],
-        completion: Any,
-        started: float,
-    ) -> None:
-        usage = getattr(completion, "usage", None)
-        self.calls.append(
-            LLMCall(
-                endpoint=endpoint.name,
-                model=model or endpoint.model,
-                output_type=output.__name__,
-                tokens_in=int(getattr(usage, "prompt_tokens", 0) or 0),
-                tokens_out=int(getattr(usage, "completion_tokens", 0) or 0),
-                latency_ms=(time.perf_counter() - started) * 1000,
-            )
-        )
+        Example:
+            >>> await LLM().adecide(Routing, "Route: my parcel is late")  # doctest: +SKIP
+            Routing(category='shipping', ...)
+        """
+        call = self._call(output, prompt, system, model, max_reasks, cache, params)
+        hit = await asyncio.to_thread(call.lookup, call.primary, "primary")
+        if hit is not None:
+            return hit.result
+        while True:
+            route = await asyncio.to_thread(call.route)
+            if isinstance(route, _Hit):
+                return route.result
+            client = _client(call.endpoint, asynchronous=True)
+            try:
+                result, completion = await client.chat.completions.create_with_completion(
+                    **call.send_kwargs(route)
+                )
+            except Exception as exc:
+                wait = await asyncio.to_thread(call.failed, route, exc)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                continue
+            except BaseException:  # cancelled: free the breaker permit
+                call.abandoned(route)
+                raise
+            return await asyncio.to_thread(call.succeeded, route, result, completion)
 
     @property
     def tokens(self) -> tuple[int, int]:

@@ -117,11 +117,15 @@ def record_decisions(rows: list[DecisionRecord], url: str | None = None) -> None
     """
     if not rows:
         return
+    with session(url) as s:
+        record_decisions_in(s, rows)
+
+
+def record_decisions_in(s: Session, rows: list[DecisionRecord]) -> None:
+    """Insert decisions within an open session (a batched record flush)."""
     for row in rows:
         _require_tenant(row.tenant)
-    params = [_row(row) for row in rows]
-    with session(url) as s:
-        s.exec(insert(DecisionRecord), params=params)
+    s.exec(insert(DecisionRecord), params=[_row(row) for row in rows])
 
 
 def cost_of(model: str | None, tokens_in: int, tokens_out: int) -> float:

@@ -102,6 +102,10 @@ def _on_sqlite_connect(memory: bool) -> Any:
         try:
             if not memory:
                 cursor.execute("PRAGMA journal_mode=WAL")
+                # In WAL mode NORMAL syncs at checkpoints, not at every commit: a killed process
+                # loses nothing (the WAL is in the OS cache); only a power cut can drop the last
+                # commits. FULL costs an fsync per commit, the bottleneck of a busy agent.
+                cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
             cursor.execute("PRAGMA foreign_keys=ON")
         finally:
@@ -124,7 +128,11 @@ def _create_engine(url: str) -> Engine:
         else:
             assert parsed.database is not None
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            engine = sa.create_engine(parsed, connect_args=connect_args)
+            # Enough pooled connections for the step threads: an overflow connection is closed
+            # on release and reopened (with its PRAGMAs) on the next use.
+            engine = sa.create_engine(
+                parsed, connect_args=connect_args, pool_size=16, max_overflow=48
+            )
         sa.event.listen(engine, "connect", _on_sqlite_connect(memory))
         return engine
     if backend == "postgresql":

@@ -1,0 +1,135 @@
+"""Run records written in batches: one transaction for many runs' rows.
+
+A batch of agent runs produces, per run, a start row, step rows, decision rows and an end
+update. Writing each in its own transaction costs a commit per row group; `RecordWriter` queues
+them and flushes every `interval` seconds (or at `max_rows`) in one transaction, folding a
+run's end into its still-unwritten start row. `close()` flushes what is left. A process killed
+between flushes loses at most `interval` seconds of records, never a step result or an action
+(those are written by their own tasks before the run goes on).
+
+Example:
+    >>> writer = RecordWriter(url="sqlite://")  # doctest: +SKIP
+    >>> writer.start_run(run); writer.end_run(run.id, status="completed")  # doctest: +SKIP
+    >>> writer.flush()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, insert, update
+
+from agents.store.engine import session
+from agents.store.tables import AgentRun, DecisionRecord, StepRun, utcnow
+
+
+@dataclass
+class _Pending:
+    runs: dict[str, AgentRun] = field(default_factory=dict)
+    ends: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[StepRun] = field(default_factory=list)
+    decisions: list[DecisionRecord] = field(default_factory=list)
+
+    def size(self) -> int:
+        return len(self.runs) + len(self.ends) + len(self.steps) + len(self.decisions)
+
+
+class RecordWriter:
+    """Buffers run, step and decision rows and writes them in one transaction per flush."""
+
+    def __init__(self, url: str | None = None, max_rows: int = 500) -> None:
+        self.url = url
+        self.max_rows = max_rows
+        self._lock = threading.Lock()
+        self._pending = _Pending()
+
+    def start_run(self, run: AgentRun) -> None:
+        """Queue a run's start row."""
+        with self._lock:
+            self._pending.runs[run.id] = run
+
+    def end_run(
+        self,
+        run_id: str,
+        *,
+        status: str,
+        error: str | None = None,
+        duration_ms: float | None = None,
+        steps: list[StepRun] | None = None,
+        decisions: list[DecisionRecord] | None = None,
+    ) -> None:
+        """Queue how a run ended, with its step and decision rows."""
+        finished = utcnow()
+        with self._lock:
+            pending = self._pending
+            run = pending.runs.get(run_id)
+            if run is not None:  # not written yet: write it once, already finished
+                run.status, run.error = status, error
+                run.finished_at, run.duration_ms = finished, duration_ms
+            else:
+                pending.ends.append(
+                    {
+                        "b_id": run_id,
+                        "status": status,
+                        "error": error,
+                        "finished_at": finished,
+                        "duration_ms": duration_ms,
+                    }
+                )
+            pending.steps.extend(steps or ())
+            pending.decisions.extend(decisions or ())
+
+    def due(self) -> bool:
+        """Whether enough rows are queued to flush now."""
+        return self._pending.size() >= self.max_rows
+
+    def flush(self) -> int:
+        """Write everything queued in one transaction; returns the number of rows written."""
+        with self._lock:
+            pending, self._pending = self._pending, _Pending()
+        count = pending.size()
+        if not count:
+            return 0
+        try:
+            with session(self.url) as s:
+                if pending.runs:
+                    s.exec(insert(AgentRun), params=[_row(r) for r in pending.runs.values()])
+                if pending.ends:
+                    # A Core executemany, not an ORM bulk update by primary key.
+                    table = AgentRun.metadata.tables["agent_run"]
+                    s.connection().execute(
+                        update(table)
+                        .where(table.c.id == bindparam("b_id"))
+                        .values(
+                            status=bindparam("status"),
+                            error=bindparam("error"),
+                            finished_at=bindparam("finished_at"),
+                            duration_ms=bindparam("duration_ms"),
+                        ),
+                        pending.ends,
+                    )
+                if pending.steps:
+                    s.exec(insert(StepRun), params=[_row(r) for r in pending.steps])
+                if pending.decisions:
+                    from agents.store.decisions import record_decisions_in
+
+                    record_decisions_in(s, pending.decisions)
+        except Exception:
+            with self._lock:  # keep the rows for the next flush rather than lose them
+                self._pending.runs = {**pending.runs, **self._pending.runs}
+                self._pending.ends[:0] = pending.ends
+                self._pending.steps[:0] = pending.steps
+                self._pending.decisions[:0] = pending.decisions
+            raise
+        return count
+
+
+def _row(model: AgentRun | StepRun) -> dict[str, Any]:
+    data = model.model_dump()
+    for key, value in data.items():
+        if isinstance(value, datetime) and value.tzinfo is None:
+            data[key] = value
+    return data
