@@ -56,6 +56,7 @@ from agents._declare import (
 from agents._errors import DeclarationError, InputError
 from agents._run import RunContext, RunResult, RunStatus, StepStatus
 from agents._settings import get_current_settings
+from agents.decisions import publish_artifact as publish_decisions
 from agents.observe import capture_failure, flow_failure_hook, init_sentry
 from agents.policy.retry import is_retryable_by_step
 from agents.resources.llm import LLM, LLMCall, resolve_endpoint
@@ -608,12 +609,21 @@ class CompiledAgent:
         try:
             # Task runs get no inherited tags (see `_make_task`); the flow run carries them.
             with TagsContext(current_tags=set()):
-                return list(await asyncio.gather(*(one(i, item) for i, item in enumerate(inputs))))
+                results = list(
+                    await asyncio.gather(*(one(i, item) for i, item in enumerate(inputs)))
+                )
         finally:
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
             await in_thread(writer.flush)
+        if writer.decisions_seen:
+            await publish_decisions(
+                writer.decisions_seen[-500:],
+                key=f"{self.name}-decisions",
+                description=f"Decisions of this flow run of `{self.name}` (latest 500).",
+            )
+        return results
 
     async def _publish_graph(self) -> None:
         from prefect.artifacts import acreate_markdown_artifact

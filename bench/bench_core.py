@@ -102,7 +102,9 @@ class Measured:
     runs_per_s: float = 0.0
     model_s: float = 0.0
     model_timed_calls: int = 0
+    model_request_s: float = 0.0
     overhead_ms_per_step: float | None = None
+    overhead_ms_per_step_request: float | None = None
     peak_rss_mib: float = 0.0
     model_calls: int = 0
     cpu_s: float = 0.0
@@ -304,14 +306,74 @@ def _count_sql(counts: Counter[str]) -> None:
     import sqlalchemy as sa
     from sqlalchemy.engine import Engine
 
-    def statement(*_: Any, **__: Any) -> None:
+    def statement(_conn: Any, _cursor: Any, text: str, *_: Any, **__: Any) -> None:
         counts["statements"] += 1
+        counts["sql:" + _statement_kind(text)] += 1
 
     def commit(*_: Any, **__: Any) -> None:
         counts["commits"] += 1
 
     sa.event.listen(Engine, "before_cursor_execute", statement)
     sa.event.listen(Engine, "commit", commit)
+    synchronous = os.environ.get("BENCH_SQLITE_SYNCHRONOUS")
+    if synchronous:  # an experiment knob: e.g. NORMAL, to measure the cost of fsync per commit
+
+        def pragma(dbapi_connection: Any, _record: Any) -> None:
+            if type(dbapi_connection).__module__.startswith("sqlite3"):
+                cursor = dbapi_connection.cursor()
+                cursor.execute(f"PRAGMA synchronous={synchronous}")
+                cursor.close()
+
+        sa.event.listen(Engine, "connect", pragma)
+
+
+def _statement_kind(text: str) -> str:
+    """`INSERT step_result`, `SELECT memory_item`, ...: a statement's verb and first table."""
+    words = text.replace("(", " ").replace(",", " ").replace('"', " ").split()
+    if not words:
+        return "?"
+    verb = words[0].upper()
+    if verb == "UPDATE" and len(words) > 1:
+        return f"UPDATE {words[1]}"
+    upper = [w.upper() for w in words]
+    anchor = {"INSERT": "INTO", "SELECT": "FROM", "DELETE": "FROM"}.get(verb)
+    if anchor in upper and upper.index(anchor) + 1 < len(words):
+        return f"{verb} {words[upper.index(anchor) + 1]}"
+    return verb
+
+
+def _patch_model_requests() -> None:
+    """Time every chat-completion request made through openai (`REQUEST_CLOCK`), in any mode.
+
+    This is the model request alone (HTTP and response parsing), without instructor's
+    validation or Stalwart's LLM policy around it (answer cache, breaker, recording).
+    """
+    import functools
+
+    from openai.resources.chat.completions import AsyncCompletions, Completions
+    from workload import REQUEST_CLOCK
+
+    original_async = AsyncCompletions.create
+    original_sync = Completions.create
+
+    @functools.wraps(original_async)
+    async def timed_async(self: Any, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await original_async(self, *args, **kwargs)
+        finally:
+            REQUEST_CLOCK.add(started)
+
+    @functools.wraps(original_sync)
+    def timed_sync(self: Any, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return original_sync(self, *args, **kwargs)
+        finally:
+            REQUEST_CLOCK.add(started)
+
+    AsyncCompletions.create = timed_async  # type: ignore[method-assign]
+    Completions.create = timed_sync  # type: ignore[method-assign]
 
 
 def _warm_inputs(args: ChildArgs) -> list[dict[str, Any]]:
@@ -327,12 +389,18 @@ def _timed_inputs(args: ChildArgs) -> list[dict[str, Any]]:
 
 
 def _record(timer: _Timer, wall: float, calls: int, outcome: list[Any]) -> None:
-    from workload import MODEL_CLOCK
+    from workload import MODEL_CLOCK, REQUEST_CLOCK
 
     m = timer.measured
     runs = max(1, m.runs)
     m.checks["sql_statements_per_run"] = round(timer.sql["statements"] / runs, 2)
     m.checks["sql_commits_per_run"] = round(timer.sql["commits"] / runs, 2)
+    m.checks["sql_per_run"] = {
+        k.removeprefix("sql:"): round(v / runs, 2)
+        for k, v in timer.sql.most_common()
+        if k.startswith("sql:")
+    }
+    m.model_request_s = REQUEST_CLOCK.total_s
     m.wall_s = wall
     m.runs_per_s = m.runs / wall if wall > 0 else 0.0
     m.model_s = MODEL_CLOCK.total_s
@@ -344,10 +412,11 @@ def _record(timer: _Timer, wall: float, calls: int, outcome: list[Any]) -> None:
         m.checks["first_failure"] = str(failures[0])[:500]
     if m.concurrency == 1 and m.runs:
         m.overhead_ms_per_step = (wall - m.model_s) / m.runs / 4 * 1000
+        m.overhead_ms_per_step_request = (wall - m.model_request_s) / m.runs / 4 * 1000
 
 
 def _timed_sync(batch: Batch, timer: _Timer, on_warm: Callable[[], None] | None = None) -> None:
-    from workload import MODEL_CLOCK
+    from workload import MODEL_CLOCK, REQUEST_CLOCK
 
     args = timer.args
     warm = batch(_warm_inputs(args))
@@ -358,6 +427,7 @@ def _timed_sync(batch: Batch, timer: _Timer, on_warm: Callable[[], None] | None 
     if on_warm is not None:
         on_warm()
     MODEL_CLOCK.reset()
+    REQUEST_CLOCK.reset()
     timer.sql.clear()
     before = _model_requests(args.model_url)
     cpu, api_cpu = _cpu_s(), _descendants_cpu_s()
@@ -371,7 +441,7 @@ def _timed_sync(batch: Batch, timer: _Timer, on_warm: Callable[[], None] | None 
 async def _timed_async(
     batch: Batch, timer: _Timer, on_warm: Callable[[], None] | None = None
 ) -> None:
-    from workload import MODEL_CLOCK
+    from workload import MODEL_CLOCK, REQUEST_CLOCK
 
     args = timer.args
     warm = await batch(_warm_inputs(args))
@@ -382,6 +452,7 @@ async def _timed_async(
     if on_warm is not None:
         on_warm()
     MODEL_CLOCK.reset()
+    REQUEST_CLOCK.reset()
     timer.sql.clear()
     before = await asyncio.to_thread(_model_requests, args.model_url)
     cpu, api_cpu = _cpu_s(), _descendants_cpu_s()
@@ -476,6 +547,7 @@ def child_main(args: ChildArgs) -> int:
     timer = _Timer(args, measured)
     code = 0
     try:
+        _patch_model_requests()
         if args.mode == "a":
             _run_bare(args, timer)
         elif args.mode in ("b", "e"):
@@ -949,12 +1021,38 @@ def ratios_table(found: list[Ratio]) -> str:
     return "\n".join(lines)
 
 
+def _code_version() -> str:
+    """The commit measured, and whether agents/ has uncommitted changes (read-only git)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=BENCH_DIR.parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "agents"],
+            cwd=BENCH_DIR.parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head}{' + uncommitted changes in agents/' if dirty else ''}"
+
+
 def write_reports(cfg: Config, results: list[dict[str, Any]], started: datetime) -> str:
     found = ratios(results)
+    version = _code_version()
     load = [r.get("load_avg", [0, 0, 0])[0] for r in results]
     header = (
         f"# Stalwart core benchmark\n\n"
-        f"{started:%Y-%m-%d %H:%M} UTC, {platform.python_version()}, {os.cpu_count()} CPUs, "
+        f"{started:%Y-%m-%d %H:%M} UTC, commit {version}, Python {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs, "
         f"state DB {'PostgreSQL' if cfg.postgres else 'SQLite'}, "
         f"runs {cfg.runs} (S3: {cfg.overhead_runs}, e: {cfg.subflow_runs})"
         f"{', quick' if cfg.quick else ''}; 1-min load average at the end of each child: "
@@ -976,6 +1074,7 @@ def write_reports(cfg: Config, results: list[dict[str, Any]], started: datetime)
         "started": started.isoformat(),
         "config": {k: (sorted(v) if isinstance(v, set) else v) for k, v in asdict(cfg).items()},
         "python": platform.python_version(),
+        "code_version": version,
         "cpus": os.cpu_count(),
         "results": results,
         "ratios": [asdict(r) for r in found],

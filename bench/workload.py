@@ -129,6 +129,9 @@ class ModelClock:
 
 
 MODEL_CLOCK = ModelClock()
+"""Time inside the step's model call (`llm.adecide` for Stalwart, instructor's `create` else)."""
+REQUEST_CLOCK = ModelClock()
+"""Time inside openai's chat-completion `create` alone (the HTTP request and its parsing)."""
 
 
 # -- SQL for the modes without Stalwart ------------------------------------------------------
@@ -163,7 +166,8 @@ class BenchMemory(SQLModel, table=True):
 
 
 def make_engine(url: str) -> Engine:
-    """An engine tuned like Stalwart's: SQLite in WAL with a busy timeout, PostgreSQL pooled."""
+    """An engine tuned like Stalwart's (`agents/store/engine.py`): SQLite in WAL with
+    synchronous=NORMAL and a busy timeout, PostgreSQL pooled."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         engine = sa.create_engine(
@@ -174,6 +178,7 @@ def make_engine(url: str) -> Engine:
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 

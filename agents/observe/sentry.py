@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import importlib
 import inspect
 import logging
 import re
@@ -280,6 +281,20 @@ def _sdk_options() -> frozenset[str]:
     return frozenset(inspect.signature(ClientConstructor.__init__).parameters)
 
 
+def _disabled_integrations() -> list[Any]:
+    found: list[Any] = []
+    for module, name in (
+        ("sentry_sdk.integrations.openai", "OpenAIIntegration"),
+        ("sentry_sdk.integrations.anthropic", "AnthropicIntegration"),
+        ("sentry_sdk.integrations.langchain", "LangchainIntegration"),
+    ):
+        try:
+            found.append(getattr(importlib.import_module(module), name)())
+        except Exception:  # not in this sentry-sdk, or its library is missing
+            continue
+    return found
+
+
 def _version_dependent_options() -> dict[str, Any]:
     options: dict[str, Any] = {}
     supported = _sdk_options()
@@ -347,6 +362,9 @@ def init_sentry(
                 default_integrations=True,
                 # One failure, one event: log records become breadcrumbs, never events.
                 integrations=[LoggingIntegration(event_level=None)],
+                # The OpenAI integration reports every provider error on its own (and would send
+                # prompts): Stalwart reports each failed step once, after its last retry.
+                disabled_integrations=_disabled_integrations(),
                 shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
                 **_version_dependent_options(),
             )

@@ -45,6 +45,8 @@ class RecordWriter:
         self.max_rows = max_rows
         self._lock = threading.Lock()
         self._pending = _Pending()
+        #: Every decision queued through this writer (for the flow run's decision artifact).
+        self.decisions_seen: list[DecisionRecord] = []
 
     def start_run(self, run: AgentRun) -> None:
         """Queue a run's start row."""
@@ -81,6 +83,7 @@ class RecordWriter:
                 )
             pending.steps.extend(steps or ())
             pending.decisions.extend(decisions or ())
+            self.decisions_seen.extend(decisions or ())
 
     def due(self) -> bool:
         """Whether enough rows are queued to flush now."""
