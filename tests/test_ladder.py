@@ -7,6 +7,7 @@ import asyncio
 import contextvars
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -106,12 +107,13 @@ class Reviewer:
 
 
 def test_below_threshold_the_fallback_model_decides(
-    sqlite_url: str, model_server: ModelServer
+    state_db: str, model_server: ModelServer
 ) -> None:
+    tenant = f"acme-{uuid.uuid4().hex[:8]}"
     model_server.faults.update(confidence_by_model={"stalwart-test": 0.4, "strong": 0.95})
     acted: list[str] = []
     agent = ladder_agent("ladder-fallback", acted, fallback_model="strong")
-    result = agent.run(tenant="acme", raw="I want a refund")
+    result = agent.run(tenant=tenant, raw="I want a refund")
     assert result.status == "completed", result.error
     assert result.paths["route"] == "fallback_model"
     assert result.outputs["route"].confidence == pytest.approx(0.95)
@@ -119,7 +121,7 @@ def test_below_threshold_the_fallback_model_decides(
     assert model_server.stats.requests_by_model == {"stalwart-test": 1, "strong": 1}
     from agents import decisions
 
-    logged = decisions.query(tenant="acme", agent="ladder-fallback")
+    logged = decisions.query(tenant=tenant, agent="ladder-fallback")
     assert [(d.path, d.model) for d in logged] == [("fallback_model", "strong")]
 
 
@@ -139,13 +141,14 @@ def test_below_threshold_the_fallback_model_decides(
     ids=["approve", "correct", "reject", "timeout"],
 )
 def test_human_review_approves_corrects_or_rejects_and_the_default_catches_the_rest(
-    sqlite_url: str,
+    state_db: str,
     model_server: ModelServer,
     run_input: dict[str, Any] | None,
     path: str,
     category: str,
     acts: bool,
 ) -> None:
+    tenant = f"acme-{uuid.uuid4().hex[:8]}"
     model_server.faults.update(force_confidence=0.4)
     acted: list[str] = []
     escalate = Routing(category="other", confidence=0.0, rationale="escalated to a person")
@@ -156,7 +159,7 @@ def test_human_review_approves_corrects_or_rejects_and_the_default_catches_the_r
         default=escalate,
     )
     with Reviewer(run_input):
-        result = agent.run(tenant="acme", raw="I want a refund")
+        result = agent.run(tenant=tenant, raw="I want a refund")
     assert result.paths["route"] == path
     assert result.outputs["route"].category == category
     if acts:
@@ -167,7 +170,7 @@ def test_human_review_approves_corrects_or_rejects_and_the_default_catches_the_r
         assert result.steps["send"] == "skipped"
     from agents import decisions
 
-    (logged,) = decisions.query(tenant="acme", agent=agent.name)
+    (logged,) = decisions.query(tenant=tenant, agent=agent.name)
     assert logged.path == path
     if run_input and path == "human":
         assert logged.reviewer == run_input["reviewer"]
