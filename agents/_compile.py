@@ -36,6 +36,8 @@ from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.context import TagsContext, TaskRunContext
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
+from prefect.results import ResultStore
+from prefect.states import Completed
 from prefect.tasks import exponential_backoff
 from prefect.utilities.annotations import quote
 from prefect.utilities.asyncutils import run_coro_as_sync
@@ -273,6 +275,7 @@ class CompiledAgent:
         self._tasks_storage: SQLResultStorage | None = None
         self._on_result: Callable[[int, RunResult], None] | None = None
         self._review_locks: dict[int, asyncio.Lock] = {}
+        self._store: ResultStore | None = None
         self.flow: Flow[Any, Any] = self._make_flow()
 
     # -- validation -------------------------------------------------------------------------
@@ -593,6 +596,7 @@ class CompiledAgent:
             raise InputError(f"inputs: expected a list of objects, got {type(inputs).__name__}")
         storage = await _result_storage()
         prefect_tasks = self._tasks_for(storage)
+        self._store = ResultStore(result_storage=storage)
         flow_run_id = str(flow_run.id) if flow_run.id else None
         await self._publish_graph()
         gate = asyncio.Semaphore(max(1, int(concurrency)))
@@ -732,11 +736,20 @@ class CompiledAgent:
             args.update({d: result.outputs[d] for d in deps})
             call = self._call(step, result, args)
             t0 = time.perf_counter()
-            state = await prefect_tasks[step.name](call=call, args=quote(args), return_state=True)
+            found, value = await self._stored_result(step, call)
+            if found:
+                # Done before: take the persisted result without a task run (a rerun of a
+                # finished batch then costs a read per step instead of Prefect's task engine).
+                state: Any = Completed(name="Cached")
+            else:
+                state = await prefect_tasks[step.name](
+                    call=call, args=quote(args), return_state=True
+                )
             elapsed = (time.perf_counter() - t0) * 1000
             task_run_id = str(state.state_details.task_run_id or "") or None
             if state.is_completed():
-                value = await state.aresult()
+                if not found:
+                    value = await state.aresult()
                 cached = state.name == "Cached"
                 status: StepStatus = "cached" if cached else "completed"
                 llm_calls = list(call.llm_calls)
@@ -813,6 +826,16 @@ class CompiledAgent:
         elif "held" in values:
             status = "held"
         result.status = status
+
+    async def _stored_result(self, step: Step[Any, Any], call: StepCall) -> tuple[bool, Any]:
+        """The persisted result of this exact step call, if a previous run stored one."""
+        if self._store is None or not (step.options.cache or step.layer == "action"):
+            return False, None
+        try:
+            record = await self._store.aread(call.cache_key)
+        except Exception:  # missing (the usual first-run case) or unreadable: run the task
+            return False, None
+        return True, record.result
 
     def _call(
         self,
