@@ -2,7 +2,7 @@
 
 Usage:
     python bench/bench_core.py [--runs 1000] [--overhead-runs 200] [--subflow-runs 30]
-                               [--quick] [--postgres URL] [--sync-steps] [--only S1,S3]
+                               [--quick] [--postgres URL] [--extra cs,b1] [--only S1,S3]
 
 Workload (see `workload.py`): N runs of a 4-step ticket agent: perceive (dict → pydantic
 `Ticket`) → one structured model call (instructor + openai against the bundled model server) →
@@ -16,7 +16,9 @@ imports happen in an untimed warm-up batch of 2 inputs):
     c  Stalwart: `agent.batch(inputs, tenant=..., concurrency=C)` with its defaults
     d  Stalwart rerun: the same batch in a new process against c's state DB (all cached)
     e  one Prefect subflow per input (the design Stalwart avoids), on a small sample
-    cs Stalwart with sync steps (`--sync-steps`; as `flows/ticket_triage.py` writes them)
+    cs Stalwart with sync steps (`--extra cs`; as `flows/ticket_triage.py` writes them)
+    b1 plain Prefect with ONE task per input doing all 4 operations (`--extra b1`): what a
+       Prefect task run costs when there is one per input instead of one per step
 
 Scenarios (one bundled model server each, in this process; children talk to it over HTTP):
 
@@ -65,6 +67,7 @@ MODE_LABELS: dict[str, str] = {
     "b": "b plain Prefect",
     "c": "c Stalwart",
     "cs": "c Stalwart (sync steps)",
+    "b1": "b1 Prefect, 1 task/input",
     "d": "d Stalwart rerun",
     "e": "e Prefect subflow/input",
 }
@@ -181,10 +184,29 @@ def _run_bare(args: ChildArgs, timer: _Timer) -> None:
     _sql_checks(engine, timer)
 
 
-def _prefect_tasks(client_box: dict[str, Any], engine: Any) -> Callable[[dict[str, Any]], Any]:
-    """The workload as 4 plain Prefect async tasks; returns `one(item)` chaining them."""
+def _prefect_tasks(
+    client_box: dict[str, Any], engine: Any, *, one_task: bool = False
+) -> Callable[[dict[str, Any]], Any]:
+    """The workload as 4 plain Prefect async tasks; returns `one(item)` chaining them.
+
+    With `one_task`, a single task per input does all four operations (mode b1).
+    """
     from prefect import task
     from workload import insert_action, parse_ticket, upsert_memory
+
+    @task
+    async def whole_run(raw: dict[str, Any]) -> None:
+        ticket = parse_ticket(raw)
+        decision = await _decide(client_box["client"], ticket)
+        await asyncio.to_thread(insert_action, engine, ticket, decision)
+        await asyncio.to_thread(upsert_memory, engine, ticket, decision)
+
+    if one_task:
+
+        async def whole(item: dict[str, Any]) -> None:
+            await whole_run(item["raw"])
+
+        return whole
 
     @task
     async def perceive(raw: dict[str, Any]) -> Any:
@@ -211,13 +233,13 @@ def _prefect_tasks(client_box: dict[str, Any], engine: Any) -> Callable[[dict[st
     return one
 
 
-def _run_prefect(args: ChildArgs, timer: _Timer, *, subflows: bool) -> None:
+def _run_prefect(args: ChildArgs, timer: _Timer, *, subflows: bool, one_task: bool = False) -> None:
     from prefect import flow
     from workload import make_engine
 
     engine = make_engine(args.db_url)
     client_box: dict[str, Any] = {}
-    one = _prefect_tasks(client_box, engine)
+    one = _prefect_tasks(client_box, engine, one_task=one_task)
 
     @flow(name="bench-triage-input")
     async def per_input(item: dict[str, Any]) -> None:
@@ -550,8 +572,8 @@ def child_main(args: ChildArgs) -> int:
         _patch_model_requests()
         if args.mode == "a":
             _run_bare(args, timer)
-        elif args.mode in ("b", "e"):
-            _run_prefect(args, timer, subflows=args.mode == "e")
+        elif args.mode in ("b", "e", "b1"):
+            _run_prefect(args, timer, subflows=args.mode == "e", one_task=args.mode == "b1")
         elif args.mode in ("c", "d", "cs"):
             _run_stalwart(args, timer, sync=args.mode == "cs")
         else:
@@ -594,7 +616,7 @@ class Config:
     overhead_runs: int
     subflow_runs: int
     postgres: str | None
-    sync_steps: bool
+    extra: list[str]
     only: set[str] | None
     modes: set[str] | None
     timeout_s: float | None
@@ -795,11 +817,12 @@ def model_server(latency_ms: float) -> Iterator[Any]:
 
 
 def scenarios_for(cfg: Config) -> list[Scenario]:
-    s1_modes = ["a", "b", "c", *(["cs"] if cfg.sync_steps else []), "e", "d"]
+    s1_modes = ["a", "b", *[m for m in cfg.extra if m == "b1"], "c"]
+    s1_modes += [*[m for m in cfg.extra if m == "cs"], "e", "d"]
     found = [
         Scenario("S1", 50, 32, cfg.runs, s1_modes, "throughput at 50 ms model latency"),
         Scenario("S2", 1000, 64, cfg.runs, ["a", "c"], "throughput at 1 s model latency"),
-        Scenario("S3", 0, 1, cfg.overhead_runs, ["a", "b", "c"], "overhead per step"),
+        Scenario("S3", 0, 1, cfg.overhead_runs, ["a", "b", *cfg.extra, "c"], "overhead per step"),
     ]
     if cfg.only:
         found = [s for s in found if s.name in cfg.only]
@@ -830,8 +853,10 @@ def run_all(cfg: Config) -> list[dict[str, Any]]:
                         db_url = databases.new(f"{scenario.name}_{mode}")
                         home = work / f"prefect-{scenario.name}-{mode}"
                     before = server.stats.requests_total
+                    parent_cpu = _cpu_s()  # this process only serves the model meanwhile
                     result = run_child(cfg, scenario, mode, runs, server.url, db_url, home, work)
                     result["model_calls_process"] = server.stats.requests_total - before
+                    result["modelserver_cpu_s"] = _cpu_s() - parent_cpu
                     results.append(result)
                     if mode == "c":
                         stalwart_db, stalwart_home = db_url, home
@@ -956,6 +981,13 @@ def ratios(results: list[dict[str, Any]]) -> list[Ratio]:
         add(
             "S1 cs/c runs/s (sync steps vs async steps)",
             divide(rate("S1", "cs"), rate("S1", "c")),
+            "—",
+            None,
+        )
+    if _find(results, "S1", "b1"):
+        add(
+            "S1 b1/b runs/s (plain Prefect: one task per input vs one per step)",
+            divide(rate("S1", "b1"), rate("S1", "b")),
             "—",
             None,
         )
@@ -1092,7 +1124,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--subflow-runs", type=int, default=None, help="runs of mode e (30)")
     parser.add_argument("--quick", action="store_true", help="100 runs, 20 in S3, 10 in e")
     parser.add_argument("--postgres", metavar="URL", help="state DBs on PostgreSQL (temporary)")
-    parser.add_argument("--sync-steps", action="store_true", help="add mode cs to S1")
+    parser.add_argument(
+        "--extra",
+        default="",
+        help="optional modes added to S1 and S3: cs (Stalwart, sync steps), b1 (Prefect, one "
+        "task per input)",
+    )
     parser.add_argument("--only", help="comma-separated scenarios, e.g. S1,S3")
     parser.add_argument("--modes", help="comma-separated modes to run (default: all)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per child")
@@ -1124,7 +1161,7 @@ def main(argv: list[str] | None = None) -> int:
         overhead_runs=ns.overhead_runs or (20 if ns.quick else 200),
         subflow_runs=ns.subflow_runs or (10 if ns.quick else 30),
         postgres=ns.postgres,
-        sync_steps=ns.sync_steps,
+        extra=[m.strip() for m in ns.extra.split(",") if m.strip() in ("cs", "b1")],
         only={s.strip().upper() for s in ns.only.split(",")} if ns.only else None,
         modes={m.strip() for m in ns.modes.split(",")} if ns.modes else None,
         timeout_s=ns.timeout,
