@@ -121,6 +121,10 @@ class StepCall:
     attempts: int = 0
     llm_calls: list[LLMCall] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        #: This run's decision rows by step, for `RunContext.set_outcome` (set by the runner).
+        self.decisions: dict[str, Any] = {}
+
     @property
     def label(self) -> str:
         """The task run name: `<agent>.<step>[<subject or run key>]`."""
@@ -717,6 +721,7 @@ class CompiledAgent:
         decisions: list[DecisionRecord],
     ) -> None:
         statuses: dict[str, StepStatus] = {}
+        run_decisions: dict[str, DecisionRecord] = {}
         held_above: dict[str, bool] = {}
         running: dict[str, asyncio.Task[None]] = {}
 
@@ -735,6 +740,7 @@ class CompiledAgent:
             args = {p.name: inputs[p.name] for p in self.run_inputs[step.name] if p.name in inputs}
             args.update({d: result.outputs[d] for d in deps})
             call = self._call(step, result, args)
+            call.decisions = run_decisions  # not a dataclass field: Prefect never walks it
             t0 = time.perf_counter()
             found, value = await self._stored_result(step, call)
             if found:
@@ -766,11 +772,11 @@ class CompiledAgent:
                     if outcome.held:
                         status = "held"
                     if not cached:  # a cached decision was logged when it was made
-                        decisions.append(
-                            self._decision_row(
-                                step, result, args, outcome, llm_calls, call.attempts
-                            )
+                        row = self._decision_row(
+                            step, result, args, outcome, llm_calls, call.attempts
                         )
+                        decisions.append(row)
+                        run_decisions[step.name] = row
                 result.outputs[step.name] = value
                 statuses[step.name] = status
                 rows.append(
@@ -1070,7 +1076,9 @@ class CompiledAgent:
             run_key=result.run_key,
             input_digest=digest(args, 64),
             input_snapshot=json.loads(snapshot) if _is_json(snapshot) else snapshot,
-            prompt_digest=getattr(last, "prompt_digest", None),
+            prompt_digest=getattr(last, "prompt_digest", None) or None,
+            # The prompt lives in the step's code: its source digest versions the prompt.
+            prompt_version=step.source_digest,
             model=model,
             endpoint=getattr(last, "endpoint", None),
             raw_output=getattr(last, "raw_output", None),
@@ -1111,6 +1119,7 @@ class CompiledAgent:
                     run_id=call.run_id,
                     flow_run_id=call.flow_run_id,
                     step=call.step,
+                    decisions=call.decisions,
                 )
             elif p.name == "idempotency_key":
                 kwargs["idempotency_key"] = call.idempotency_key

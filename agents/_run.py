@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 RunStatus = Literal["completed", "held", "failed"]
@@ -34,6 +36,32 @@ class RunContext:
     """The Prefect flow run executing this run."""
     step: str
     """The step being executed."""
+    decisions: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    """This run's decision-log rows so far, by reasoning step (written when the run ends)."""
+
+    def set_outcome(self, outcome: Any, *, step: str | None = None) -> str:
+        """Record the outcome of this run's decision (from a learning step); returns its id.
+
+        `step` names the reasoning step; it may be left out when the run has one decision.
+        Outcomes of older decisions are set with `agents.decisions.set_outcome`.
+
+        Example:
+            >>> @agent.learning  # doctest: +SKIP
+            ... def record(send: Sent, context: RunContext) -> None:
+            ...     context.set_outcome({"delivered": send.ok})
+        """
+        if step is None:
+            if len(self.decisions) != 1:
+                raise ValueError(
+                    f"this run has decisions of steps {sorted(self.decisions)}; pass step=..."
+                )
+            step = next(iter(self.decisions))
+        record = self.decisions.get(step)
+        if record is None:
+            raise KeyError(f"no decision of step {step!r} in this run")
+        record.outcome = outcome
+        record.outcome_at = datetime.now(UTC)
+        return str(record.id)
 
 
 @dataclass(kw_only=True)

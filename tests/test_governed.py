@@ -164,3 +164,23 @@ def test_each_flow_run_publishes_its_decisions_as_a_table_artifact(
     tables = [a for a in found if getattr(a, "type", "") == "table"]
     assert tables, [getattr(a, "type", None) for a in found]
     assert "route" in str(tables[0].data)  # type: ignore[attr-defined]
+
+
+def test_a_learning_step_records_the_outcome_of_its_runs_decision(
+    state_db: str, model_server: ModelServer
+) -> None:
+    from agents import RunContext, decisions
+
+    agent = triage("gov-outcome", Counter(), threading.Lock())
+
+    @agent.learning
+    def record(send: str, context: RunContext) -> None:
+        context.set_outcome({"routed_to": send, "reopened": False})
+
+    tenant = f"outcome-{state_db.split(':')[0]}"
+    result = agent.run(tenant=tenant, raw="my invoice is wrong")
+    assert result.status == "completed", result.error
+    (logged,) = decisions.query(tenant=tenant, agent="gov-outcome")
+    assert logged.outcome == {"routed_to": "billing", "reopened": False}
+    assert logged.outcome_at is not None and logged.prompt_version
+    assert logged.agent_run_id == result.run_id and logged.tokens_in > 0
