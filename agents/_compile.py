@@ -538,26 +538,16 @@ class CompiledAgent:
         *,
         tenant: str,
         concurrency: int = 16,
-        single: bool = False,
         on_result: Callable[[int, RunResult], None] | None = None,
     ) -> list[RunResult]:
         """Run inputs in one flow run and return their results in input order.
 
-        `on_result(index, result)` is called as each input finishes (for progress bars).
+        `on_result(index, result)` is called as each input finishes (for progress bars). The
+        sync twin delegates to `arun_batch`, so the two cannot drift.
         """
-        _check_tenant(tenant)
-        items = [dict(i) for i in inputs]
-        self._on_result = on_result
-        try:
-            with tags(*self._flow_tags(items, tenant)):
-                coroutine = cast(
-                    "Coroutine[Any, Any, list[RunResult]]",
-                    self.flow(inputs=items, tenant=tenant, concurrency=concurrency),
-                )
-                result = run_coro_as_sync(coroutine)
-        finally:
-            self._on_result = None
-        return list(result)
+        return run_coro_as_sync(
+            self.arun_batch(inputs, tenant=tenant, concurrency=concurrency, on_result=on_result)
+        )
 
     async def arun_batch(
         self,
@@ -565,7 +555,6 @@ class CompiledAgent:
         *,
         tenant: str,
         concurrency: int = 16,
-        single: bool = False,
         on_result: Callable[[int, RunResult], None] | None = None,
     ) -> list[RunResult]:
         """Async twin of `run_batch`."""

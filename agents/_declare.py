@@ -464,14 +464,11 @@ class Agent:
             >>> result.outputs["greeting"].text  # doctest: +SKIP
             'hello Ada'
         """
-        compiled = self.compile()
-        item = dict(inputs)
-        if subject is not None:
-            item["subject"] = subject
-        if run_key is not None:
-            item["run_key"] = run_key
-        compiled.check_inputs(item, raise_error=True)
-        return compiled.run_batch([item], tenant=tenant, concurrency=1, single=True)[0]
+        from prefect.utilities.asyncutils import run_coro_as_sync
+
+        return run_coro_as_sync(
+            self.arun(tenant=tenant, subject=subject, run_key=run_key, **inputs)
+        )
 
     async def arun(
         self,
@@ -489,7 +486,7 @@ class Agent:
         if run_key is not None:
             item["run_key"] = run_key
         compiled.check_inputs(item, raise_error=True)
-        results = await compiled.arun_batch([item], tenant=tenant, concurrency=1, single=True)
+        results = await compiled.arun_batch([item], tenant=tenant, concurrency=1)
         return results[0]
 
     def batch(

@@ -292,7 +292,7 @@ def _run_stalwart(args: ChildArgs, timer: _Timer, *, sync: bool) -> None:
         return outcome(await agent.abatch(items, tenant=TENANT, concurrency=args.concurrency))
 
     timed_steps: Counter[str] = Counter()
-    if os.environ.get("BENCH_PROFILE"):
+    if os.environ.get("BENCH_PROFILE") or os.environ.get("BENCH_ASYNC_BATCH"):
         # pyinstrument samples one thread: run the batch on this thread's loop (`abatch`)
         # instead of Prefect's run-sync loop thread (`batch`). Same flow, same steps.
         asyncio.run(_timed_async(abatch, timer, on_warm=timed_steps.clear))
@@ -466,6 +466,11 @@ async def _timed_async(
     from workload import MODEL_CLOCK, REQUEST_CLOCK
 
     args = timer.args
+    workers = os.environ.get("BENCH_DEFAULT_EXECUTOR")
+    if workers:  # an experiment knob: the size of asyncio's default executor (`to_thread`)
+        from concurrent.futures import ThreadPoolExecutor
+
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(int(workers)))
     warm = await batch(_warm_inputs(args))
     if any(o is not None for o in warm):
         raise RuntimeError(f"warm-up failed: {next(o for o in warm if o is not None)!r}")
@@ -624,6 +629,10 @@ class Config:
     keep: bool
     profile: set[str] = field(default_factory=set)
     env: dict[str, str] = field(default_factory=dict)
+    run_id: str = ""
+    """Names this invocation's logs and report copies (several may share `bench/results/`)."""
+    concurrent: set[str] = field(default_factory=set)
+    """Other benchmark processes seen running while a child was measured."""
 
 
 class StateDatabases:
@@ -709,7 +718,7 @@ def run_child(
 ) -> dict[str, Any]:
     """Start one child, bounded by a timeout; return its result (or an error row)."""
     label = f"{scenario.name}-{mode}"
-    log_dir = RESULTS_DIR / "logs"
+    log_dir = RESULTS_DIR / "logs" / cfg.run_id
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{label}.log"
     command = [
@@ -740,11 +749,11 @@ def run_child(
     env = _child_env(work, model_url, db_url, prefect_home)
     env.update(cfg.env)
     if mode in cfg.profile:
-        profiles = RESULTS_DIR / "profiles"
+        profiles = RESULTS_DIR / "profiles" / cfg.run_id
         profiles.mkdir(parents=True, exist_ok=True)
         env["BENCH_PROFILE"] = str(profiles / label)
     started = time.perf_counter()
-    out_path = log_dir / f"{label}.out"
+    out_path = work / f"{label}.out"
     # Files, not pipes: Prefect's temporary API server (a grandchild) inherits the child's
     # standard streams, and a pipe would stay open until it exits.
     with open(log_path, "w") as log, open(out_path, "w") as out:
@@ -766,6 +775,8 @@ def run_child(
         _kill_group(proc)  # the child's helpers (Prefect's temporary API server), if any
         proc.wait()
     stdout = out_path.read_text()
+    with open(log_path, "a") as log:
+        log.write("\n--- stdout ---\n" + stdout)
     elapsed = time.perf_counter() - started
     result: dict[str, Any] | None = None
     for line in (stdout or "").splitlines():
@@ -796,6 +807,27 @@ def run_child(
     )
     print(f" {status} ({elapsed:.0f} s)", flush=True)
     return result
+
+
+def _other_benchmarks() -> list[str]:
+    """Other `bench/*.py` benchmark parents running on this machine (they skew every number)."""
+    found: list[str] = []
+    mine = {os.getpid(), os.getppid()}
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return found
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) in mine:
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [a.decode(errors="replace") for a in argv if a]
+        script = next((w for w in words[1:3] if w.endswith(".py")), "")
+        if "bench" in script and "--child" not in words and Path(script).name.startswith("bench"):
+            found.append(f"pid {entry.name}: {Path(script).name}")
+    return found
 
 
 def _kill_group(proc: subprocess.Popen[str]) -> None:
@@ -852,6 +884,10 @@ def run_all(cfg: Config) -> list[dict[str, Any]]:
                     else:
                         db_url = databases.new(f"{scenario.name}_{mode}")
                         home = work / f"prefect-{scenario.name}-{mode}"
+                    others = _other_benchmarks()
+                    if others:
+                        print(f"  warning: other benchmarks are running: {others}", flush=True)
+                        cfg.concurrent.update(others)
                     before = server.stats.requests_total
                     parent_cpu = _cpu_s()  # this process only serves the model meanwhile
                     result = run_child(cfg, scenario, mode, runs, server.url, db_url, home, work)
@@ -1090,6 +1126,11 @@ def write_reports(cfg: Config, results: list[dict[str, Any]], started: datetime)
         f"{', quick' if cfg.quick else ''}; 1-min load average at the end of each child: "
         f"{', '.join(f'{x:.1f}' for x in load)}\n"
     )
+    if cfg.concurrent:
+        header += (
+            f"\n**Warning**: other benchmarks ran at the same time "
+            f"({', '.join(sorted(cfg.concurrent))}): the numbers are skewed.\n"
+        )
     markdown = "\n".join(
         [
             header,
@@ -1100,8 +1141,6 @@ def write_reports(cfg: Config, results: list[dict[str, Any]], started: datetime)
             "",
         ]
     )
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / "latest.md").write_text(markdown)
     payload = {
         "started": started.isoformat(),
         "config": {k: (sorted(v) if isinstance(v, set) else v) for k, v in asdict(cfg).items()},
@@ -1113,7 +1152,14 @@ def write_reports(cfg: Config, results: list[dict[str, Any]], started: datetime)
     }
     if cfg.postgres:
         payload["config"]["postgres"] = "<given>"
-    (RESULTS_DIR / "latest.json").write_text(json.dumps(payload, indent=2, default=str))
+    text = json.dumps(payload, indent=2, default=str)
+    runs_dir = RESULTS_DIR / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    for name, content in (("md", markdown), ("json", text)):
+        (runs_dir / f"{cfg.run_id}.{name}").write_text(content)
+        staged = RESULTS_DIR / f".latest.{name}.{os.getpid()}"
+        staged.write_text(content)
+        os.replace(staged, RESULTS_DIR / f"latest.{name}")  # atomic: no half-written report
     return markdown
 
 
@@ -1171,6 +1217,7 @@ def main(argv: list[str] | None = None) -> int:
         env=dict(item.split("=", 1) for item in ns.env),
     )
     started = datetime.now(UTC)
+    cfg.run_id = f"{started:%Y%m%dT%H%M%S}-{os.getpid()}"
     results = run_all(cfg)
     markdown = write_reports(cfg, results, started)
     print()

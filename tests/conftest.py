@@ -8,6 +8,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
@@ -96,3 +97,19 @@ def state_db(request: pytest.FixtureRequest) -> str:
     """The state database in force for a test, once on SQLite and once on PostgreSQL."""
     fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
     return str(request.getfixturevalue(fixture))
+
+
+@pytest.fixture
+def model_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The bundled model server on an ephemeral loopback port, made the endpoint in force."""
+    from agents._settings import reload_settings
+    from agents.modelserver import ModelServer
+
+    with ModelServer(port=0) as server:
+        monkeypatch.setenv("STALWART_MODEL_URL", server.url)
+        monkeypatch.setenv("STALWART_API_KEY", "sk-test-not-a-real-key-0000000000000000000")
+        reload_settings()
+        yield server
+    monkeypatch.delenv("STALWART_MODEL_URL")
+    monkeypatch.delenv("STALWART_API_KEY")
+    reload_settings()

@@ -8,14 +8,12 @@ import contextvars
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import pytest
 from pydantic import BaseModel
 
 from agents import LLM, Agent, Decision, Review
-from agents._settings import reload_settings
 from agents.modelserver import ModelServer
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -27,16 +25,6 @@ class Ticket(BaseModel):
 
 class Routing(Decision):
     category: Literal["billing", "technical", "account", "shipping", "other"]
-
-
-@pytest.fixture
-def model_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModelServer]:
-    with ModelServer(port=0) as server:
-        monkeypatch.setenv("STALWART_MODEL_URL", server.url)
-        reload_settings()
-        yield server
-    monkeypatch.delenv("STALWART_MODEL_URL")
-    reload_settings()
 
 
 def ladder_agent(name: str, acted: list[str], **ladder: Any) -> Agent:

@@ -3,7 +3,6 @@ and failure reports received by a local Sentry endpoint."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Literal
 
 import pytest
@@ -23,18 +22,6 @@ class Ticket(BaseModel):
 
 class Routing(Decision):
     category: Literal["billing", "technical", "account", "shipping", "other"]
-
-
-@pytest.fixture
-def model_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModelServer]:
-    with ModelServer(port=0) as server:
-        monkeypatch.setenv("STALWART_MODEL_URL", server.url)
-        monkeypatch.setenv("STALWART_API_KEY", "sk-test-not-a-real-key-0000000000000000000")
-        reload_settings()
-        yield server
-    monkeypatch.delenv("STALWART_MODEL_URL")
-    monkeypatch.delenv("STALWART_API_KEY")
-    reload_settings()
 
 
 def llm_agent(name: str, *, asynchronous: bool = False, retries: int = 0) -> Agent:

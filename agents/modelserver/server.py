@@ -27,6 +27,7 @@ from agents.modelserver.stats import Stats
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8089
+KEEP_ALIVE_S = 75
 _STOP_GRACE_S = 2.0
 
 RulesSpec = Rules | str | Path | Iterable[Mapping[str, Any]] | Mapping[str, Any] | None
@@ -162,6 +163,10 @@ class ModelServer:
                 log_config=None,
                 log_level=None,
                 timeout_graceful_shutdown=int(_STOP_GRACE_S),
+                # Longer than clients keep idle connections: with uvicorn's 5 s default the server
+                # closes a pooled connection as a client reuses it, a spurious connection error.
+                timeout_keep_alive=KEEP_ALIVE_S,
+                backlog=2048,
             )
             server = uvicorn.Server(config)
             thread = threading.Thread(
@@ -298,5 +303,7 @@ def serve(
         ws="none",
         lifespan="off",
         log_level=log_level,
+        timeout_keep_alive=KEEP_ALIVE_S,
+        backlog=2048,
         timeout_graceful_shutdown=int(_STOP_GRACE_S),
     )
