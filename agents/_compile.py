@@ -218,14 +218,6 @@ class LadderOutcome:
     proposed: Decision | None = None
 
 
-def _is_json(text: str) -> bool:
-    try:
-        json.loads(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _review_markdown(
     agent: str, step: str, result: RunResult, args: dict[str, Any], proposed: Decision
 ) -> str:
@@ -1053,7 +1045,9 @@ class CompiledAgent:
         tokens_in = sum(c.tokens_in for c in llm_calls)
         tokens_out = sum(c.tokens_out for c in llm_calls)
         model = getattr(last, "model", None)
-        snapshot = scrub_text(json.dumps(canonical(args), default=repr))[:20_000]
+        snapshot: Any = scrub_text(json.dumps(canonical(args), default=repr))[:20_000]
+        with contextlib.suppress(ValueError):  # cut at 20k it is no longer JSON: keep the text
+            snapshot = json.loads(snapshot)
         output = decision.model_dump(mode="json") if isinstance(decision, BaseModel) else decision
         return DecisionRecord(
             tenant=result.tenant,
@@ -1064,7 +1058,7 @@ class CompiledAgent:
             subject=result.subject,
             run_key=result.run_key,
             input_digest=digest(args, 64),
-            input_snapshot=json.loads(snapshot) if _is_json(snapshot) else snapshot,
+            input_snapshot=snapshot,
             prompt_digest=getattr(last, "prompt_digest", None) or None,
             # The prompt lives in the step's code: its source digest versions the prompt.
             prompt_version=step.source_digest,
