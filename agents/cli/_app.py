@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import typer
@@ -30,17 +30,13 @@ app.command("prune")(prune_command)
 
 
 def parse_since(value: str | None) -> datetime | None:
-    """`90m`, `12h`, `7d` or an ISO date → an aware datetime (None stays None)."""
-    if not value:
-        return None
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    if value[-1] in units and value[:-1].replace(".", "", 1).isdigit():
-        return datetime.now(UTC) - timedelta(seconds=float(value[:-1]) * units[value[-1]])
+    """`--since` for the CLI: `agents.decisions.parse_since`, exiting with its message."""
+    from agents.decisions import parse_since as parse
+
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        exit_with_error(f"--since {value!r}: use 30m, 12h, 7d or an ISO date")
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        return parse(value)
+    except ValueError as exc:
+        exit_with_error(str(exc))
 
 
 def _print_rows(rows: list[dict[str, Any]], columns: list[str], title: str, as_json: bool) -> None:

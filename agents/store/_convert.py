@@ -107,3 +107,9 @@ def install_utc_loaders() -> None:
         sa.event.listen(table, "load", on_load)
         sa.event.listen(table, "refresh", on_load)
     _installed = True
+
+
+def require_tenant(tenant: str) -> None:
+    """Every store read and write is scoped to one non-empty tenant."""
+    if not isinstance(tenant, str) or not tenant:
+        raise ValueError("A non-empty tenant is required: Stalwart never reads across tenants.")

@@ -26,7 +26,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, SQLModel, col, select
 
 from agents._settings import get_current_settings
-from agents.store._convert import as_utc, to_json_value
+from agents.store._convert import as_utc, require_tenant, to_json_value
 from agents.store.engine import session
 from agents.store.tables import (
     ActionRecord,
@@ -79,11 +79,6 @@ def _install_utc_loader() -> None:
 _install_utc_loader()
 
 
-def _require_tenant(tenant: str) -> None:
-    if not isinstance(tenant, str) or not tenant:
-        raise ValueError("A non-empty tenant is required: Stalwart never reads across tenants.")
-
-
 def _row(record: DecisionRecord) -> dict[str, Any]:
     row = {name: getattr(record, name) for name in DecisionRecord.model_fields}
     for name in _JSON_FIELDS:
@@ -124,7 +119,7 @@ def record_decisions(rows: list[DecisionRecord], url: str | None = None) -> None
 def record_decisions_in(s: Session, rows: list[DecisionRecord]) -> None:
     """Insert decisions within an open session (a batched record flush)."""
     for row in rows:
-        _require_tenant(row.tenant)
+        require_tenant(row.tenant)
     s.exec(insert(DecisionRecord), params=[_row(row) for row in rows])
 
 
@@ -189,7 +184,7 @@ def find_decisions(
         >>> find_decisions(tenant="nobody", agent="triage", below=0.7, url="sqlite://")
         []
     """
-    _require_tenant(tenant)
+    require_tenant(tenant)
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
     query = select(DecisionRecord).where(col(DecisionRecord.tenant) == tenant)
@@ -219,7 +214,7 @@ def get_decision(decision_id: str, *, tenant: str, url: str | None = None) -> De
         >>> get_decision("0" * 32, tenant="acme", url="sqlite://") is None
         True
     """
-    _require_tenant(tenant)
+    require_tenant(tenant)
     query = select(DecisionRecord).where(
         col(DecisionRecord.id) == decision_id, col(DecisionRecord.tenant) == tenant
     )
@@ -249,7 +244,7 @@ def set_outcome(decision_id: str, *, tenant: str, outcome: Any, url: str | None 
         >>> set_outcome("0" * 32, tenant="acme", outcome={"correct": True}, url="sqlite://")
         False
     """
-    _require_tenant(tenant)
+    require_tenant(tenant)
     value = to_json_value(outcome, what="outcome")
     with session(url) as s:
         result = s.exec(
@@ -330,7 +325,7 @@ def prune(
     if not 1 <= batch_size <= MAX_BATCH_SIZE:
         raise ValueError(f"batch_size must be between 1 and {MAX_BATCH_SIZE}, got {batch_size}")
     if tenant is not None:
-        _require_tenant(tenant)
+        require_tenant(tenant)
     cutoff = utcnow() - older_than
 
     def scoped(condition: ColumnElement[bool], tenant_column: Any) -> ColumnElement[bool]:

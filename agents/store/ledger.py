@@ -30,7 +30,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
 
-from agents.store._convert import to_json_value
+from agents.store._convert import require_tenant, to_json_value
 from agents.store.engine import session
 from agents.store.tables import ActionRecord, utcnow
 
@@ -100,7 +100,7 @@ def claim(
         ...       agent_run_id=None, url="sqlite://").status
         'started'
     """
-    _require_tenant(tenant)
+    require_tenant(tenant)
     record = ActionRecord(
         idempotency_key=key,
         tenant=tenant,
@@ -175,8 +175,3 @@ def get(key: str, *, url: str | None = None) -> ActionRecord | None:
     """
     with session(url) as s:
         return s.get(ActionRecord, key)
-
-
-def _require_tenant(tenant: str) -> None:
-    if not isinstance(tenant, str) or not tenant:
-        raise ValueError("A non-empty tenant is required.")

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import insert, update
 from sqlmodel import col, select
 
-from agents.store._convert import as_utc
+from agents.store._convert import as_utc, require_tenant
 from agents.store.engine import session
 from agents.store.tables import ActionRecord, AgentRun, MemoryItem, StepRun, utcnow
 
@@ -31,11 +31,6 @@ __all__ = [
     "runs",
     "steps",
 ]
-
-
-def _require_tenant(tenant: str) -> None:
-    if not isinstance(tenant, str) or not tenant:
-        raise ValueError("A non-empty tenant is required: Stalwart never reads across tenants.")
 
 
 def runs(
@@ -61,7 +56,7 @@ def runs(
         >>> runs(tenant="nobody", agent="triage", status="failed", url="sqlite://")
         []
     """
-    _require_tenant(tenant)
+    require_tenant(tenant)
     query = select(AgentRun).where(col(AgentRun.tenant) == tenant)
     if agent is not None:
         query = query.where(col(AgentRun.agent) == agent)
@@ -81,7 +76,7 @@ def steps(*, tenant: str, agent_run_id: str, url: str | None = None) -> list[Ste
         >>> steps(tenant="acme", agent_run_id="0" * 32, url="sqlite://")
         []
     """
-    _require_tenant(tenant)
+    require_tenant(tenant)
     query = (
         select(StepRun)
         .where(col(StepRun.tenant) == tenant, col(StepRun.agent_run_id) == agent_run_id)
@@ -104,7 +99,7 @@ def memory(
         >>> memory(tenant="nobody", agent="triage", url="sqlite://")
         []
     """
-    _require_tenant(tenant)
+    require_tenant(tenant)
     query = select(MemoryItem).where(col(MemoryItem.tenant) == tenant)
     if agent is not None:
         query = query.where(col(MemoryItem.agent) == agent)
@@ -122,7 +117,7 @@ def actions(*, tenant: str, agent: str | None = None, url: str | None = None) ->
         >>> actions(tenant="nobody", url="sqlite://")
         []
     """
-    _require_tenant(tenant)
+    require_tenant(tenant)
     query = select(ActionRecord).where(col(ActionRecord.tenant) == tenant)
     if agent is not None:
         query = query.where(col(ActionRecord.agent) == agent)
@@ -142,7 +137,7 @@ def record_run_start(run: AgentRun, url: str | None = None) -> None:
         >>> record_run_start(AgentRun(tenant="acme", agent="triage", run_key="k", status="running",
         ...                           inputs_digest="0" * 64), url="sqlite://")
     """
-    _require_tenant(run.tenant)
+    require_tenant(run.tenant)
     with session(url) as s:
         s.exec(insert(AgentRun).values(**_row(run)))
 
@@ -175,7 +170,7 @@ def record_run_end(
         >>> record_run_end("0" * 32, tenant="acme", status="completed", url="sqlite://")
         False
     """
-    _require_tenant(tenant)
+    require_tenant(tenant)
     finished = as_utc(finished_at) if finished_at is not None else utcnow()
     scope = (col(AgentRun.id) == run_id, col(AgentRun.tenant) == tenant)
     with session(url) as s:
@@ -201,6 +196,6 @@ def record_steps(rows: list[StepRun], url: str | None = None) -> None:
     if not rows:
         return
     for row in rows:
-        _require_tenant(row.tenant)
+        require_tenant(row.tenant)
     with session(url) as s:
         s.exec(insert(StepRun), params=[_row(row) for row in rows])
