@@ -315,7 +315,8 @@ def complete(
         if fault == "malformed":
             text = json.dumps({"answer": text})[: len(text) // 2 + 1]
     else:
-        match = rules.match(user_text)
+        schema_name = target.name or (target.schema or {}).get("title")
+        match = rules.match(user_text, schema=schema_name)
         steering = Steering(
             values=match.values,
             force_confidence=force_confidence,

@@ -22,6 +22,7 @@ from typing import Any
 from agents._errors import ConfigurationError
 
 DEFAULT_RULES_PATH = Path(__file__).with_name("default_rules.json")
+EXTRA_RULES_DIR = Path(__file__).with_name("rules.d")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,16 @@ class Rule:
 
     contains: tuple[str, ...] = ()
     values: Mapping[str, Any] = field(default_factory=dict)
+    schemas: tuple[str, ...] = ()
+
+    def applies_to(self, schema: str | None) -> bool:
+        """Whether the rule may steer answers of `schema` (unscoped rules steer any schema).
+
+        Example:
+            >>> Rule(schemas=("Verdict",)).applies_to("Routing")
+            False
+        """
+        return not self.schemas or schema in self.schemas
 
     def matches(self, text: str) -> bool:
         """Whether any keyword occurs in `text` (always true without keywords).
@@ -69,7 +80,7 @@ class Rule:
 
         Example:
             >>> Rule.from_dict({"when": {"contains": "refund"}, "set": {"category": "billing"}})
-            Rule(contains=('refund',), values={'category': 'billing'})
+            Rule(contains=('refund',), values={'category': 'billing'}, schemas=())
         """
         if not isinstance(data, Mapping):
             raise ConfigurationError(f"A steering rule must be a JSON object, got {data!r}.")
@@ -86,7 +97,14 @@ class Rule:
             raise ConfigurationError(
                 f"Rule 'when.contains' must be a list of strings, got {contains!r}."
             )
-        return cls(contains=tuple(k for k in contains if k), values=dict(values))
+        schemas = when.get("schema", [])
+        if isinstance(schemas, str):
+            schemas = [schemas]
+        if not isinstance(schemas, list) or not all(isinstance(k, str) for k in schemas):
+            raise ConfigurationError(f"Rule 'when.schema' must be a string or list: {schemas!r}.")
+        return cls(
+            contains=tuple(k for k in contains if k), values=dict(values), schemas=tuple(schemas)
+        )
 
 
 @dataclass(frozen=True)
@@ -139,8 +157,11 @@ class Rules:
     def __len__(self) -> int:
         return len(self.rules)
 
-    def match(self, text: str) -> RuleMatch:
+    def match(self, text: str, schema: str | None = None) -> RuleMatch:
         """Merge the values of every rule matching `text`; earlier rules win per field.
+
+        Rules scoped to `schema` (`"when": {"schema": "Verdict"}`) come before unscoped ones,
+        so an agent's own rules file is never overridden by another demo's keywords.
 
         Example:
             >>> Rules().match("anything").values
@@ -148,7 +169,9 @@ class Rules:
         """
         values: dict[str, Any] = {}
         keywords: list[str] = []
-        for rule in self.rules:
+        scoped = [rule for rule in self.rules if rule.schemas and rule.applies_to(schema)]
+        unscoped = [rule for rule in self.rules if not rule.schemas]
+        for rule in scoped + unscoped:
             if not rule.matches(text):
                 continue
             fresh = {name: value for name, value in rule.values.items() if name not in values}
@@ -190,13 +213,17 @@ class Rules:
 
     @classmethod
     def default(cls) -> Rules:
-        """The bundled rules for the support-ticket triage demo (`default_rules.json`).
+        """The bundled rules: `default_rules.json` (ticket triage), then every file in
+        `rules.d/` in name order (each reference agent scopes its rules to its schemas).
 
         Example:
             >>> Rules.default().match("I want a refund").values["category"]
             'billing'
         """
-        return cls.from_file(DEFAULT_RULES_PATH)
+        rules = list(cls.from_file(DEFAULT_RULES_PATH).rules)
+        for path in sorted(EXTRA_RULES_DIR.glob("*.json")):
+            rules.extend(cls.from_file(path).rules)
+        return cls(rules=tuple(rules))
 
     @classmethod
     def none(cls) -> Rules:
