@@ -112,6 +112,35 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="USD per 1k tokens (in, out) per model name; env STALWART_MODEL_PRICES as JSON",
     )
+    model_block: str | None = Field(
+        default=None,
+        description="Name of a saved model-endpoint block; its values replace the STALWART_MODEL_* "
+        "variables. Unset: the environment (or the bundled offline server).",
+    )
+    database_block: str | None = Field(
+        default=None,
+        description="Name of a saved state-database block; its URL replaces STALWART_DATABASE_URL.",
+    )
+    sentry_block: str | None = Field(
+        default=None,
+        description="Name of a saved Sentry block; its DSN, environment and sample rates replace "
+        "SENTRY_DSN and STALWART_SENTRY_ENVIRONMENT.",
+    )
+    max_concurrency: int = Field(
+        default=64,
+        ge=1,
+        description="Agent runs in flight at once in this process, across all batches and tenants.",
+    )
+    tenant_concurrency: int = Field(
+        default=8,
+        ge=1,
+        description="Agent runs in flight at once per tenant in this process (fair share: a busy "
+        "tenant cannot take every slot).",
+    )
+    tenant_limits: dict[str, int] = Field(
+        default_factory=dict,
+        description="Per-tenant overrides of tenant_concurrency; env STALWART_TENANT_LIMITS as JSON.",
+    )
 
     def resolved_database_url(self) -> str:
         """The database URL in force (a secret: never log it; see `agents.store.redact_url`)."""
