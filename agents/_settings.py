@@ -139,7 +139,7 @@ class Settings(BaseSettings):
     )
     tenant_limits: dict[str, int] = Field(
         default_factory=dict,
-        description="Per-tenant overrides of tenant_concurrency; env STALWART_TENANT_LIMITS as JSON.",
+        description="Per-tenant overrides of tenant_concurrency (STALWART_TENANT_LIMITS, JSON).",
     )
 
     def resolved_database_url(self) -> str:
