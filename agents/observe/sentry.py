@@ -27,6 +27,7 @@ import importlib
 import inspect
 import logging
 import re
+import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, cast
@@ -77,8 +78,8 @@ _MIN_LITERAL_SECRET_LENGTH = 4
 _MARK = "_stalwart_sentry_event_id"
 """Attribute set on an exception once reported ("" while in flight or when the SDK dropped it)."""
 
-_active_config: tuple[str, str] | None = None
-"""(dsn, environment) of the client `init_sentry` installed, if any."""
+_active_config: tuple[str, str, float, float] | None = None
+"""(dsn, environment, sample rate, traces sample rate) of the client `init_sentry` installed."""
 
 # -- scrubbing ------------------------------------------------------------------------------------
 
@@ -161,6 +162,11 @@ def _configured_secrets() -> tuple[str, ...]:
     active = _active_config
     if active is not None:
         candidates.append(active[0])
+    # Secrets of the blocks loaded so far (model key, database password, DSN). Looked up only if
+    # `agents.blocks` was imported: no block can be loaded before, and scrubbing must stay cheap.
+    blocks = sys.modules.get("agents.blocks")
+    if blocks is not None:
+        candidates.extend(blocks.loaded_secrets())
     return _literal_secrets(tuple(candidates))
 
 
@@ -321,20 +327,23 @@ def init_sentry(
 ) -> bool:
     """Initialise `sentry_sdk` once per process; without a DSN, report nothing.
 
-    The DSN is the argument, else `SENTRY_DSN` from settings. Calling again with the same DSN and
-    environment does nothing; a different DSN or environment (or `force=True`) closes the current
-    client (sending what it queued) and installs a new one. The DSN is never logged.
+    The DSN is the argument, else the `STALWART_SENTRY_BLOCK` block's (an
+    `agents.blocks.SentryConfig`, which also gives the environment and sample rates), else
+    `SENTRY_DSN` from settings. Calling again with the same configuration does nothing; a
+    different one (or `force=True`) closes the current client (sending what it queued) and
+    installs a new one. The DSN is never logged.
 
     Args:
-        dsn: The Sentry DSN; `None` reads `get_current_settings().sentry_dsn`.
-        environment: The Sentry environment; `None` reads `settings.sentry_environment`.
+        dsn: The Sentry DSN; `None` reads the Sentry block, else `settings.sentry_dsn`.
+        environment: The Sentry environment; `None` reads the block's, else
+            `settings.sentry_environment`.
         force: Re-initialise even when the same DSN is already in force.
 
     Returns:
         True when Sentry is on, False when no DSN is configured (then nothing changes).
 
     Raises:
-        ConfigurationError: When the DSN is malformed.
+        ConfigurationError: When the DSN is malformed, or the Sentry block cannot be loaded.
 
     Example:
         >>> init_sentry(None)  # no SENTRY_DSN in the environment
@@ -342,11 +351,23 @@ def init_sentry(
     """
     global _active_config
     settings = get_current_settings()
-    if dsn is None and settings.sentry_dsn is not None:
+    source = "SENTRY_DSN"
+    default_environment = settings.sentry_environment
+    sample_rate, traces_sample_rate = 1.0, 0.0
+    if dsn is None and settings.sentry_block:
+        from agents.blocks import sentry_block  # Prefect's block machinery: only when named
+
+        block = sentry_block()
+        assert block is not None
+        options = block.options()
+        dsn, default_environment = options.dsn, options.environment
+        sample_rate, traces_sample_rate = options.sample_rate, options.traces_sample_rate
+        source = f"The Sentry block {settings.sentry_block!r} (STALWART_SENTRY_BLOCK)"
+    elif dsn is None and settings.sentry_dsn is not None:
         dsn = settings.sentry_dsn.get_secret_value()
     if not dsn:
         return False
-    config = (dsn, environment or settings.sentry_environment)
+    config = (dsn, environment or default_environment, sample_rate, traces_sample_rate)
     with _init_lock:
         if not force and _active_config == config and sentry_sdk.get_client().is_active():
             return True
@@ -358,7 +379,8 @@ def init_sentry(
                 environment=config[1],
                 before_send=_before_send,
                 before_breadcrumb=_before_breadcrumb,
-                traces_sample_rate=0,
+                sample_rate=config[2],
+                traces_sample_rate=config[3],
                 default_integrations=True,
                 # One failure, one event: log records become breadcrumbs, never events.
                 integrations=[LoggingIntegration(event_level=None)],
@@ -370,7 +392,7 @@ def init_sentry(
             )
         except Exception as exc:  # sentry_sdk.utils.BadDsn and friends
             raise ConfigurationError(
-                f"SENTRY_DSN is not a valid Sentry DSN ({type(exc).__name__}); "
+                f"{source} is not a valid Sentry DSN ({type(exc).__name__}); "
                 "fix or unset it. (The DSN is not shown because it is a secret.)"
             ) from None
         _active_config = config

@@ -174,16 +174,31 @@ def bundled_model_url() -> str:
 
 
 def resolve_endpoint(model: str | None = None) -> Endpoint:
-    """The endpoint in force: `STALWART_MODEL_URL`, or the bundled offline server.
+    """The endpoint in force: the `STALWART_MODEL_BLOCK` block, `STALWART_MODEL_URL`, or the
+    bundled offline server.
+
+    With `STALWART_MODEL_BLOCK=<name>` the saved `agents.blocks.ModelEndpoint` of that name
+    (loaded once per process) gives the URL, models, key and timeout; its name is recorded as
+    the endpoint's (`block:<name>`).
 
     Args:
-        model: Ask this model instead of `STALWART_MODEL`.
+        model: Ask this model instead of `STALWART_MODEL` (or the block's model).
+
+    Raises:
+        ConfigurationError: `STALWART_MODEL_BLOCK` names a block that cannot be loaded.
 
     Example:
         >>> resolve_endpoint().model  # doctest: +SKIP
         'stalwart-test'
     """
     settings = get_current_settings()
+    if settings.model_block:
+        # Imported here: Prefect's block machinery is needed only when a block is named.
+        from agents.blocks import model_block
+
+        block = model_block()
+        assert block is not None
+        return block.endpoint(model, name=f"block:{settings.model_block}")
     base_url = settings.model_url or bundled_model_url()
     return Endpoint(
         base_url=base_url,

@@ -124,7 +124,8 @@ def record_decisions_in(s: Session, rows: list[DecisionRecord]) -> None:
 
 
 def cost_of(model: str | None, tokens_in: int, tokens_out: int) -> float:
-    """What a model call cost in USD, from the price table in settings (`model_prices`).
+    """What a model call cost in USD, from the price table in settings (`model_prices`) and the
+    prices of the `STALWART_MODEL_BLOCK` block, which win for that block's model.
 
     Prices are USD per 1,000 tokens, `(input, output)`, per model name
     (`STALWART_MODEL_PRICES='{"gpt-4o": [0.0025, 0.01]}'`). An unknown model (or None) costs 0.0;
@@ -145,7 +146,15 @@ def cost_of(model: str | None, tokens_in: int, tokens_out: int) -> float:
     """
     if model is None:
         return 0.0
-    prices = get_current_settings().model_prices.get(model)
+    settings = get_current_settings()
+    prices = settings.model_prices.get(model)
+    if settings.model_block:
+        # The model block's prices replace the STALWART_MODEL_PRICES entry of its model.
+        from agents.blocks import model_block
+
+        block = model_block()
+        if block is not None:
+            prices = block.prices().get(model, prices)
     if prices is None:
         return 0.0
     price_in, price_out = prices

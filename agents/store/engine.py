@@ -68,7 +68,14 @@ _convert.install_utc_loaders()
 
 def _resolve(url: str | None) -> str:
     if url is None:
-        url = get_current_settings().resolved_database_url()
+        settings = get_current_settings()
+        if settings.database_block:
+            # Imported here: Prefect's block machinery is needed only when a block is named.
+            from agents.blocks import StateDatabase, load_block
+
+            url = load_block(StateDatabase, settings.database_block).url()
+        else:
+            url = settings.resolved_database_url()
     return normalize_url(url)
 
 
