@@ -17,6 +17,29 @@ from agents._run import RunResult
 from agents._settings import get_current_settings
 from agents.cli._utilities import console, err_console, exit_with_error, load_agent
 
+#: The key of a JSONL line holding its labels (`{"route": {"category": "billing"}}`: step →
+#: field → expected value). `stalwart eval` scores them; no run ever receives them.
+LABELS_KEY = "expected"
+
+
+def split_labels(
+    item: dict[str, Any], compiled: CompiledAgent
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """A line's run inputs and its labels (None when it has none).
+
+    The labels key is only taken when no step reads a run input of that name.
+
+    Example:
+        >>> split_labels({"raw": {}, "expected": {"route": {"category": "billing"}}},
+        ...              compiled)  # doctest: +SKIP
+        ({'raw': {}}, {'route': {'category': 'billing'}})
+    """
+    if LABELS_KEY not in item or LABELS_KEY in compiled.input_names:
+        return item, None
+    inputs = {k: v for k, v in item.items() if k != LABELS_KEY}
+    labels = item[LABELS_KEY]
+    return inputs, labels if isinstance(labels, dict) else None
+
 
 @dataclass(frozen=True)
 class Rejected:
@@ -30,7 +53,10 @@ class Rejected:
 def read_inputs(
     path: Path, compiled: CompiledAgent, max_bytes: int
 ) -> tuple[list[tuple[int, dict[str, Any]]], list[Rejected]]:
-    """Parse a JSONL file into (line number, input) pairs; bad lines are rejected, not fatal."""
+    """Parse a JSONL file into (line number, input) pairs; bad lines are rejected, not fatal.
+
+    An accepted input keeps its labels (`LABELS_KEY`); `split_labels` takes them off.
+    """
     accepted: list[tuple[int, dict[str, Any]]] = []
     rejected: list[Rejected] = []
     with path.open("rb") as handle:
@@ -60,7 +86,7 @@ def read_inputs(
                     Rejected(number, f"not a JSON object: got {type(item).__name__}", shown)
                 )
                 continue
-            problems = compiled.check_inputs(item)
+            problems = compiled.check_inputs(split_labels(item, compiled)[0])
             if problems:
                 rejected.append(Rejected(number, "; ".join(problems), shown))
                 continue
@@ -113,7 +139,7 @@ def run_command(
         ) as progress:
             bar = progress.add_task("runs", total=len(accepted))
             results = compiled.run_batch(
-                [item for _, item in accepted],
+                [split_labels(item, compiled)[0] for _, item in accepted],
                 tenant=tenant,
                 concurrency=concurrency,
                 on_result=lambda _index, _result: progress.advance(bar),

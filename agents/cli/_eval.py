@@ -1,0 +1,427 @@
+"""`stalwart eval`: run an agent over labelled inputs and score it.
+
+This module owns scoring: accuracy per labelled field and overall, the share of decisions made
+at each rung of the fallback ladder, cost and latency. Reading the input file is
+`agents.cli._run`'s job (a line's labels sit under `LABELS_KEY`, step → field → value, and are
+never passed to a run); running is the compiled agent's.
+
+Example:
+    ```
+    stalwart eval ticket-triage                      # the bundled 200 labelled tickets
+    stalwart eval ticket-triage --input mine.jsonl --json
+    ```
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from agents._compile import CompiledAgent
+from agents._run import RunResult
+from agents._settings import get_current_settings
+from agents.cli._run import (
+    _let_prefect_settle,
+    read_inputs,
+    split_labels,
+    write_quarantine,
+)
+from agents.cli._utilities import console, err_console, exit_with_error, load_agent
+from agents.store.tables import AgentRun, DecisionRecord
+
+#: The rungs of the fallback ladder, in the order a decision walks them; `no decision` is a
+#: run that failed before its reasoning step decided.
+RUNGS = ("primary", "fallback", "human", "default", "held", "rejected", "no decision")
+_RUNG_OF_PATH = {
+    "direct": "primary",
+    "fallback_model": "fallback",
+    "human": "human",
+    "default": "default",
+    "held": "held",
+    "rejected": "rejected",
+}
+#: An agent's module may name its bundled labelled sample under this attribute.
+SAMPLE_ATTRIBUTE = "SAMPLE_INPUTS"
+
+
+@dataclass(frozen=True, kw_only=True)
+class FieldScore:
+    """How often one labelled field of one step was right."""
+
+    step: str
+    """The step whose output holds the field."""
+    field: str
+    """The field's name."""
+    correct: int
+    """Inputs whose output had the labelled value."""
+    total: int
+    """Inputs with a label for this field."""
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.total if self.total else 0.0
+
+
+@dataclass(kw_only=True)
+class Evaluation:
+    """The scores of one eval: what `stalwart eval` prints.
+
+    Example:
+        >>> Evaluation(agent="triage", tenant="t", runs=0).overall_accuracy
+        0.0
+    """
+
+    agent: str
+    tenant: str
+    runs: int
+    """Inputs run."""
+    statuses: dict[str, int] = field(default_factory=dict)
+    """Runs per status: completed, held, failed."""
+    labelled: int = 0
+    """Inputs that carried labels."""
+    fields: list[FieldScore] = field(default_factory=list)
+    """Accuracy per labelled (step, field)."""
+    overall_correct: int = 0
+    """Labelled inputs whose every labelled field was right."""
+    ladder: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per reasoning step: decisions per rung (see `RUNGS`)."""
+    replayed: int = 0
+    """Runs whose decisions were replayed from an earlier run (cached): no new cost."""
+    decisions_logged: int = 0
+    """Decision-log rows written by this eval."""
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    """Sum of the logged decisions' cost (priced from `STALWART_MODEL_PRICES`)."""
+    priced: bool = False
+    """Whether any model of the logged decisions has a price."""
+    run_ms_p50: float | None = None
+    run_ms_p95: float | None = None
+    model_ms_p50: float | None = None
+    model_ms_p95: float | None = None
+
+    @property
+    def overall_accuracy(self) -> float:
+        return self.overall_correct / self.labelled if self.labelled else 0.0
+
+    def shares(self, step: str) -> dict[str, float]:
+        """Each rung's share of one reasoning step's decisions (they sum to 1).
+
+        Example:
+            >>> e = Evaluation(agent="a", tenant="t", runs=2,
+            ...                ladder={"route": {"primary": 1, "default": 1}})
+            >>> e.shares("route")["default"]
+            0.5
+        """
+        counts = self.ladder.get(step, {})
+        total = sum(counts.values())
+        return {rung: (counts.get(rung, 0) / total if total else 0.0) for rung in RUNGS}
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-compatible form (`stalwart eval --json`)."""
+        data = asdict(self)
+        data["fields"] = [{**asdict(f), "accuracy": f.accuracy} for f in self.fields]
+        data["overall_accuracy"] = self.overall_accuracy
+        data["shares"] = {step: self.shares(step) for step in self.ladder}
+        return data
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The nearest-rank `q`-th percentile (0 < q <= 100), or None for no values.
+
+    Example:
+        >>> percentile([10, 20, 30, 40], 50), percentile([10, 20, 30, 40], 95)
+        (20, 40)
+    """
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def field_value(output: Any, name: str) -> Any:
+    """A field of a step's output, whether a model, a mapping or an object; None if absent.
+
+    Example:
+        >>> field_value({"category": "billing"}, "category")
+        'billing'
+    """
+    if isinstance(output, Mapping):
+        return output.get(name)
+    return getattr(output, name, None)
+
+
+def score(
+    agent: str,
+    tenant: str,
+    results: Sequence[RunResult],
+    labels: Sequence[Mapping[str, Mapping[str, Any]] | None],
+    reasoning_steps: Sequence[str],
+    decisions: Sequence[DecisionRecord] = (),
+    runs: Sequence[AgentRun] = (),
+) -> Evaluation:
+    """Score finished runs against their labels; cost and latency come from their log rows.
+
+    A step's *final* output is scored, whatever rung of the ladder produced it; an input
+    whose run has no output for a labelled step (it failed) counts as wrong.
+
+    Example:
+        >>> score("a", "t", [], [], ["route"]).runs
+        0
+    """
+    ids = {r.run_id for r in results}
+    evaluation = Evaluation(
+        agent=agent,
+        tenant=tenant,
+        runs=len(results),
+        statuses=dict(Counter(r.status for r in results)),
+    )
+    tallies: dict[tuple[str, str], list[int]] = {}
+    for result, wanted in zip(results, labels, strict=True):
+        if not wanted:
+            continue
+        evaluation.labelled += 1
+        all_right = True
+        for step, values in wanted.items():
+            output = result.outputs.get(step)
+            for name, value in values.items():
+                right = output is not None and field_value(output, name) == value
+                tally = tallies.setdefault((step, name), [0, 0])
+                tally[0] += right
+                tally[1] += 1
+                all_right = all_right and right
+        evaluation.overall_correct += all_right
+    evaluation.fields = [
+        FieldScore(step=step, field=name, correct=c, total=t)
+        for (step, name), (c, t) in tallies.items()
+    ]
+    for step in reasoning_steps:
+        rungs: Counter[str] = Counter()
+        for result in results:
+            path = result.paths.get(step)
+            rungs[_RUNG_OF_PATH.get(path, "no decision") if path else "no decision"] += 1
+        evaluation.ladder[step] = {rung: rungs.get(rung, 0) for rung in RUNGS}
+    evaluation.replayed = sum(
+        1 for r in results if any(r.steps.get(step) == "cached" for step in reasoning_steps)
+    )
+    mine = [d for d in decisions if d.agent_run_id in ids]
+    evaluation.decisions_logged = len(mine)
+    evaluation.tokens_in = sum(d.tokens_in for d in mine)
+    evaluation.tokens_out = sum(d.tokens_out for d in mine)
+    evaluation.cost_usd = sum(d.cost for d in mine)
+    prices = get_current_settings().model_prices
+    evaluation.priced = any(d.model in prices for d in mine)
+    model_ms = [d.latency_ms for d in mine if d.latency_ms is not None]
+    evaluation.model_ms_p50 = percentile(model_ms, 50)
+    evaluation.model_ms_p95 = percentile(model_ms, 95)
+    run_ms = [r.duration_ms for r in runs if r.id in ids and r.duration_ms is not None]
+    evaluation.run_ms_p50 = percentile(run_ms, 50)
+    evaluation.run_ms_p95 = percentile(run_ms, 95)
+    return evaluation
+
+
+def read_log(
+    tenant: str, agent: str, since: datetime, expected: int
+) -> tuple[list[DecisionRecord], list[AgentRun]]:
+    """This eval's decision-log rows and run rows (everything of the agent since `since`)."""
+    from agents import decisions
+    from agents.store import queries
+
+    limit = max(100, expected * 4)
+    rows = decisions.query(tenant=tenant, agent=agent, since=since, limit=limit)
+    runs = queries.runs(tenant=tenant, agent=agent, since=since, limit=limit)
+    return rows, runs
+
+
+def default_input(compiled: CompiledAgent) -> Path | None:
+    """The labelled sample an agent's module ships as `SAMPLE_INPUTS`, if any.
+
+    Example:
+        >>> default_input(load_agent("ticket-triage").compile()).name  # doctest: +SKIP
+        'tickets.jsonl'
+    """
+    for step in compiled.order:
+        module = sys.modules.get(step.fn.__module__)
+        sample = getattr(module, SAMPLE_ATTRIBUTE, None)
+        if sample is not None:
+            return Path(sample)
+    return None
+
+
+@contextlib.contextmanager
+def model_faults(spec: str | None) -> Iterator[None]:
+    """Serve the model from a bundled server with these faults (JSON), for this block.
+
+    A what-if for the offline model only (`{"confidence_by_model": {"stalwart-test": 0.5}}`:
+    the primary model is unsure, so the ladder's fallback rung answers).
+    """
+    if not spec:
+        yield
+        return
+    from agents._settings import reload_settings
+    from agents.modelserver import ModelServer
+
+    if get_current_settings().model_url:
+        exit_with_error("--model-faults needs the bundled model server; unset STALWART_MODEL_URL")
+    try:
+        changes = json.loads(spec)
+        if not isinstance(changes, dict):
+            raise ValueError("expected a JSON object")
+        server = ModelServer(port=0)
+        server.faults.update(**changes)
+    except (ValueError, TypeError) as exc:
+        exit_with_error(f"--model-faults: {exc}")
+    with server:
+        # The runs read the endpoint from settings, in Prefect's threads: set the environment.
+        os.environ["STALWART_MODEL_URL"] = server.url
+        reload_settings()
+        try:
+            yield
+        finally:
+            os.environ.pop("STALWART_MODEL_URL", None)
+            reload_settings()
+
+
+def evaluate(
+    compiled: CompiledAgent,
+    items: Sequence[Mapping[str, Any]],
+    *,
+    tenant: str,
+    concurrency: int = 16,
+    progress: Progress | None = None,
+) -> Evaluation:
+    """Run labelled inputs (each may carry `LABELS_KEY`) and score them.
+
+    Example:
+        >>> evaluate(triage.compile(), lines, tenant="eval-1").overall_accuracy  # doctest: +SKIP
+        0.74
+    """
+    split = [split_labels(dict(item), compiled) for item in items]
+    inputs = [inputs for inputs, _ in split]
+    labels = [labels for _, labels in split]
+    # The log's clock and ours may differ by a little; rows are matched by run id anyway.
+    since = datetime.now(UTC) - timedelta(seconds=5)
+    bar = progress.add_task("runs", total=len(inputs)) if progress is not None else None
+    results = compiled.run_batch(
+        inputs,
+        tenant=tenant,
+        concurrency=concurrency,
+        on_result=(lambda _i, _r: progress.advance(bar)) if progress and bar is not None else None,
+    )
+    reasoning = [s.name for s in compiled.order if s.layer == "reasoning"]
+    rows, runs = read_log(tenant, compiled.name, since, len(results))
+    return score(compiled.name, tenant, results, labels, reasoning, rows, runs)
+
+
+def eval_command(
+    agent: str = typer.Argument(..., help="A registered agent name or module:attribute."),
+    input: Path | None = typer.Option(
+        None, "--input", "-i", help="Labelled JSONL; default: the agent's bundled sample."
+    ),
+    tenant: str | None = typer.Option(
+        None, "--tenant", "-t", help="Default: a fresh tenant, so every decision is made anew."
+    ),
+    concurrency: int = typer.Option(16, "--concurrency", "-c", min=1, help="Runs in flight."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
+    faults: str | None = typer.Option(
+        None, "--model-faults", help="JSON faults for a bundled model server (what-if runs)."
+    ),
+) -> None:
+    """Run AGENT over labelled inputs: accuracy, fallback-ladder shares, cost and latency."""
+    compiled = load_agent(agent).compile()
+    source = input or default_input(compiled)
+    if source is None:
+        exit_with_error(f"agent {compiled.name!r} ships no labelled sample; pass --input")
+    if not source.exists():
+        exit_with_error(f"input file {str(source)!r} does not exist")
+    # A fresh tenant has no cached results, answers or memory: the eval measures, not replays.
+    tenant = tenant or f"eval-{datetime.now(UTC):%Y%m%d-%H%M%S}-{os.urandom(2).hex()}"
+    accepted, rejected = read_inputs(source, compiled, get_current_settings().max_input_bytes)
+    if rejected:
+        where = write_quarantine(source, rejected)
+        err_console.print(f"{len(rejected)} bad line(s) quarantined in {where}")
+    if not accepted:
+        exit_with_error(f"no runnable line in {source}")
+    with (
+        model_faults(faults),
+        Progress(
+            TextColumn(f"[bold]eval {compiled.name}[/bold]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+        ) as progress,
+    ):
+        evaluation = evaluate(
+            compiled,
+            [item for _, item in accepted],
+            tenant=tenant,
+            concurrency=concurrency,
+            progress=progress,
+        )
+    _let_prefect_settle()
+    if as_json:
+        console.print(json.dumps(evaluation.to_dict()), soft_wrap=True, markup=False)
+    else:
+        print_evaluation(evaluation, source)
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.0f} ms"
+
+
+def print_evaluation(evaluation: Evaluation, source: Path | None = None) -> None:
+    """Print an evaluation as rich tables."""
+    e = evaluation
+    statuses = ", ".join(f"{n} {s}" for s, n in sorted(e.statuses.items()))
+    where = f" over {source}" if source else ""
+    console.print(f"[bold]{e.agent}[/bold]{where} · tenant {e.tenant} · {e.runs} runs ({statuses})")
+
+    accuracy = Table(title="accuracy")
+    accuracy.add_column("label")
+    accuracy.add_column("right", justify="right")
+    accuracy.add_column("accuracy", justify="right")
+    for f in e.fields:
+        accuracy.add_row(f"{f.step}.{f.field}", f"{f.correct}/{f.total}", f"{f.accuracy:.1%}")
+    accuracy.add_section()
+    accuracy.add_row(
+        "all labels right", f"{e.overall_correct}/{e.labelled}", f"{e.overall_accuracy:.1%}"
+    )
+    console.print(accuracy)
+
+    for step in e.ladder:
+        ladder = Table(title=f"fallback ladder · {step}")
+        ladder.add_column("rung")
+        ladder.add_column("decisions", justify="right")
+        ladder.add_column("share", justify="right")
+        shares = e.shares(step)
+        for rung in RUNGS:
+            ladder.add_row(rung, str(e.ladder[step][rung]), f"{shares[rung]:.1%}")
+        console.print(ladder)
+
+    cost = Table(title="cost and latency")
+    cost.add_column("measure")
+    cost.add_column("value", justify="right")
+    cost.add_row("decisions logged", str(e.decisions_logged))
+    if e.replayed:
+        cost.add_row("runs replayed from cache (no new cost)", str(e.replayed))
+    cost.add_row("tokens in / out", f"{e.tokens_in:,} / {e.tokens_out:,}")
+    usd = f"${e.cost_usd:.4f}" if e.priced else "$0 (no price: set STALWART_MODEL_PRICES)"
+    cost.add_row("cost", usd)
+    cost.add_row("run latency p50 / p95", f"{_ms(e.run_ms_p50)} / {_ms(e.run_ms_p95)}")
+    cost.add_row("model latency p50 / p95", f"{_ms(e.model_ms_p50)} / {_ms(e.model_ms_p95)}")
+    console.print(cost)
