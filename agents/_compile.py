@@ -61,6 +61,7 @@ from agents._settings import get_current_settings
 from agents.decisions import publish_artifact as publish_decisions
 from agents.observe import capture_failure, flow_failure_hook, init_sentry
 from agents.policy.retry import is_retryable_by_step
+from agents.policy.tenants import run_slot, server_limit_name
 from agents.resources.llm import LLM, LLMCall, resolve_endpoint
 from agents.store import ledger
 from agents.store.decisions import cost_of
@@ -269,7 +270,6 @@ class CompiledAgent:
         }
         self._tasks: dict[str, Task[Any, Any]] = {}
         self._tasks_storage: SQLResultStorage | None = None
-        self._on_result: Callable[[int, RunResult], None] | None = None
         self._review_locks: dict[int, asyncio.Lock] = {}
         self._store: ResultStore | None = None
         self.flow: Flow[Any, Any] = self._make_flow()
@@ -552,7 +552,7 @@ class CompiledAgent:
         """Async twin of `run_batch`."""
         _check_tenant(tenant)
         items = [dict(i) for i in inputs]
-        self._on_result = on_result
+        token = _on_result.set(on_result)  # per call: batches may run concurrently
         try:
             with tags(*self._flow_tags(items, tenant)):
                 result = await cast(
@@ -560,7 +560,7 @@ class CompiledAgent:
                     self.flow(inputs=items, tenant=tenant, concurrency=concurrency),
                 )
         finally:
-            self._on_result = None
+            _on_result.reset(token)
         return list(result)
 
     def _flow_tags(self, items: list[dict[str, Any]], tenant: str) -> list[str]:
@@ -585,14 +585,18 @@ class CompiledAgent:
         flow_run_id = str(flow_run.id) if flow_run.id else None
         await self._publish_graph()
         gate = asyncio.Semaphore(max(1, int(concurrency)))
+        report = _on_result.get()
+        server_limit = await server_limit_name(tenant)
         writer = RecordWriter()
         flusher = asyncio.ensure_future(_flush_periodically(writer))
 
         async def one(index: int, item: Any) -> RunResult:
-            async with gate:
+            # The batch's own cap, then the tenant's fair share of the process (and of the
+            # server's `tenant:<name>` limit when one exists).
+            async with gate, run_slot(tenant, server_limit):
                 result = await self._run_one(item, tenant, flow_run_id, prefect_tasks, writer)
-            if self._on_result is not None:
-                self._on_result(index, result)
+            if report is not None:
+                report(index, result)
             return result
 
         try:
@@ -1147,6 +1151,13 @@ async def _flush_periodically(writer: RecordWriter, interval: float = 0.1) -> No
             await in_thread(writer.flush)
         except Exception:  # the database hiccuped: the rows stay queued for the next flush
             await asyncio.sleep(interval)
+
+
+#: The progress callback of the batch being run (a context variable, not an attribute: one
+#: compiled agent may run several batches at once, e.g. one per tenant).
+_on_result: contextvars.ContextVar[Callable[[int, RunResult], None] | None] = (
+    contextvars.ContextVar("stalwart_on_result", default=None)
+)
 
 
 def _flow_run_name() -> str:

@@ -92,6 +92,28 @@ def postgres_url(postgres_server_url: str, monkeypatch: pytest.MonkeyPatch) -> I
     reload_settings()
 
 
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[Any]:
+    """A real `prefect server` on loopback, its database on the local PostgreSQL (session-wide).
+
+    Production-like: flow-run creation is not throttled by SQLite's `database is locked`, as it
+    is on the ephemeral test harness. Stopped by PID at the end of the session.
+    """
+    from agents.testing.prefect_server import PrefectServer
+
+    with PrefectServer(postgres=PG_ADMIN_URL) as server:
+        yield server
+
+
+@pytest.fixture
+def on_prefect_server(prefect_server: Any) -> Iterator[Any]:
+    """Make `prefect_server` the Prefect API in force for this test (in this process)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}):
+        yield prefect_server
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def state_db(request: pytest.FixtureRequest) -> str:
     """The state database in force for a test, once on SQLite and once on PostgreSQL."""
