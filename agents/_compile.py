@@ -25,6 +25,7 @@ import re
 import threading
 import time
 import uuid
+import weakref
 from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -190,12 +191,23 @@ async def _result_storage() -> SQLResultStorage:
 
     name = get_current_settings().result_storage_block
     key = (str(PREFECT_API_URL.value() or "ephemeral"), name)
-    storage = _storages.get(key)
-    if storage is None:
-        storage = SQLResultStorage()
-        await storage.save(name, overwrite=True)
-        _storages[key] = storage
+    loop = asyncio.get_running_loop()
+    lock = _storage_locks.get(loop)
+    if lock is None:
+        lock = _storage_locks[loop] = asyncio.Lock()
+    # Concurrent first batches (one per tenant) would both register the block type: 409.
+    async with lock:
+        storage = _storages.get(key)
+        if storage is None:
+            storage = SQLResultStorage()
+            await storage.save(name, overwrite=True)
+            _storages[key] = storage
     return storage
+
+
+_storage_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class ReviewInput(RunInput):

@@ -505,6 +505,30 @@ class Agent:
         """Async twin of `batch`."""
         return await self.compile().arun_batch(inputs, tenant=tenant, concurrency=concurrency)
 
+    def serve(
+        self,
+        name: str | None = None,
+        *,
+        inputs: list[dict[str, Any]] | None = None,
+        tenant: str = "default",
+        concurrency: int = 16,
+        **options: Any,
+    ) -> None:
+        """Serve the agent's flow without a work pool or worker: Prefect's `Flow.serve`.
+
+        The process polls the API for its scheduled or triggered runs and executes them
+        itself, until interrupted. `options` go to `Flow.serve` (`cron`, `interval`, `tags`,
+        `limit`, ...); `inputs`, `tenant` and `concurrency` become the default parameters.
+
+        Example:
+            >>> triage.serve("ticket-triage", cron="*/30 * * * *", tenant="acme",
+            ...              inputs=[{"raw": {...}, "subject": "cust-1"}])  # doctest: +SKIP
+        """
+        parameters = {"inputs": inputs or [], "tenant": tenant, "concurrency": concurrency}
+        parameters.update(options.pop("parameters", {}) or {})
+        tags = [f"agent:{self.name}", f"tenant:{tenant}", *options.pop("tags", [])]
+        self.flow.serve(name=name or self.name, parameters=parameters, tags=tags, **options)
+
 
 # -- type compatibility ---------------------------------------------------------------------
 

@@ -170,3 +170,43 @@ def test_small_tenants_finish_before_the_big_backlog() -> None:
     assert big_left >= 100, f"only {big_left} big runs were left when the small tenants finished"
     assert _peaks["big"] == 4
     assert all(_peaks[f"small-{k}"] <= 4 for k in range(9))
+
+
+@pytest.mark.postgres
+@pytest.mark.usefixtures("on_prefect_server", "sqlite_url")
+def test_a_server_side_tenant_limit_caps_runs_across_batches() -> None:
+    """`stalwart tenants limit T N` makes every batch of T hold a server slot per run."""
+    from typer.testing import CliRunner
+
+    from agents.cli import app
+
+    tenant = "capped-on-server"
+    done = CliRunner().invoke(app, ["tenants", "limit", tenant, "2"])
+    assert done.exit_code == 0, done.output
+    listed = CliRunner().invoke(app, ["tenants", "limits"])
+    assert f"{tenant}  limit 2" in listed.output
+
+    async def main() -> list[list[RunResult]]:
+        compiled = fair.compile()
+        # Two batches at once, as two workers would run them; locally each could run 8.
+        return list(
+            await asyncio.gather(
+                *(
+                    compiled.arun_batch(
+                        [{"raw": {"batch": b, "n": i}} for i in range(6)],
+                        tenant=tenant,
+                        concurrency=8,
+                    )
+                    for b in range(2)
+                )
+            )
+        )
+
+    reset_schedulers()
+    try:
+        with temporary_settings(max_concurrency=16, tenant_concurrency=8):
+            batches = asyncio.run(main())
+    finally:
+        reset_schedulers()
+    assert all(r.status == "completed" for batch in batches for r in batch)
+    assert _peaks[tenant] <= 2

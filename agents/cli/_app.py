@@ -13,6 +13,7 @@ from rich.table import Table
 from agents.cli._decisions import decisions_command, prune_command
 from agents.cli._eval import eval_command
 from agents.cli._run import run_command
+from agents.cli._tenants import tenants_app
 from agents.cli._utilities import console, exit_with_error, load_agent, registered_agents
 
 app = typer.Typer(
@@ -25,6 +26,7 @@ db_app = typer.Typer(help="The state database.", no_args_is_help=True)
 model_app = typer.Typer(help="The bundled offline model server.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(model_app, name="model")
+app.add_typer(tenants_app, name="tenants")
 app.command("run")(run_command)
 app.command("eval")(eval_command)
 app.command("decisions")(decisions_command)
