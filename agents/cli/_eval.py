@@ -214,10 +214,10 @@ def score(
             path = result.paths.get(step)
             rungs[_RUNG_OF_PATH.get(path, "no decision") if path else "no decision"] += 1
         evaluation.ladder[step] = {rung: rungs.get(rung, 0) for rung in RUNGS}
-    evaluation.replayed = sum(
-        1 for r in results if any(r.steps.get(step) == "cached" for step in reasoning_steps)
-    )
     mine = [d for d in decisions if d.agent_run_id in ids]
+    # A decision replayed from an earlier run (cached) was logged, and paid for, back then.
+    logged = {d.agent_run_id for d in mine}
+    evaluation.replayed = sum(1 for r in results if r.paths and r.run_id not in logged)
     evaluation.decisions_logged = len(mine)
     evaluation.tokens_in = sum(d.tokens_in for d in mine)
     evaluation.tokens_out = sum(d.tokens_out for d in mine)
