@@ -30,7 +30,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
@@ -384,7 +384,9 @@ def loaded_secrets() -> tuple[str, ...]:
         elif isinstance(block, StateDatabase):
             found.extend(_url_password(block.url()))
         elif isinstance(block, SentryConfig):
-            found.append(block.dsn.get_secret_value())
+            dsn = block.dsn.get_secret_value()
+            found.append(dsn)
+            found.extend(_dsn_keys(dsn))
     return tuple(secret for secret in found if secret)
 
 
@@ -396,6 +398,15 @@ def _url_password(url: str) -> tuple[str, ...]:
     if not password:
         return ()
     return (str(password), unquote(str(password)))
+
+
+def _dsn_keys(dsn: str) -> tuple[str, ...]:
+    """The public (and legacy secret) key of a DSN: a quoted key alone is still a secret."""
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        return ()
+    return tuple(key for key in (parts.username, parts.password) if key)
 
 
 def forget_loaded_blocks() -> None:
