@@ -239,8 +239,9 @@ def test_a_model_block_replaces_the_environment_and_prices_the_calls(
             STALWART_MODEL="env-model",
             STALWART_MODEL_PRICES='{"block-model": [100.0, 100.0]}',
         ):
-            endpoint = resolve_endpoint()
+            # First load inside the run: in a step thread (sync) or on the event loop (async).
             result = agent.run(tenant="acme", raw="I was charged twice, I need a refund")
+            endpoint = resolve_endpoint()
 
     assert (endpoint.base_url, endpoint.model, endpoint.fallback_model) == (
         proxy.url,

@@ -41,6 +41,7 @@ from agents.store import _convert
 
 __all__ = [
     "current_revision",
+    "database_url",
     "dispose_engines",
     "downgrade",
     "get_engine",
@@ -64,6 +65,24 @@ _schema_ok: set[str] = set()
 _SECRET_QUERY_KEYS = re.compile(r"pass|pwd|secret|token|key", re.IGNORECASE)
 
 _convert.install_utc_loaders()
+
+
+def database_url() -> str:
+    """The state database URL in force, normalised: the `STALWART_DATABASE_BLOCK` block's URL
+    when one is named, else `STALWART_DATABASE_URL`, else the default SQLite file.
+
+    A secret (it may hold a password): log `redact_url(database_url())` instead.
+
+    Raises:
+        ConfigurationError: `STALWART_DATABASE_BLOCK` names a block that cannot be loaded.
+
+    Example:
+        >>> from agents._settings import temporary_settings
+        >>> with temporary_settings(database_url="sqlite://"):
+        ...     database_url()
+        'sqlite://'
+    """
+    return _resolve(None)
 
 
 def _resolve(url: str | None) -> str:
