@@ -222,6 +222,8 @@ def markdown(report: dict[str, Any]) -> str:
         for f in report["failures"]:
             error = f["error"].replace("|", "\\|").replace("\n", " ")[:120]
             source = " (memory)" if f["source"] == "memory" else ""
+            if f["status"] == NEEDS_REVIEW:
+                source = " (unsure guess)"
             lines.append(
                 f"| `{f['test']}` | {f['kind']}{source} | {f['confidence']:.2f} | "
                 f"{f['status']} | {error} |"
