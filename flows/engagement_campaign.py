@@ -13,7 +13,8 @@ simulated platform answer):
 
 Run several waves, learning in between (what the deployment runs):
 
-    python -c "from flows.engagement_campaign import engagement_campaign_flow as f; f(waves=3)"
+    >>> import asyncio  # doctest: +SKIP
+    >>> asyncio.run(engagement_campaign_flow(waves=3, tenant="demo"))  # doctest: +SKIP
 """
 
 from __future__ import annotations
