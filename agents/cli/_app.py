@@ -128,10 +128,10 @@ def agents_command() -> None:
 @db_app.command("upgrade")
 def db_upgrade(revision: str = typer.Argument("head")) -> None:
     """Create or upgrade the schema of the state database (Alembic)."""
-    from agents._settings import get_current_settings
     from agents.store import current_revision, redact_url, upgrade
+    from agents.store.engine import database_url
 
-    url = get_current_settings().resolved_database_url()
+    url = database_url()  # the state-database block's URL when STALWART_DATABASE_BLOCK is set
     upgrade(url, revision)
     console.print(f"{redact_url(url)} is at revision {current_revision(url)}")
 
@@ -139,10 +139,10 @@ def db_upgrade(revision: str = typer.Argument("head")) -> None:
 @db_app.command("current")
 def db_current() -> None:
     """Print the schema revision of the state database."""
-    from agents._settings import get_current_settings
     from agents.store import current_revision, head_revision, redact_url
+    from agents.store.engine import database_url
 
-    url = get_current_settings().resolved_database_url()
+    url = database_url()
     console.print(f"{redact_url(url)}: {current_revision(url)} (head {head_revision()})")
 
 

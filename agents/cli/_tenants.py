@@ -49,5 +49,6 @@ def limits_command() -> None:
             if limit.name.startswith(SERVER_LIMIT_PREFIX)
         ]
 
-    for tenant, runs, active in sorted(run_coro_as_sync(read()) or []):
+    found: list[tuple[str, int, int]] = run_coro_as_sync(read()) or []
+    for tenant, runs, active in sorted(found):
         console.print(f"{tenant}  limit {runs}  in flight {active}")
