@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,10 +50,11 @@ def deployed(
         "STALWART_DATA_DIR": str(data_dir),
         "PYTHONPATH": str(ROOT),
     }
-    for name in ("STALWART_DATABASE_URL", "STALWART_MODEL_URL", "SENTRY_DSN"):
-        os.environ.get(name)  # the workers must not inherit the test process's choices
+    # The workers must not inherit this process's database or endpoint: only the block.
+    unset = ("STALWART_DATABASE_URL", "STALWART_MODEL_URL", "STALWART_API_KEY", "SENTRY_DSN")
     workers = [
-        Worker(server, pool="stalwart", cwd=ROOT, env=worker_env, name=f"e2e-{i}") for i in range(2)
+        Worker(server, pool="stalwart", cwd=ROOT, env=worker_env, name=f"e2e-{i}", unset=unset)
+        for i in range(2)
     ]
     for worker in workers:
         worker.start()
@@ -127,3 +127,72 @@ def test_deploy_created_every_reference_deployment(deployed: dict[str, Any]) -> 
         deployed["server"].cli("deployment", "inspect", "ticket-triage/ticket-triage")
     )
     assert "*/30 * * * *" in described and "stalwart" in described
+
+
+def _child_runs(parent_id: Any) -> list[Any]:
+    """Flow runs started inside `parent_id` (an agent batch inside a reference flow)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    async def read() -> list[Any]:
+        async with get_client() as client:
+            return list(
+                await client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(
+                        parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id])
+                    )
+                )
+            )
+
+    return asyncio.run(read())
+
+
+@pytest.mark.usefixtures("on_prefect_server")
+def test_qa_runs_and_engagement_campaign_run_from_their_deployments(
+    deployed: dict[str, Any], postgres_server_url: str
+) -> None:
+    """Both triggered at once: the two workers take one each."""
+    from agents.store.tables import AgentRun, DecisionRecord, MemoryItem
+
+    accounts = [
+        json.loads(line)["account"]
+        for line in (ROOT / "flows/data/accounts.jsonl").read_text().splitlines()[:4]
+    ]
+
+    async def both() -> list[Any]:
+        return list(
+            await asyncio.gather(
+                _trigger(
+                    "qa-runs-round/qa-runs",
+                    {"projects": ["billing-api", "geo-utils"], "tenant": "e2e-qa", "round": "e2e"},
+                ),
+                _trigger(
+                    "engagement-campaign-waves/engagement-campaign",
+                    {"accounts": accounts, "tenant": "e2e-social", "waves": 1},
+                ),
+            )
+        )
+
+    qa_run, social_run = asyncio.run(both())
+    logs = [w.log_tail() for w in deployed["workers"]]
+    assert qa_run.state.is_completed(), (qa_run.state, logs)
+    assert social_run.state.is_completed(), (social_run.state, logs)
+
+    # qa-runs: every shard ran as an agent run, failures were decided, memory and reports exist.
+    qa_rows = _rows(postgres_server_url, AgentRun, tenant="e2e-qa", agent="qa-runs")
+    assert qa_rows and all(r.status == "completed" for r in qa_rows)
+    assert _rows(postgres_server_url, DecisionRecord, tenant="e2e-qa", agent="qa-runs")
+    assert _rows(postgres_server_url, MemoryItem, tenant="e2e-qa")
+    qa_flow_runs = [qa_run.id, *(r.id for r in _child_runs(qa_run.id))]
+    qa_keys = {a.key for run_id in qa_flow_runs for a in asyncio.run(_artifacts(run_id))}
+    assert any(key and "billing-api" in key for key in qa_keys), qa_keys
+
+    # engagement-campaign: one completed run per account, decisions logged, history remembered.
+    social_rows = _rows(postgres_server_url, AgentRun, tenant="e2e-social")
+    assert len(social_rows) == len(accounts)
+    assert all(r.status == "completed" for r in social_rows)
+    assert _rows(postgres_server_url, DecisionRecord, tenant="e2e-social")
+    remembered = {m.subject for m in _rows(postgres_server_url, MemoryItem, tenant="e2e-social")}
+    assert remembered == {a["handle"] for a in accounts}
+
+    assert {r.work_pool_name for r in (qa_run, social_run)} == {"stalwart"}

@@ -204,6 +204,8 @@ class Worker:
         cwd: Working directory (the project root, so entrypoints resolve).
         env: Extra environment for the worker and the flow runs it starts.
         name: The worker's name.
+        limit: Flow runs the worker runs at once.
+        unset: Variables of this process the worker must not inherit.
     """
 
     def __init__(
@@ -215,8 +217,10 @@ class Worker:
         env: dict[str, str] | None = None,
         name: str | None = None,
         limit: int | None = None,
+        unset: tuple[str, ...] = (),
     ) -> None:
         self.server = server
+        self.unset = unset
         self.pool = pool
         self.cwd = cwd
         self.env = dict(env or {})
@@ -228,6 +232,8 @@ class Worker:
     def start(self) -> Worker:
         """Launch the worker process (it polls every second)."""
         env = self.server.client_env(PREFECT_WORKER_QUERY_SECONDS="1", **self.env)
+        for name in self.unset:
+            env.pop(name, None)
         args = [sys.executable, "-m", "prefect", "worker", "start", "--type", "process"]
         args += ["--pool", self.pool, "--name", self.name]
         if self.limit is not None:
