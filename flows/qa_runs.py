@@ -317,10 +317,13 @@ def remember(
         return flaky
 
     flaky = memory.update("flaky", update, default={})
-    context.set_outcome(
-        {"rerun": len(rerun.nodeids), "confirmed": rerun.passed, "failed_rerun": rerun.failed},
-        step="triage",
-    )
+    if "triage" in context.decisions:
+        # Absent when the decision was replayed from an earlier attempt of this run, whose
+        # decision-log row already exists (outcomes of older decisions: agents.decisions).
+        context.set_outcome(
+            {"rerun": len(rerun.nodeids), "confirmed": rerun.passed, "failed_rerun": rerun.failed},
+            step="triage",
+        )
     reports.write_part(
         reports_root(reports_dir),
         context.tenant,

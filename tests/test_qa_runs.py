@@ -110,6 +110,12 @@ def test_memory_keeps_confirmed_flakes_and_the_next_round_skips_the_model(
     assert remembered[flake]["confirmed"] == 1
     # Per project: another project's memory knows nothing of it.
     assert Memory("acme", "qa-runs", "scheduler").get("flaky") is None
+    # The decision log holds what the rerun made of the shard's verdicts.
+    from agents import decisions
+
+    logged = decisions.query(tenant="acme", agent="qa-runs", subject="billing-api")
+    outcomes = [d.outcome for d in logged if d.outcome and d.outcome["rerun"]]
+    assert outcomes == [{"rerun": 1, "confirmed": [flake], "failed_rerun": []}]
 
     asked = model_server.stats.requests_total
     results = run_round(["billing-api"], "day-2", tmp_path, "acme")
