@@ -281,6 +281,12 @@ def plain_reply(user_text: str) -> str:
     return f'This is the Stalwart offline model. You wrote: "{flat}"'
 
 
+def _field_names(schema: Mapping[str, Any]) -> set[str] | None:
+    """The top-level property names of a JSON schema (None when it declares none)."""
+    properties = schema.get("properties")
+    return set(properties) if isinstance(properties, Mapping) else None
+
+
 def complete(
     body: Mapping[str, Any],
     *,
@@ -317,13 +323,13 @@ def complete(
     else:
         schema_name = target.name or (target.schema or {}).get("title")
         match = rules.match(user_text, schema=schema_name)
+        schema = target.schema if target.schema is not None else GENERIC_JSON_SCHEMA
         steering = Steering(
             values=match.values,
             force_confidence=force_confidence,
-            rationale=match.rationale(),
+            rationale=match.rationale(fields=_field_names(schema)),
             context=user_text,
         )
-        schema = target.schema if target.schema is not None else GENERIC_JSON_SCHEMA
         value = generate(schema, seed=seed, steering=steering)
         if fault == "schema_invalid":
             value = break_required(value, schema)

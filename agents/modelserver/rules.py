@@ -14,7 +14,7 @@ A rules file is JSON: either a list of rules or an object with a `rules` list. T
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,18 +123,25 @@ class RuleMatch:
     values: Mapping[str, Any] = field(default_factory=dict)
     keywords: tuple[str, ...] = ()
 
-    def rationale(self) -> str | None:
+    def rationale(self, fields: Collection[str] | None = None) -> str | None:
         """A one-sentence explanation of the steering, or None when nothing matched.
+
+        Args:
+            fields: The requested schema's fields; values for other fields (another demo's
+                rules matching the same words) are left out of the explanation.
 
         Example:
             >>> RuleMatch().rationale() is None
             True
         """
-        if not self.values:
+        values = {
+            name: value
+            for name, value in self.values.items()
+            if name != "rationale" and (fields is None or name in fields)
+        }
+        if not values:
             return None
-        shown = ", ".join(
-            f"{name}={value}" for name, value in self.values.items() if name != "rationale"
-        )
+        shown = ", ".join(f"{name}={value}" for name, value in values.items())
         if not self.keywords:
             return f"No specific signal in the request; the default answer uses {shown}."
         mentioned = ", ".join(repr(keyword) for keyword in self.keywords[:3])
