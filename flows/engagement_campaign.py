@@ -336,7 +336,7 @@ async def engagement_campaign_flow(
     accounts: list[dict[str, Any]] | None = None,
     campaign_name: str = "launch-week",
     waves: int = 3,
-    first_wave: int = 1,
+    first_wave: int | None = 1,
     tenant: str = "demo",
     concurrency: int = 16,
     platform_url: str | None = None,
@@ -348,7 +348,10 @@ async def engagement_campaign_flow(
         campaign_name: The campaign; with the wave it names each post (`launch-week#2`).
         waves: How many waves to run, one post per account each.
         first_wave: The number of the first wave (run 4.. after 1..3; a wave run again
-            posts nothing new: its idempotency keys are spent).
+            posts nothing new: its idempotency keys are spent). None (what the scheduled
+            deployment passes) numbers the wave by the flow run's scheduled hour, e.g.
+            2026112506: each hourly run is a new wave, and a retried run of the same slot
+            posts nothing twice.
         tenant: The client the accounts belong to (memory is per tenant and account).
         concurrency: Runs in flight per wave (rate limits still pace the posts).
         platform_url: The platform API; else `STALWART_SOCIAL_PLATFORM_URL`; else a simulated
@@ -357,6 +360,10 @@ async def engagement_campaign_flow(
     logger = get_run_logger()
     accounts = accounts if accounts is not None else load_accounts()
     url = platform_url or social_settings().platform_url
+    if first_wave is None:
+        from prefect.runtime import flow_run
+
+        first_wave = int(f"{flow_run.scheduled_start_time:%Y%m%d%H}")
     summaries: list[WaveSummary] = []
     with ExitStack() as stack:
         if url:
