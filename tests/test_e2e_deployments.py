@@ -9,7 +9,13 @@ their environment).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,9 +45,6 @@ def deployed(
         f"StateDatabase(database_url={postgres_server_url!r}).save('e2e-state', overwrite=True)"
     )
     env = server.client_env(PYTHONPATH=str(ROOT))
-    import subprocess
-    import sys
-
     subprocess.run([sys.executable, "-c", save], env=env, check=True, timeout=120)
     data_dir = tmp_path_factory.mktemp("worker-data")
     worker_env = {
@@ -196,3 +199,69 @@ def test_qa_runs_and_engagement_campaign_run_from_their_deployments(
     assert remembered == {a["handle"] for a in accounts}
 
     assert {r.work_pool_name for r in (qa_run, social_run)} == {"stalwart"}
+
+
+@pytest.mark.usefixtures("on_prefect_server")
+def test_agent_serve_runs_triggered_flow_runs_without_a_worker(
+    prefect_server: PrefectServer, postgres_server_url: str, tmp_path: Path
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from agents.store.tables import AgentRun
+
+    env = prefect_server.client_env(
+        PYTHONPATH=str(ROOT),
+        STALWART_DATABASE_URL=postgres_server_url,
+        STALWART_DATA_DIR=str(tmp_path),
+    )
+    env.pop("STALWART_MODEL_URL", None)
+    log = (tmp_path / "serve.log").open("wb")
+    served = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "serve_agent.py"), "served-triage"],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+    async def deployment_exists() -> bool:
+        async with get_client() as client:
+            try:
+                await client.read_deployment_by_name("ticket-triage/served-triage")
+            except ObjectNotFound:
+                return False
+        return True
+
+    try:
+        deadline = time.monotonic() + 90
+        while not asyncio.run(deployment_exists()):
+            assert served.poll() is None, (tmp_path / "serve.log").read_text()
+            assert time.monotonic() < deadline, "agent.serve() never created its deployment"
+            time.sleep(0.5)
+        inputs = [
+            {
+                "raw": {
+                    "id": "S-1",
+                    "subject": "Refund",
+                    "body": "Charged twice",
+                    "customer": "c-s",
+                },
+                "subject": "c-s",
+            }
+        ]
+        flow_run = asyncio.run(
+            _trigger("ticket-triage/served-triage", {"inputs": inputs, "tenant": "served"})
+        )
+        assert flow_run.state.is_completed(), (tmp_path / "serve.log").read_text()[-3000:]
+        rows = _rows(postgres_server_url, AgentRun, flow_run_id=str(flow_run.id))
+        assert [(r.tenant, r.subject, r.status) for r in rows] == [("served", "c-s", "completed")]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(served.pid, signal.SIGTERM)
+        try:
+            served.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(served.pid, signal.SIGKILL)
+            served.wait(timeout=10)
