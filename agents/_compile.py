@@ -1090,7 +1090,8 @@ class CompiledAgent:
             correction=outcome.correction,
             tokens_in=tokens_in,
             tokens_out=tokens_out,
-            cost=cost_of(model, tokens_in, tokens_out),
+            # Each call at its own model's price: a fallback decision paid for both models.
+            cost=sum(cost_of(c.model, c.tokens_in, c.tokens_out) for c in llm_calls),
             latency_ms=sum(c.latency_ms for c in llm_calls) if llm_calls else None,
             attempts=attempts,
             error_class=getattr(last, "error_class", None),

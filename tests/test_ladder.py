@@ -113,6 +113,29 @@ def test_below_threshold_the_fallback_model_decides(
     assert [(d.path, d.model) for d in logged] == [("fallback_model", "strong")]
 
 
+def test_a_fallback_decision_costs_each_call_at_its_own_model_price(
+    state_db: str, model_server: ModelServer
+) -> None:
+    from agents import decisions
+    from agents._settings import temporary_settings
+    from agents.store.decisions import cost_of
+
+    tenant = f"acme-{uuid.uuid4().hex[:8]}"
+    model_server.faults.update(confidence_by_model={"stalwart-test": 0.4, "strong": 0.95})
+    prices = {"stalwart-test": (0.001, 0.002), "strong": (0.1, 0.2)}
+    with temporary_settings(model_prices=prices):
+        result = ladder_agent("ladder-cost", [], fallback_model="strong").run(
+            tenant=tenant, raw="I want a refund"
+        )
+        assert result.paths["route"] == "fallback_model"
+        (row,) = decisions.query(tenant=tenant, agent="ladder-cost")
+        # Tokens of both calls; priced all at the strong model's rate it would cost the most,
+        # all at the primary's rate the least. Each at its own model's rate lies between.
+        cheapest = cost_of("stalwart-test", row.tokens_in, row.tokens_out)
+        dearest = cost_of("strong", row.tokens_in, row.tokens_out)
+        assert row.tokens_in > 0 and cheapest < row.cost < dearest
+
+
 @pytest.mark.parametrize(
     ("run_input", "path", "category", "acts"),
     [
