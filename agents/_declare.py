@@ -519,6 +519,8 @@ class Agent:
         The process polls the API for its scheduled or triggered runs and executes them
         itself, until interrupted. `options` go to `Flow.serve` (`cron`, `interval`, `tags`,
         `limit`, ...); `inputs`, `tenant` and `concurrency` become the default parameters.
+        Call it under `if __name__ == "__main__":` in a script: each flow run executes in a
+        child process that imports the script again.
 
         Example:
             >>> triage.serve("ticket-triage", cron="*/30 * * * *", tenant="acme",
