@@ -200,9 +200,27 @@ async def _result_storage() -> SQLResultStorage:
         storage = _storages.get(key)
         if storage is None:
             storage = SQLResultStorage()
-            await storage.save(name, overwrite=True)
+            await _save_block(storage, name)
             _storages[key] = storage
     return storage
+
+
+async def _save_block(block: SQLResultStorage, name: str, attempts: int = 5) -> None:
+    """Save the block, retrying when another process registers its type or schema first.
+
+    Flow runs starting at once on a fresh server (one worker process each) all try to create
+    the block type; the losers get 409 `ObjectAlreadyExists` and succeed on the next try.
+    """
+    from prefect.exceptions import ObjectAlreadyExists
+
+    for attempt in range(attempts):
+        try:
+            await block.save(name, overwrite=True)
+            return
+        except ObjectAlreadyExists:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.1 * (attempt + 1))
 
 
 _storage_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
