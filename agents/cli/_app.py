@@ -13,6 +13,7 @@ from rich.table import Table
 from agents.cli._decisions import decisions_command, prune_command
 from agents.cli._eval import eval_command
 from agents.cli._run import run_command
+from agents.cli._shadow import shadow_command
 from agents.cli._tenants import tenants_app
 from agents.cli._utilities import console, exit_with_error, load_agent, registered_agents
 
@@ -31,6 +32,7 @@ app.command("run")(run_command)
 app.command("eval")(eval_command)
 app.command("decisions")(decisions_command)
 app.command("prune")(prune_command)
+app.command("shadow")(shadow_command)
 
 
 def parse_since(value: str | None) -> datetime | None:
