@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, ove
 
 from agents._decision import Decision
 from agents._errors import DeclarationError
+from agents.learning._options import Calibration
 
 if TYPE_CHECKING:
     from agents._compile import CompiledAgent
     from agents._run import RunResult
+    from agents.store.tables import Feedback
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -105,6 +107,9 @@ class StepOptions:
     """Reasoning only, rung 3: the safe decision (an instance of the step's return type, or a
     function of no arguments returning one) used when nothing above reached the threshold.
     Actions run on it only if its own confidence meets the threshold."""
+    calibrate: Calibration | None = None
+    """Reasoning only: let `agents.learning.calibration.apply` move the threshold per tenant,
+    within `Calibration.bounds`, to meet `Calibration.target_precision`."""
 
 
 @dataclass(frozen=True)
@@ -226,6 +231,16 @@ class Step(Generic[P, R]):
                 )
         if self.return_annotation is inspect.Signature.empty:
             problems.append(f"{where}: the return type has no hint; annotate it (-> None if none)")
+        if self.options.calibrate is not None:
+            if self.layer != "reasoning":
+                problems.append(f"{where}: option 'calibrate' only applies to reasoning steps")
+            elif not isinstance(self.options.calibrate, Calibration):
+                problems.append(f"{where}: option 'calibrate' must be a Calibration(...)")
+            else:
+                problems.extend(
+                    f"{where}: option 'calibrate': {problem}"
+                    for problem in self.options.calibrate.problems(self.options.threshold)
+                )
         for ladder in ("fallback_model", "review", "default"):
             if getattr(self.options, ladder) is not None:
                 if self.layer != "reasoning":
@@ -339,6 +354,7 @@ class Agent:
         fallback_model: str | None = ...,
         review: Review | None = ...,
         default: Any = ...,
+        calibrate: Calibration | None = ...,
         retries: int = ...,
         retry_delay: float = ...,
         timeout: float | None = ...,
@@ -388,7 +404,9 @@ class Agent:
             options["tags"] = tuple(options["tags"])
         unknown = set(options) - {f.name for f in dataclasses.fields(StepOptions)}
         if layer != "reasoning":
-            unknown |= {"threshold", "fallback_model", "review", "default"} & set(options)
+            unknown |= {"threshold", "fallback_model", "review", "default", "calibrate"} & set(
+                options
+            )
         if unknown:
             raise DeclarationError.single(
                 self.name,
@@ -413,6 +431,48 @@ class Agent:
         if fn is not None:
             return register(fn)
         return register
+
+    # -- feedback ---------------------------------------------------------------------------
+
+    def feedback(
+        self,
+        decision_id: str,
+        *,
+        tenant: str,
+        correct: bool | None = None,
+        label: Any = None,
+        score: float | None = None,
+        note: str | None = None,
+        by: str | None = None,
+    ) -> Feedback:
+        """Record feedback on one of this agent's decisions (see `agents.learning.feedback`).
+
+        Args:
+            decision_id: The decision's id in the decision log.
+            tenant: Its tenant; a decision of another tenant (or agent) raises
+                `UnknownDecision` and nothing is written.
+            correct: Whether the decision was right.
+            label: The right answer, usually the corrected fields (`{"category": "billing"}`).
+            score: A grade in [0, 1].
+            note: Free text.
+            by: Who gave it.
+
+        Example:
+            >>> triage.feedback(decision.id, tenant="acme", correct=False,  # doctest: +SKIP
+            ...                 label={"category": "billing"}, by="ana")
+        """
+        from agents.learning.feedback import give
+
+        return give(
+            decision_id,
+            tenant=tenant,
+            correct=correct,
+            label=label,
+            score=score,
+            note=note,
+            by=by,
+            agent=self.name,
+        )
 
     # -- inspection and compilation -------------------------------------------------------
 

@@ -197,3 +197,69 @@ class CircuitState(SQLModel, table=True):
     opened_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
     last_error: str | None = Field(default=None, sa_type=sa.Text)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+
+
+class Feedback(SQLModel, table=True):
+    """What someone said about a decision: right or wrong, the right answer, a score, a note.
+
+    Kept apart from the decision row (a decision may get feedback many times, from people, from
+    a learning step or from an action's result); the latest row of a decision is the one that
+    counts. `given_by` names who gave it and `created_at` when.
+    """
+
+    __tablename__ = "feedback"
+    __table_args__ = (
+        sa.Index("ix_feedback_tenant_agent_step", "tenant", "agent", "step", "created_at"),
+    )
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    tenant: str = Field(index=True, max_length=200)
+    decision_id: str = Field(index=True, max_length=32)
+    agent: str = Field(max_length=200)
+    step: str = Field(max_length=200)
+    correct: bool | None = None
+    label: Any = Field(default=None, sa_type=sa.JSON, description="The right answer (fields).")
+    score: float | None = None
+    note: str | None = Field(default=None, sa_type=sa.Text)
+    given_by: str | None = Field(default=None, max_length=200)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+
+
+class ThresholdChange(SQLModel, table=True):
+    """One calibrated change of a reasoning step's threshold for one tenant, with its evidence.
+
+    `version` counts the changes of (tenant, agent, step) from 1; the highest is in force.
+    """
+
+    __tablename__ = "threshold_change"
+    __table_args__ = (
+        sa.UniqueConstraint(
+            "tenant", "agent", "step", "version", name="uq_threshold_change_version"
+        ),
+    )
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    tenant: str = Field(index=True, max_length=200)
+    agent: str = Field(max_length=200)
+    step: str = Field(max_length=200)
+    version: int = 1
+    old: float | None = None
+    new: float
+    evidence: Any = Field(default=None, sa_type=sa.JSON, description="The calibration report.")
+    changed_by: str | None = Field(default=None, max_length=200)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+
+
+class ExampleUse(SQLModel, table=True):
+    """Which few-shot examples (decision ids) a reasoning step put into its prompt in one run."""
+
+    __tablename__ = "example_use"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    tenant: str = Field(index=True, max_length=200)
+    agent: str = Field(max_length=200)
+    step: str = Field(max_length=200)
+    agent_run_id: str | None = Field(default=None, index=True, max_length=32)
+    run_key: str | None = Field(default=None, max_length=200)
+    example_ids: Any = Field(default=None, sa_type=sa.JSON)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
