@@ -8,7 +8,7 @@ Everything a user types is importable from here; the rest lives in `_`-prefixed 
 """
 
 from agents._decision import Decision
-from agents._declare import Agent, Layer, Review, Step, StepInfo, StepOptions
+from agents._declare import Agent, Layer, Review, Shadow, Step, StepInfo, StepOptions
 from agents._errors import (
     ConfigurationError,
     DeclarationError,
@@ -36,6 +36,7 @@ __all__ = (
     "Review",
     "RunContext",
     "RunResult",
+    "Shadow",
     "StalwartError",
     "Step",
     "StepInfo",

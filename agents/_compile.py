@@ -21,6 +21,7 @@ import contextvars
 import functools
 import hashlib
 import json
+import logging
 import re
 import threading
 import time
@@ -78,6 +79,9 @@ _META_KEYS = frozenset({"subject", "run_key"})
 
 
 # -- digests ----------------------------------------------------------------------------------
+
+
+logger = logging.getLogger(__name__)
 
 
 def canonical(value: Any) -> Any:
@@ -603,7 +607,7 @@ class CompiledAgent:
     async def _flow_body(
         self, inputs: list[dict[str, Any]], tenant: str, concurrency: int
     ) -> list[RunResult]:
-        from prefect.runtime import flow_run
+        from prefect.runtime import deployment, flow_run
 
         _check_tenant(tenant)
         init_sentry()
@@ -640,6 +644,7 @@ class CompiledAgent:
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
             await in_thread(writer.flush)
+        await self._monitor(tenant, deployment.id)
         if writer.decisions_seen:
             await publish_decisions(
                 writer.decisions_seen[-500:],
@@ -647,6 +652,18 @@ class CompiledAgent:
                 description=f"Decisions of this flow run of `{self.name}` (latest 500).",
             )
         return results
+
+    async def _monitor(self, tenant: str, deployment_id: Any) -> None:
+        """Drift check and summary artifact at the end of a batch (STALWART_MONITOR)."""
+        mode = get_current_settings().monitor
+        if mode == "off" or (mode == "deployments" and not deployment_id):
+            return
+        from agents.observe.drift import monitor
+
+        try:
+            await monitor(tenant, self.name)
+        except Exception as exc:  # monitoring must never fail the batch it watches
+            logger.warning("monitoring %s for %s failed: %s", self.name, tenant, _describe(exc))
 
     async def _publish_graph(self) -> None:
         from prefect.artifacts import acreate_markdown_artifact
@@ -792,6 +809,9 @@ class CompiledAgent:
                         )
                         decisions.append(row)
                         run_decisions[step.name] = row
+                        shadow_row = await self._shadow(step, call, args, result)
+                        if shadow_row is not None:
+                            decisions.append(shadow_row)
                 result.outputs[step.name] = value
                 statuses[step.name] = status
                 rows.append(
@@ -847,6 +867,45 @@ class CompiledAgent:
         elif "held" in values:
             status = "held"
         result.status = status
+
+    async def _shadow(
+        self, step: Step[Any, Any], call: StepCall, args: dict[str, Any], result: RunResult
+    ) -> DecisionRecord | None:
+        """The candidate's decision for a run in the step's shadow share, logged, not acted on.
+
+        A failing candidate never fails the run: the error is logged at debug level only.
+        """
+        shadow = step.options.shadow
+        if shadow is None or not shadow.picks(result.run_key):
+            return None
+        calls: list[LLMCall] = []
+        kwargs = dict(args)
+        for p in step.params:
+            if p.name == "llm":
+                kwargs["llm"] = LLM(
+                    endpoint=resolve_endpoint(shadow.model), calls=calls, tenant=call.tenant
+                )
+            elif p.name == "memory":
+                kwargs["memory"] = Memory(
+                    tenant=call.tenant, agent=call.agent, subject=call.subject
+                )
+            elif p.name == "context":
+                kwargs["context"] = RunContext(
+                    agent=call.agent,
+                    tenant=call.tenant,
+                    subject=call.subject,
+                    run_key=call.run_key,
+                    run_id=call.run_id,
+                    flow_run_id=call.flow_run_id,
+                    step=call.step,
+                )
+        try:
+            decision = await self._invoke(step, kwargs)
+        except Exception as exc:
+            logger.debug("shadow %s.%s failed: %s", self.name, step.name, _describe(exc))
+            return None
+        outcome = LadderOutcome(decision=decision, path="shadow")
+        return self._decision_row(step, result, args, outcome, calls, 1)
 
     async def _stored_result(self, step: Step[Any, Any], call: StepCall) -> tuple[bool, Any]:
         """The persisted result of this exact step call, if a previous run stored one."""

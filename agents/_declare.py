@@ -83,6 +83,33 @@ class Review:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Shadow:
+    """A candidate model that sees a share of live decisions: recorded, never acted on.
+
+    The chosen runs (a stable hash of the run key, so a rerun picks the same ones) call the
+    reasoning step once more with the candidate; its decision is logged with `path="shadow"`
+    beside the real one. Compare them with `stalwart decisions --path shadow` or
+    `stalwart shadow`.
+
+    Example:
+        >>> Shadow(model="gpt-4o-mini", share=0.1).picks("run-key-1") in (True, False)
+        True
+    """
+
+    model: str
+    """The candidate model, on the endpoint in force."""
+    share: float = 0.1
+    """Share of runs (0..1) whose decision the candidate also makes."""
+
+    def picks(self, run_key: str) -> bool:
+        """Whether the run with this key is in the shadow share (stable across processes)."""
+        import hashlib
+
+        bucket = int(hashlib.sha256(run_key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        return bucket < self.share
+
+
+@dataclass(frozen=True, kw_only=True)
 class StepOptions:
     """How a step runs. Every option has a default; decorators accept each as a keyword."""
 
@@ -110,6 +137,8 @@ class StepOptions:
     calibrate: Calibration | None = None
     """Reasoning only: let `agents.learning.calibration.apply` move the threshold per tenant,
     within `Calibration.bounds`, to meet `Calibration.target_precision`."""
+    shadow: Shadow | None = None
+    """Reasoning only: a candidate model also decides a share of runs, logged, never acted on."""
 
 
 @dataclass(frozen=True)
@@ -249,6 +278,8 @@ class Step(Generic[P, R]):
                     problems.append(
                         f"{where}: option '{ladder}' needs a 'threshold' to know when to apply"
                     )
+        if self.options.shadow is not None and not isinstance(self.options.shadow, Shadow):
+            problems.append(f"{where}: option 'shadow' must be a Shadow(model=..., share=...)")
         if self.options.review is not None and not isinstance(self.options.review, Review):
             problems.append(f"{where}: option 'review' must be a Review(...)")
         if self.options.threshold is not None:
@@ -354,6 +385,7 @@ class Agent:
         fallback_model: str | None = ...,
         review: Review | None = ...,
         default: Any = ...,
+        shadow: Shadow | None = ...,
         calibrate: Calibration | None = ...,
         retries: int = ...,
         retry_delay: float = ...,
@@ -404,9 +436,14 @@ class Agent:
             options["tags"] = tuple(options["tags"])
         unknown = set(options) - {f.name for f in dataclasses.fields(StepOptions)}
         if layer != "reasoning":
-            unknown |= {"threshold", "fallback_model", "review", "default", "calibrate"} & set(
-                options
-            )
+            unknown |= {
+                "threshold",
+                "fallback_model",
+                "review",
+                "default",
+                "shadow",
+                "calibrate",
+            } & set(options)
         if unknown:
             raise DeclarationError.single(
                 self.name,

@@ -126,6 +126,11 @@ class Settings(BaseSettings):
         description="Name of a saved Sentry block; its DSN, environment and sample rates replace "
         "SENTRY_DSN and STALWART_SENTRY_ENVIRONMENT.",
     )
+    monitor: Literal["deployments", "always", "off"] = Field(
+        default="deployments",
+        description="When a batch ends with a quality check (drift detector) and a summary "
+        "artifact: in flow runs of deployments (scheduled or triggered), always, or never.",
+    )
     max_concurrency: int = Field(
         default=64,
         ge=1,

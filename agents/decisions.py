@@ -50,7 +50,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PATHS = ("direct", "fallback_model", "human", "default", "rejected")
+PATHS = ("direct", "fallback_model", "human", "default", "rejected", "shadow")
 """How a decision can be reached (the values of `DecisionRecord.path`)."""
 
 SUMMARY_COLUMNS = (

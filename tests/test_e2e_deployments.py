@@ -120,6 +120,7 @@ def test_ticket_triage_runs_from_its_deployment(
     assert memory, "the learning step wrote the customer's history"
     keys = {a.key for a in asyncio.run(_artifacts(flow_run.id))}
     assert "ticket-triage-dag" in keys and "ticket-triage-decisions" in keys
+    assert "stalwart-monitor-ticket-triage-demo" in keys  # deployments end with a quality check
 
 
 def test_deploy_created_every_reference_deployment(deployed: dict[str, Any]) -> None:

@@ -88,3 +88,51 @@ def test_shadow_replays_logged_decisions_through_the_candidate_only(
 def test_shadow_needs_a_reasoning_step_name_that_exists(sqlite_url: str) -> None:
     with pytest.raises(ValueError, match="not a reasoning step"):
         shadow(triage, model="m", tenant="t", step="act")
+
+
+@pytest.mark.usefixtures("prefect_api")
+@pytest.mark.parametrize("share", [1.0, 0.0])
+def test_a_shadow_share_of_live_decisions_is_logged_and_never_acted_on(
+    sqlite_url: str, model_server: ModelServer, share: float
+) -> None:
+    from pydantic import BaseModel
+
+    from agents import LLM, Agent, Decision, Shadow
+
+    class Verdict(Decision):
+        category: str
+
+    class Text(BaseModel):
+        body: str
+
+    acted: list[str] = []
+    agent = Agent(f"live-shadow-{int(share * 100)}")
+
+    @agent.perception
+    def text(raw: dict) -> Text:
+        return Text(body=raw["body"])
+
+    @agent.reasoning(threshold=0.5, shadow=Shadow(model="candidate-y", share=share))
+    def verdict(text: Text, llm: LLM) -> Verdict:
+        return llm.decide(Verdict, f"Route: {text.body}")
+
+    @agent.action
+    def act(verdict: Verdict) -> str:
+        acted.append(verdict.category)
+        return verdict.category
+
+    tenant = f"live-{uuid.uuid4().hex[:8]}"
+    model_server.faults.update(confidence_by_model={"candidate-y": 0.61})
+    bodies = ["I want a refund", "My parcel never arrived", "The app crashes with an error"]
+    results = agent.batch([{"raw": {"body": b}} for b in bodies], tenant=tenant)
+    assert all(r.status == "completed" for r in results)
+    assert len(acted) == 3  # only the real decisions acted
+    rows = decisions.query(tenant=tenant, agent=agent.name, limit=100)
+    shadows = [r for r in rows if r.path == "shadow"]
+    assert len([r for r in rows if r.path == "direct"]) == 3
+    assert len(shadows) == (3 if share else 0)
+    assert all(r.model == "candidate-y" and r.confidence == pytest.approx(0.61) for r in shadows)
+    asked = model_server.stats.requests_by_model.get("candidate-y", 0)
+    assert asked == len(shadows)
+    listed = decisions.query(tenant=tenant, agent=agent.name, path="shadow")
+    assert len(listed) == len(shadows)

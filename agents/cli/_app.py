@@ -14,6 +14,7 @@ from agents.cli._decisions import decisions_command, prune_command
 from agents.cli._eval import eval_command
 from agents.cli._run import run_command
 from agents.cli._shadow import shadow_command
+from agents.cli._stats import report_command, stats_command
 from agents.cli._tenants import tenants_app
 from agents.cli._utilities import console, exit_with_error, load_agent, registered_agents
 
@@ -33,6 +34,8 @@ app.command("eval")(eval_command)
 app.command("decisions")(decisions_command)
 app.command("prune")(prune_command)
 app.command("shadow")(shadow_command)
+app.command("stats")(stats_command)
+app.command("report")(report_command)
 
 
 def parse_since(value: str | None) -> datetime | None:
