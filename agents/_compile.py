@@ -31,6 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from prefect import Flow, Task, tags
@@ -620,6 +621,7 @@ class CompiledAgent:
         await self._publish_graph()
         gate = asyncio.Semaphore(max(1, int(concurrency)))
         report = _on_result.get()
+        thresholds = _thresholds.set(await self._thresholds_in_force(tenant))
         server_limit = await server_limit_name(tenant)
         writer = RecordWriter()
         flusher = asyncio.ensure_future(_flush_periodically(writer))
@@ -640,6 +642,7 @@ class CompiledAgent:
                     await asyncio.gather(*(one(i, item) for i, item in enumerate(inputs)))
                 )
         finally:
+            _thresholds.reset(thresholds)
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
@@ -652,6 +655,15 @@ class CompiledAgent:
                 description=f"Decisions of this flow run of `{self.name}` (latest 500).",
             )
         return results
+
+    async def _thresholds_in_force(self, tenant: str) -> dict[str, float]:
+        """The tenant's calibrated thresholds, read once per batch; {} when no step opts in."""
+        if not any(s.options.calibrate is not None for s in self.order):
+            return {}
+        from agents.learning.calibration import in_force
+
+        found: dict[str, float] = await in_thread(in_force, self.agent, tenant)
+        return found
 
     async def _monitor(self, tenant: str, deployment_id: Any) -> None:
         """Drift check and summary artifact at the end of a batch (STALWART_MONITOR)."""
@@ -996,7 +1008,7 @@ class CompiledAgent:
     ) -> LadderOutcome:
         """Below the threshold: fallback model, then a person, then the safe default."""
         options = step.options
-        threshold = options.threshold
+        threshold = _thresholds.get().get(step.name, options.threshold)
         if threshold is None or decision.confidence >= threshold:
             return LadderOutcome(decision=decision, path="direct")
         extra_calls: list[LLMCall] = []
@@ -1242,6 +1254,11 @@ async def _flush_periodically(writer: RecordWriter, interval: float = 0.1) -> No
         except Exception:  # the database hiccuped: the rows stay queued for the next flush
             await asyncio.sleep(interval)
 
+
+#: The thresholds in force for the batch being run (calibrated per tenant where a step opts in).
+_thresholds: contextvars.ContextVar[Mapping[str, float]] = contextvars.ContextVar(
+    "stalwart_thresholds", default=MappingProxyType({})
+)
 
 #: The progress callback of the batch being run (a context variable, not an attribute: one
 #: compiled agent may run several batches at once, e.g. one per tenant).

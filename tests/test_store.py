@@ -48,7 +48,16 @@ from agents.store.engine import dispose_engines, normalize_url
 pytest_plugins = ["conftest_store"]
 
 ROOT = Path(__file__).resolve().parents[1]
-TABLES = {"agent_run", "step_run", "step_result", "memory_item", "action_record"}
+TABLES = {
+    "agent_run",
+    "step_run",
+    "step_result",
+    "memory_item",
+    "action_record",
+    "feedback",
+    "threshold_change",
+    "example_use",
+}
 
 
 # -- schema and engines ---------------------------------------------------------------------
@@ -61,7 +70,7 @@ def _table_names(url: str) -> set[str]:
 def test_upgrade_creates_every_table_at_head(fresh_db_url: str) -> None:
     assert current_revision(fresh_db_url) is None
     upgrade(fresh_db_url)
-    assert current_revision(fresh_db_url) == head_revision() == "0002"
+    assert current_revision(fresh_db_url) == head_revision() == "0003"
     assert _table_names(fresh_db_url) >= TABLES | {"alembic_version"}
     upgrade(fresh_db_url)  # idempotent
     assert current_revision(fresh_db_url) == head_revision()
