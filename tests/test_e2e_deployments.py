@@ -196,7 +196,10 @@ def test_qa_runs_and_engagement_campaign_run_from_their_deployments(
     assert len(social_rows) == len(accounts)
     assert all(r.status == "completed" for r in social_rows)
     assert _rows(postgres_server_url, DecisionRecord, tenant="e2e-social")
-    remembered = {m.subject for m in _rows(postgres_server_url, MemoryItem, tenant="e2e-social")}
+    social_memory = _rows(
+        postgres_server_url, MemoryItem, tenant="e2e-social", agent="engagement-campaign"
+    )
+    remembered = {m.subject for m in social_memory}
     assert remembered == {a["handle"] for a in accounts}
 
     assert {r.work_pool_name for r in (qa_run, social_run)} == {"stalwart"}

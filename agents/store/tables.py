@@ -144,26 +144,28 @@ class DecisionRecord(SQLModel, table=True):
     subject: str | None = Field(default=None, max_length=500)
     run_key: str | None = Field(default=None, max_length=200)
     input_digest: str = Field(max_length=64)
-    input_snapshot: Any = Field(default=None, sa_type=sa.JSON, description="Redacted inputs.")
+    input_snapshot: Any = Field(
+        default=None, nullable=True, sa_type=sa.JSON, description="Redacted inputs."
+    )
     prompt_digest: str | None = Field(default=None, max_length=64)
     prompt_version: str | None = Field(default=None, max_length=100)
     model: str | None = Field(default=None, max_length=200)
     endpoint: str | None = Field(default=None, max_length=200, description="Name, never a key.")
     raw_output: str | None = Field(default=None, sa_type=sa.Text)
-    output: Any = Field(default=None, sa_type=sa.JSON)
+    output: Any = Field(default=None, nullable=True, sa_type=sa.JSON)
     confidence: float | None = Field(default=None, index=True)
-    logprobs: Any = Field(default=None, sa_type=sa.JSON)
+    logprobs: Any = Field(default=None, nullable=True, sa_type=sa.JSON)
     rationale: str | None = Field(default=None, sa_type=sa.Text)
     path: str = Field(default="direct", max_length=20, index=True)
     reviewer: str | None = Field(default=None, max_length=200)
-    correction: Any = Field(default=None, sa_type=sa.JSON)
+    correction: Any = Field(default=None, nullable=True, sa_type=sa.JSON)
     tokens_in: int = 0
     tokens_out: int = 0
     cost: float = 0.0
     latency_ms: float | None = None
     attempts: int = 1
     error_class: str | None = Field(default=None, max_length=200)
-    outcome: Any = Field(default=None, sa_type=sa.JSON)
+    outcome: Any = Field(default=None, nullable=True, sa_type=sa.JSON)
     outcome_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
     created_at: datetime = Field(
         default_factory=utcnow, sa_type=sa.DateTime(timezone=True), index=True
@@ -179,7 +181,7 @@ class LLMCacheEntry(SQLModel, table=True):
     tenant: str = Field(index=True, max_length=200)
     endpoint: str = Field(max_length=200)
     model: str = Field(max_length=200)
-    response: Any = Field(default=None, sa_type=sa.JSON)
+    response: Any = Field(default=None, nullable=True, sa_type=sa.JSON)
     hits: int = 0
     created_at: datetime = Field(
         default_factory=utcnow, sa_type=sa.DateTime(timezone=True), index=True
@@ -218,7 +220,9 @@ class Feedback(SQLModel, table=True):
     agent: str = Field(max_length=200)
     step: str = Field(max_length=200)
     correct: bool | None = None
-    label: Any = Field(default=None, sa_type=sa.JSON, description="The right answer (fields).")
+    label: Any = Field(
+        default=None, nullable=True, sa_type=sa.JSON, description="The right answer (fields)."
+    )
     score: float | None = None
     note: str | None = Field(default=None, sa_type=sa.Text)
     given_by: str | None = Field(default=None, max_length=200)
@@ -245,7 +249,9 @@ class ThresholdChange(SQLModel, table=True):
     version: int = 1
     old: float | None = None
     new: float
-    evidence: Any = Field(default=None, sa_type=sa.JSON, description="The calibration report.")
+    evidence: Any = Field(
+        default=None, nullable=True, sa_type=sa.JSON, description="The calibration report."
+    )
     changed_by: str | None = Field(default=None, max_length=200)
     created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
 
@@ -261,5 +267,5 @@ class ExampleUse(SQLModel, table=True):
     step: str = Field(max_length=200)
     agent_run_id: str | None = Field(default=None, index=True, max_length=32)
     run_key: str | None = Field(default=None, max_length=200)
-    example_ids: Any = Field(default=None, sa_type=sa.JSON)
+    example_ids: Any = Field(default=None, nullable=True, sa_type=sa.JSON)
     created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
