@@ -63,6 +63,7 @@ from agents._run import RunContext, RunResult, RunStatus, StepStatus
 from agents._settings import get_current_settings
 from agents.decisions import publish_artifact as publish_decisions
 from agents.observe import capture_failure, flow_failure_hook, init_sentry
+from agents.observe.logs import install_log_scrubbing
 from agents.policy.retry import is_retryable_by_step
 from agents.policy.tenants import run_slot, server_limit_name
 from agents.resources.llm import LLM, LLMCall, resolve_endpoint
@@ -611,6 +612,7 @@ class CompiledAgent:
         from prefect.runtime import deployment, flow_run
 
         _check_tenant(tenant)
+        install_log_scrubbing()
         init_sentry()
         if not isinstance(inputs, list):
             raise InputError(f"inputs: expected a list of objects, got {type(inputs).__name__}")
@@ -891,26 +893,8 @@ class CompiledAgent:
         if shadow is None or not shadow.picks(result.run_key):
             return None
         calls: list[LLMCall] = []
-        kwargs = dict(args)
-        for p in step.params:
-            if p.name == "llm":
-                kwargs["llm"] = LLM(
-                    endpoint=resolve_endpoint(shadow.model), calls=calls, tenant=call.tenant
-                )
-            elif p.name == "memory":
-                kwargs["memory"] = Memory(
-                    tenant=call.tenant, agent=call.agent, subject=call.subject
-                )
-            elif p.name == "context":
-                kwargs["context"] = RunContext(
-                    agent=call.agent,
-                    tenant=call.tenant,
-                    subject=call.subject,
-                    run_key=call.run_key,
-                    run_id=call.run_id,
-                    flow_run_id=call.flow_run_id,
-                    step=call.step,
-                )
+        candidate = LLM(endpoint=resolve_endpoint(shadow.model), calls=calls, tenant=call.tenant)
+        kwargs = {**args, **self._resources(step, call, llm=candidate)}
         try:
             decision = await self._invoke(step, kwargs)
         except Exception as exc:
@@ -1190,17 +1174,31 @@ class CompiledAgent:
 
     async def _execute(self, step: Step[Any, Any], call: StepCall, args: dict[str, Any]) -> Any:
         call.attempts += 1
-        kwargs = dict(args)
+        kwargs = {**args, **self._resources(step, call)}
+        if step.layer == "action":
+            return await self._act(step, call, kwargs)
+        return await self._invoke(step, kwargs)
+
+    async def _invoke(self, step: Step[Any, Any], kwargs: dict[str, Any]) -> Any:
+        if step.is_async:
+            return await step.fn(**kwargs)
+        return await in_thread(step.fn, **kwargs)
+
+    def _resources(
+        self, step: Step[Any, Any], call: StepCall, *, llm: LLM | None = None
+    ) -> dict[str, Any]:
+        """The injected resources a step declares (`llm` overridden for a shadow call)."""
+        found: dict[str, Any] = {}
         for p in step.params:
             if p.name == "memory":
-                kwargs["memory"] = Memory(
-                    tenant=call.tenant, agent=call.agent, subject=call.subject
-                )
+                found["memory"] = Memory(tenant=call.tenant, agent=call.agent, subject=call.subject)
             elif p.name == "llm":
                 endpoint = resolve_endpoint(call.model) if call.model else None
-                kwargs["llm"] = LLM(endpoint=endpoint, calls=call.llm_calls, tenant=call.tenant)
+                found["llm"] = llm or LLM(
+                    endpoint=endpoint, calls=call.llm_calls, tenant=call.tenant
+                )
             elif p.name == "context":
-                kwargs["context"] = RunContext(
+                found["context"] = RunContext(
                     agent=call.agent,
                     tenant=call.tenant,
                     subject=call.subject,
@@ -1211,15 +1209,8 @@ class CompiledAgent:
                     decisions=call.decisions,
                 )
             elif p.name == "idempotency_key":
-                kwargs["idempotency_key"] = call.idempotency_key
-        if step.layer == "action":
-            return await self._act(step, call, kwargs)
-        return await self._invoke(step, kwargs)
-
-    async def _invoke(self, step: Step[Any, Any], kwargs: dict[str, Any]) -> Any:
-        if step.is_async:
-            return await step.fn(**kwargs)
-        return await in_thread(step.fn, **kwargs)
+                found["idempotency_key"] = call.idempotency_key
+        return found
 
     async def _act(self, step: Step[Any, Any], call: StepCall, kwargs: dict[str, Any]) -> Any:
         record = await in_thread(

@@ -230,9 +230,10 @@ def test_feedback_examples_reach_the_prompt_of_held_back_tickets(
     print(f"\nheld-back {len(held)} tickets, {len(train)} labelled: before {was} after {now} "
           f"({elapsed:.1f}s)")  # fmt: skip
     # The bundled model's rules read only the last user message (the new ticket), so examples
-    # in the earlier turns barely move it (a value no rule sets comes from the request's
-    # digest, which the examples change: one ticket may change rung). A real model reads them.
-    assert all(abs(now[k] - was[k]) <= 0.02 for k in was), (was, now)
+    # in the earlier turns barely move it: a value no rule sets comes from the request's
+    # digest, which the examples change, so a few tickets (1-3 of 100 seen) change answer or
+    # rung. A real model reads them. Not claimed: that accuracy rises (see the README).
+    assert all(abs(now[k] - was[k]) <= 0.05 for k in was), (was, now)
 
     # Which examples each decision used is recorded: train decisions only, at most three.
     train_ids = {ids[r.run_id] for r in trained}

@@ -169,6 +169,9 @@ def model_serve(
 
 def main() -> None:
     """Entry point of the `stalwart` script."""
+    from agents.observe.logs import install_log_scrubbing
+
+    install_log_scrubbing()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # One INFO line per task run would bury the progress bar; STALWART keeps its own records.
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
