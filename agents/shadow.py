@@ -30,10 +30,11 @@ from pydantic import BaseModel, TypeAdapter
 from agents._declare import Agent, resolve_hints
 from agents._run import RunContext
 from agents.decisions import parse_since, query
+from agents.learning.feedback import answer, is_correct, latest
 from agents.resources.llm import LLM, resolve_endpoint
 from agents.store.decisions import cost_of
 from agents.store.memory import Memory
-from agents.store.tables import DecisionRecord
+from agents.store.tables import DecisionRecord, Feedback
 
 #: Decision fields that are not the decision itself: never compared.
 _META_FIELDS = frozenset({"confidence", "rationale"})
@@ -86,9 +87,7 @@ class ShadowReport:
         labelled = [c for c in self.replayed if c.label]
         if not labelled:
             return None
-        right = sum(
-            _same(c.label or {}, getattr(c, which) or {}, only=set(c.label or {})) for c in labelled
-        )
+        right = sum(is_correct(getattr(c, which) or {}, c.label) for c in labelled)
         return right / len(labelled)
 
     @property
@@ -162,15 +161,21 @@ def _same(a: Mapping[str, Any], b: Mapping[str, Any], only: set[str] | None = No
     return all(a.get(k) == b.get(k) for k in keys)
 
 
-def _label(row: DecisionRecord) -> dict[str, Any] | None:
-    """The decision's ground truth, when someone gave one: a human correction, or an outcome
-    carrying `label` (a dict of decision fields)."""
-    if isinstance(row.correction, Mapping) and row.correction:
-        return {**(row.output or {}), **row.correction}
+def _label(row: DecisionRecord, given: Feedback | None) -> dict[str, Any] | None:
+    """The decision's ground truth, when someone gave one: the answer its latest feedback
+    establishes (`agents.learning.feedback.answer`), a reviewer's correction, or an outcome
+    carrying `label` (a dict of decision fields). Confidence and rationale are never labels."""
+    found: Any = None
+    if given is not None:
+        found = answer(row, given)
+    if found is None and isinstance(row.correction, Mapping) and row.correction:
+        found = {**(row.output or {}), **row.correction}
     outcome = row.outcome
-    if isinstance(outcome, Mapping) and isinstance(outcome.get("label"), Mapping):
-        return dict(outcome["label"])
-    return None
+    if found is None and isinstance(outcome, Mapping) and isinstance(outcome.get("label"), Mapping):
+        found = outcome["label"]
+    if not isinstance(found, Mapping):
+        return None
+    return {k: v for k, v in found.items() if k not in _META_FIELDS} or None
 
 
 def _rebuild(agent: Agent, step_name: str, snapshot: Any) -> dict[str, Any]:
@@ -191,7 +196,9 @@ def _rebuild(agent: Agent, step_name: str, snapshot: Any) -> dict[str, Any]:
     return kwargs
 
 
-async def _replay_one(agent: Agent, step_name: str, row: DecisionRecord, model: str) -> ShadowCase:
+async def _replay_one(
+    agent: Agent, step_name: str, row: DecisionRecord, model: str, given: Feedback | None
+) -> ShadowCase:
     step = agent.compile().steps[step_name]
     logged = dict(row.output or {})
     case = ShadowCase(
@@ -204,7 +211,7 @@ async def _replay_one(agent: Agent, step_name: str, row: DecisionRecord, model: 
         candidate_latency_ms=0.0,
         logged_cost=row.cost,
         candidate_cost=0.0,
-        label=_label(row),
+        label=_label(row, given),
     )
     llm = LLM(endpoint=resolve_endpoint(model), tenant=row.tenant, cache=False)
     try:
@@ -271,11 +278,14 @@ async def ashadow(
     ]
     if sample is not None and len(rows) > sample:
         rows = random.Random(seed).sample(rows, sample)
+    given = await asyncio.to_thread(
+        latest, tenant=tenant, agent=agent.name, step=step, decision_ids=[r.id for r in rows]
+    )
     gate = asyncio.Semaphore(max(1, concurrency))
 
     async def one(row: DecisionRecord) -> ShadowCase:
         async with gate:
-            return await _replay_one(agent, step, row, model)
+            return await _replay_one(agent, step, row, model, given.get(row.id))
 
     cases = list(await asyncio.gather(*(one(r) for r in rows)))
     return ShadowReport(

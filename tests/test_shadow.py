@@ -38,9 +38,11 @@ def test_shadow_replays_logged_decisions_through_the_candidate_only(
     logged = decisions.query(tenant=tenant, agent="ticket-triage", limit=1000)
     assert len(logged) == 12
     by_run = {r.run_id: t for r, t in zip(results, tickets, strict=True)}
-    for row in logged[:5]:  # five decisions get their ground truth
+    for row in logged[:5]:  # five decisions get their ground truth as an outcome...
         label = by_run[row.agent_run_id]["expected"]["route"]
         assert decisions.set_outcome(row.id, tenant=tenant, outcome={"label": label})
+    sixth = logged[5]  # ...and a sixth through feedback
+    triage.feedback(sixth.id, tenant=tenant, label=by_run[sixth.agent_run_id]["expected"]["route"])
     actions_before = len(queries.actions(tenant=tenant))
 
     model_server.faults.update(confidence_by_model={"candidate-x": 0.55})
@@ -65,13 +67,13 @@ def test_shadow_replays_logged_decisions_through_the_candidate_only(
     ):
         if row.path == "direct":
             assert case.agrees, (case.logged, case.candidate)
-    assert report.labelled == 5
+    assert report.labelled == 6
     right = sum(
         all(c.logged.get(k) == v for k, v in (c.label or {}).items())
         for c in report.cases
         if c.label
     )
-    assert report.accuracy_logged == pytest.approx(right / 5)
+    assert report.accuracy_logged == pytest.approx(right / 6)
 
     # Nothing acted and nothing was logged.
     assert len(decisions.query(tenant=tenant, agent="ticket-triage", limit=1000)) == 12
@@ -82,7 +84,7 @@ def test_shadow_replays_logged_decisions_through_the_candidate_only(
     )
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output)
-    assert payload["replayed"] == 12 and payload["labelled"] == 5
+    assert payload["replayed"] == 12 and payload["labelled"] == 6
 
 
 def test_shadow_needs_a_reasoning_step_name_that_exists(sqlite_url: str) -> None:
