@@ -41,6 +41,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _tail(path: Path, lines: int) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
 def _stop(process: subprocess.Popen[bytes], grace: float) -> None:
     if process.poll() is not None:
         return
@@ -171,9 +177,7 @@ class PrefectServer:
 
     def log_tail(self, lines: int = 40) -> str:
         """The last lines the server printed."""
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
+        return _tail(self.log_path, lines)
 
     def stop(self) -> None:
         """SIGTERM the server's process group (SIGKILL after 15 s), then drop its database."""
@@ -257,9 +261,7 @@ class Worker:
 
     def log_tail(self, lines: int = 40) -> str:
         """The last lines the worker printed."""
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
+        return _tail(self.log_path, lines)
 
     def stop(self) -> None:
         """SIGTERM the worker's process group (SIGKILL after 10 s)."""
