@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from agents import LLM, Agent, Decision, Memory, RunContext
+from flows.helpdesk import current_helpdesk
 
 #: What a decision may tell the action step to do (the agent refuses anything else).
 ACTIONS = ("queue", "draft_reply", "escalate")
@@ -161,16 +162,25 @@ def route(ticket: Ticket, llm: LLM) -> Routing:
 
 @triage.action(retries=3, retry_delay=0.5)
 def act(route: Routing, ticket: Ticket, idempotency_key: str) -> Handled:
-    """Do exactly one thing with the ticket, keyed by `idempotency_key` downstream.
+    """Do exactly one thing with the ticket at the helpdesk, keyed by `idempotency_key`.
 
-    The runtime claims the key in its action ledger first, so a rerun (or a retry after a
-    crash) replays this result instead of queueing, replying or escalating twice.
+    The runtime claims the key in its action ledger first, so a rerun replays this result
+    instead of queueing, replying or escalating twice; an attempt that crashed after the
+    helpdesk took the action is retried under the same key, which the helpdesk deduplicates
+    (`flows.helpdesk`: `STALWART_HELPDESK_URL`, in process when unset).
 
     Example:
         >>> act(Routing(category="billing", urgency="high", action="queue", confidence=0.9,
         ...             rationale="refund"), ticket, "key-1").queue  # doctest: +SKIP
         'billing'
     """
+    handled = _handling(route, ticket, idempotency_key)
+    current_helpdesk().deliver(handled.model_dump(), idempotency_key=idempotency_key)
+    return handled
+
+
+def _handling(route: Routing, ticket: Ticket, idempotency_key: str) -> Handled:
+    """What `act` sends to the helpdesk for this decision."""
     if route.action == "escalate":
         # A person owns it now: the on-call lead's queue, whatever the category.
         return Handled(

@@ -1,0 +1,231 @@
+"""`SimulatedHelpdesk`: a real loopback HTTP helpdesk that records every delivery it gets.
+
+This module owns the simulated outside system of ticket-triage: it honours `Idempotency-Key`
+(a second delivery under a key returns the first receipt and is counted as a re-delivery, not
+an effect), counts per key how often it was delivered and per ticket how many distinct effects
+it had, and can lose answers on purpose. It runs like the simulated social platform
+(`flows.social.simulated`): uvicorn in a daemon thread on 127.0.0.1, port 0 by default. Flow
+runs reach it through `HttpHelpdesk` (`STALWART_HELPDESK_URL`), exactly as a real API.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from flows.helpdesk.adapter import HttpHelpdesk
+
+
+@dataclass
+class HelpdeskSummary:
+    """What the helpdesk saw, in the reliability suite's terms.
+
+    Example:
+        >>> found = HelpdeskSummary(deliveries=3, keys=2, effects=2, tickets=2,
+        ...                         duplicate_tickets=0)
+        >>> found.redeliveries
+        1
+    """
+
+    deliveries: int
+    """Every POST received with a key (repeats included)."""
+    keys: int
+    """Distinct idempotency keys received."""
+    effects: int
+    """Deliveries that took effect (one per key at most)."""
+    tickets: int
+    """Distinct tickets with at least one effect."""
+    duplicate_tickets: int
+    """Tickets acted on more than once (more than one distinct effect): the failure mode."""
+
+    @property
+    def redeliveries(self) -> int:
+        """Deliveries absorbed by the key (a retry or rerun that did not act again)."""
+        return self.deliveries - self.effects
+
+
+@dataclass
+class HelpdeskState:
+    """Everything the simulated helpdesk knows; shared by the server thread and the caller."""
+
+    deliveries: Counter[str] = field(default_factory=Counter)
+    receipts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    effects: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    lose_next: int = 0
+    """Apply the next N new actions, then answer 503 as if the answer were lost on the way."""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def deliver(self, ticket: str, key: str, action: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """Apply one delivery; return (HTTP status, body)."""
+        with self.lock:
+            self.deliveries[key] += 1
+            if key in self.receipts:
+                return 200, {**self.receipts[key], "effect": False}
+            receipt = {
+                "receipt_id": f"h-{next(self._ids):06d}",
+                "ticket_id": ticket,
+                "idempotency_key": key,
+                "action": action.get("action"),
+                "queue": action.get("queue"),
+                "at": time.time(),
+            }
+            self.receipts[key] = receipt
+            self.effects[ticket].append(key)
+            if self.lose_next > 0:
+                self.lose_next -= 1
+                return 503, {"error": "upstream timeout"}
+            return 201, {**receipt, "effect": True}
+
+    def summary(self) -> HelpdeskSummary:
+        """The counts the reliability table reports."""
+        with self.lock:
+            return HelpdeskSummary(
+                deliveries=sum(self.deliveries.values()),
+                keys=len(self.deliveries),
+                effects=len(self.receipts),
+                tickets=len(self.effects),
+                duplicate_tickets=sum(1 for keys in self.effects.values() if len(keys) > 1),
+            )
+
+    def effects_by_ticket(self) -> dict[str, int]:
+        """Per ticket, how many distinct effects it had."""
+        with self.lock:
+            return {ticket: len(keys) for ticket, keys in self.effects.items()}
+
+
+def build_app(state: HelpdeskState) -> Starlette:
+    """The helpdesk's HTTP API over `state`."""
+
+    async def act(request: Request) -> JSONResponse:
+        key = request.headers.get("idempotency-key", "")
+        if not key:
+            return JSONResponse({"error": "an Idempotency-Key header is required"}, 400)
+        try:
+            action = await request.json()
+        except ValueError:
+            return JSONResponse({"error": "the body is not JSON"}, 422)
+        if not isinstance(action, dict):
+            return JSONResponse({"error": "the body must be a JSON object"}, 422)
+        status, body = state.deliver(str(request.path_params["ticket"]), key, action)
+        return JSONResponse(body, status)
+
+    async def summary(_: Request) -> JSONResponse:
+        found = state.summary()
+        return JSONResponse({**found.__dict__, "redeliveries": found.redeliveries})
+
+    return Starlette(
+        routes=[
+            Route("/tickets/{ticket}/actions", act, methods=["POST"]),
+            Route("/summary", summary, methods=["GET"]),
+        ]
+    )
+
+
+class SimulatedHelpdesk:
+    """The simulated helpdesk, served on loopback from a background thread.
+
+    Attributes:
+        state: The live record: `state.summary()`, `state.effects_by_ticket()`, and
+            `state.lose_next` to lose answers on purpose.
+
+    Example:
+        >>> with SimulatedHelpdesk() as desk:
+        ...     receipt = desk.adapter().deliver({"ticket_id": "T1"}, idempotency_key="k")
+        ...     again = desk.adapter().deliver({"ticket_id": "T1"}, idempotency_key="k")
+        ...     (receipt["effect"], again["effect"], desk.state.summary().redeliveries)
+        (True, False, 1)
+    """
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.state = HelpdeskState()
+        self.host = host
+        self._requested_port = port
+        self.port: int | None = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"SimulatedHelpdesk({self.host}:{self.port})"
+
+    @property
+    def url(self) -> str:
+        """`http://127.0.0.1:<port>` (after `start`)."""
+        if self.port is None:
+            raise RuntimeError("The simulated helpdesk has not been started.")
+        return f"http://{self.host}:{self.port}"
+
+    def adapter(self) -> HttpHelpdesk:
+        """An `HttpHelpdesk` talking to this server."""
+        return HttpHelpdesk(self.url)
+
+    def start(self) -> SimulatedHelpdesk:
+        """Serve in a daemon thread; return once it has started (10 s at most)."""
+        if self._thread is not None and self._thread.is_alive():
+            return self
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self._requested_port))
+        self.port = int(sock.getsockname()[1])
+        config = uvicorn.Config(
+            build_app(self.state),
+            http="h11",
+            ws="none",
+            loop="asyncio",
+            lifespan="off",
+            log_config=None,
+            log_level=None,
+            timeout_keep_alive=75,
+            timeout_graceful_shutdown=2,
+            backlog=2048,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run,
+            kwargs={"sockets": [sock]},
+            name=f"simulated-helpdesk-{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 10.0
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"The simulated helpdesk on port {self.port} did not start.")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving (bounded: a few seconds at most)."""
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is None or thread is None:
+            return
+        server.should_exit = True
+        thread.join(timeout=5.0)
+        if thread.is_alive():
+            server.force_exit = True
+            thread.join(timeout=2.0)
+
+    def __enter__(self) -> SimulatedHelpdesk:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
