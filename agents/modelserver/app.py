@@ -171,6 +171,14 @@ class _Handlers:
         if problem is not None:
             return error_response(400, problem)
         state.stats.record_request(body["model"])
+        state.stats.begin()
+        try:
+            return await self._answer(request, body)
+        finally:
+            state.stats.end()
+
+    async def _answer(self, request: Request, body: dict[str, Any]) -> Response:
+        state = self.state
         fault = state.faults.draw()
         if fault is not None:
             state.stats.record_fault(fault)
@@ -202,6 +210,10 @@ class _Handlers:
         )
         usage = reply["usage"]
         state.stats.record_tokens(usage["prompt_tokens"], usage["completion_tokens"])
+        if fault is None or fault == "timeout":
+            # A usable answer (a timeout fault still answers if the client waited): a second
+            # one to the same prompt is a model call paid twice.
+            state.stats.record_answer(str(body["model"]), body["messages"])
         return JSONResponse(reply)
 
     async def list_models(self, request: Request) -> Response:

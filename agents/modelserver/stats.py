@@ -1,14 +1,31 @@
 """Counters of the offline model server: what it was asked and what it served.
 
 This module owns `Stats`, updated by the HTTP handlers (in the server's thread) and read by tests
-and `GET /_stalwart/stats` (anywhere); every method takes a lock.
+and `GET /_stalwart/stats` (anywhere); every method takes a lock. Besides totals it keeps, per
+prompt (a hash of model + messages), how many times a request was answered successfully, so the
+reliability suite can count model calls that were paid for twice (`remade`), and how many
+requests are being served right now (`in_flight`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+
+
+def prompt_hash(model: str, messages: Any) -> str:
+    """The identity of one model call: sha256 of the canonical JSON of model and messages.
+
+    Example:
+        >>> prompt_hash("m", [{"role": "user", "content": "hi"}])[:12]
+        '3aa069de508d'
+    """
+    canonical = json.dumps([model, messages], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 @dataclass
@@ -23,6 +40,8 @@ class Stats:
         prompt_tokens: Estimated prompt tokens of answered requests.
         completion_tokens: Estimated completion tokens served.
         tokens_served: prompt_tokens + completion_tokens.
+        in_flight: Chat-completion requests being served now (received, not yet answered).
+        answers_by_prompt: Successful answers (no fault) per `prompt_hash` of model + messages.
 
     Example:
         >>> stats = Stats()
@@ -37,6 +56,8 @@ class Stats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     tokens_served: int = 0
+    in_flight: int = 0
+    answers_by_prompt: Counter[str] = field(default_factory=Counter)
     _lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
     )
@@ -72,6 +93,50 @@ class Stats:
             self.completion_tokens += completion
             self.tokens_served += prompt + completion
 
+    def begin(self) -> None:
+        """One more request in flight (pair with `end`).
+
+        Example:
+            >>> stats = Stats(); stats.begin(); stats.in_flight
+            1
+        """
+        with self._lock:
+            self.in_flight += 1
+
+    def end(self) -> None:
+        """One request fewer in flight.
+
+        Example:
+            >>> stats = Stats(); stats.begin(); stats.end(); stats.in_flight
+            0
+        """
+        with self._lock:
+            self.in_flight -= 1
+
+    def record_answer(self, model: str, messages: Any) -> None:
+        """Count one successful answer to (model, messages).
+
+        Example:
+            >>> stats = Stats()
+            >>> stats.record_answer("m", [{"role": "user", "content": "hi"}])
+            >>> stats.record_answer("m", [{"role": "user", "content": "hi"}])
+            >>> stats.remade()
+            1
+        """
+        key = prompt_hash(model, messages)
+        with self._lock:
+            self.answers_by_prompt[key] += 1
+
+    def remade(self) -> int:
+        """Successful answers beyond the first to the same (model, messages): calls paid twice.
+
+        Example:
+            >>> Stats().remade()
+            0
+        """
+        with self._lock:
+            return sum(n - 1 for n in self.answers_by_prompt.values() if n > 1)
+
     def snapshot(self) -> dict[str, Any]:
         """A consistent JSON-compatible copy of the counters.
 
@@ -88,6 +153,10 @@ class Stats:
                 "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens,
                 "tokens_served": self.tokens_served,
+                "in_flight": self.in_flight,
+                "answers": sum(self.answers_by_prompt.values()),
+                "distinct_prompts": len(self.answers_by_prompt),
+                "remade": sum(n - 1 for n in self.answers_by_prompt.values() if n > 1),
             }
 
     def reset(self) -> None:
@@ -105,3 +174,4 @@ class Stats:
             self.prompt_tokens = 0
             self.completion_tokens = 0
             self.tokens_served = 0
+            self.answers_by_prompt = Counter()
