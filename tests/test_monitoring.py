@@ -427,3 +427,72 @@ def test_monitor_publishes_a_summary_artifact(state_db: str, tenant: str) -> Non
     (artifact,) = asyncio.run(read())
     assert artifact.type == "markdown"
     assert "| quote | 3 |" in str(artifact.data) and "## Detectors" in str(artifact.data)
+
+
+# -- feedback counts as a label ------------------------------------------------------------------
+
+
+def _give(tenant: str, decision_id: str, url: str, **given: Any) -> None:
+    from agents.learning import feedback
+
+    feedback.give(decision_id, tenant=tenant, by="ana", url=url, **given)
+
+
+def test_feedback_alone_moves_accuracy_in_stats(state_db: str, tenant: str) -> None:
+    now = datetime.now(UTC)
+    rows = [
+        _decision(tenant, now - timedelta(minutes=10 - i), confidence=0.9,
+                  output={"category": "billing"}, outcome=outcome)
+        for i, outcome in enumerate([{"correct": True}, {"correct": True}, None, None, None])
+    ]  # fmt: skip
+    record_decisions(rows, url=state_db)
+
+    def stats() -> tuple[int, float | None]:
+        result = runner.invoke(_cli(), ["stats", "--tenant", tenant, "--since", "1d", "--json"])
+        assert result.exit_code == 0, result.output
+        (line,) = [json.loads(x) for x in result.output.splitlines() if x.startswith("{")]
+        return line["labelled"], line["accuracy"]
+
+    assert stats() == (2, 1.0)  # outcome labels only
+    # Feedback overrides an outcome label, and labels decisions that had none: a corrected
+    # label that differs from the output is wrong, one that agrees is right.
+    _give(tenant, rows[0].id, state_db, correct=False)
+    _give(tenant, rows[2].id, state_db, label={"category": "shipping"})
+    _give(tenant, rows[3].id, state_db, label={"category": "billing"})
+    _give(tenant, rows[4].id, state_db, note="no verdict: a note alone labels nothing")
+    assert stats() == (4, 0.5)
+    # The latest feedback of a decision wins.
+    _give(tenant, rows[2].id, state_db, correct=True)
+    assert stats() == (4, 0.75)
+    # Another tenant's feedback is never joined (a decision id of this tenant, given there).
+    assert window_metrics(tenant=f"{tenant}-x", since="1d", url=state_db) == []
+
+
+def test_feedback_alone_fires_and_clears_the_accuracy_alarm(state_db: str, tenant: str) -> None:
+    # Every decision is logged first, unlabelled; labels arrive later, by feedback only, and
+    # the detector is checked after each one.
+    start = datetime.now(UTC) - timedelta(hours=1)
+    verdicts = [True] * 12 + [False] * 4 + [True] * 12
+    rows = [
+        _decision(tenant, start + timedelta(seconds=i), confidence=0.9,
+                  output={"category": "billing"})
+        for i in range(len(verdicts))
+    ]  # fmt: skip
+    record_decisions(rows, url=state_db)
+    before = drift.check(tenant=tenant, agent="pricing", signals=["accuracy"], url=state_db)
+    assert [s.observations for s in before.signals] == [0]  # nothing labelled yet
+
+    opened: list[int] = []
+    recovered: list[int] = []
+    for i, (row, ok) in enumerate(zip(rows, verdicts, strict=True)):
+        if i % 2:  # half by a verdict, half by a corrected label
+            _give(tenant, row.id, state_db, correct=ok)
+        else:
+            _give(tenant, row.id, state_db, label={"category": "billing" if ok else "other"})
+        result = drift.check(tenant=tenant, agent="pricing", signals=["accuracy"], url=state_db)
+        opened += [i for s in result.opened if s.signal == "accuracy"]
+        recovered += [i for s in result.recovered if s.signal == "accuracy"]
+    assert opened == [13]  # 100% -> 0%: the second wrong label (documented: 2 observations)
+    assert len(recovered) == 1 and recovered[0] - 15 <= drift.recovery_delay(1.0, 0.2)
+    (state,) = drift.signal_states(tenant=tenant, agent="pricing", url=state_db)
+    assert state.status == "ok" and state.observations == len(verdicts)

@@ -49,6 +49,7 @@ __all__ = [
     "is_correct",
     "latest",
     "verdict",
+    "verdict_of",
 ]
 
 
@@ -246,14 +247,42 @@ def verdict(decision: DecisionRecord, feedback: Feedback | None) -> bool | None:
         ...                     label={"category": "shipping"}))
         False
     """
-    if feedback is not None:
-        if feedback.correct is not None:
-            return feedback.correct
-        if feedback.label is not None:
-            return is_correct(decision.output, feedback.label)
-        if feedback.score is not None:
-            return feedback.score >= 0.5
-    outcome = decision.outcome
+    if feedback is None:
+        return verdict_of(decision.output, decision.outcome)
+    return verdict_of(
+        decision.output,
+        decision.outcome,
+        correct=feedback.correct,
+        label=feedback.label,
+        score=feedback.score,
+    )
+
+
+def verdict_of(
+    output: Any,
+    outcome: Any,
+    *,
+    correct: bool | None = None,
+    label: Any = None,
+    score: float | None = None,
+) -> bool | None:
+    """`verdict` from plain column values (the latest feedback's `correct`, `label`, `score`).
+
+    Monitoring reads these columns in one joined query, without loading table rows, and
+    must judge a decision exactly as calibration and shadow runs do.
+
+    Example:
+        >>> verdict_of({"category": "billing"}, {"correct": False}, label={"category": "billing"})
+        True
+        >>> verdict_of({"category": "billing"}, {"correct": False}), verdict_of(None, None)
+        (False, None)
+    """
+    if correct is not None:
+        return bool(correct)
+    if label is not None:
+        return is_correct(output, label)
+    if score is not None:
+        return float(score) >= 0.5
     if isinstance(outcome, Mapping) and isinstance(outcome.get("correct"), bool):
         return bool(outcome["correct"])
     return None

@@ -12,9 +12,16 @@ per decision (per agent run for `error_rate`):
 | signal | observation | bad direction | minimum shift |
 |---|---|---|---|
 | `confidence` | a scored decision's confidence | drop | 0.15 |
-| `accuracy` | a labelled decision: 1 correct, 0 wrong (`outcome["correct"]`) | drop | 0.2 |
+| `accuracy` | a labelled decision: 1 correct, 0 wrong (its verdict, below) | drop | 0.2 |
 | `error_rate` | a finished agent run: 1 failed, 0 not | rise | 0.2 |
 | `cost` | a decision's cost (USD) | rise | 50% of the baseline |
+
+A decision's verdict is the one calibration and shadow runs use
+(`agents.learning.feedback.verdict`): its latest feedback when that says right or wrong (given
+with `stalwart feedback`, `Agent.feedback` or from a learning step), else its outcome's
+`correct` flag. Accuracy observations are read in the order their labels arrived (the later of
+the latest feedback and the outcome), so feedback given after the decision counts when it is
+given; a decision whose label changes later is observed again with its new verdict.
 
 The first `baseline_runs` observations (10) form the baseline: their mean μ and standard
 deviation s. Then the EWMA `z ← λ·x + (1-λ)·z` (λ = 0.2, starting at μ) is compared with μ: the
@@ -362,18 +369,24 @@ def _observations(
     if signal == "error_rate":
         values = _finished_runs(tenant, agent, after, url)
     elif signal == "accuracy":
-        since = after[0] if after is not None else _EPOCH
+        # Labels arrive after the decision (feedback, an outcome): the cursor walks the label
+        # time, so a decision labelled (or relabelled) since the last check is observed now.
         points = load_decisions(
-            tenant=tenant, agent=agent, step=step, labelled_after=since, limit=_BATCH, url=url
+            tenant=tenant,
+            agent=agent,
+            step=step,
+            labelled_after=after or (_EPOCH, ""),
+            limit=_BATCH,
+            url=url,
         )
         values = [
-            (1.0 if p.correct else 0.0, p.outcome_at or p.created_at, p.id)
+            (1.0 if p.correct else 0.0, p.labelled_at or p.created_at, p.id)
             for p in points
             if p.correct is not None
         ]
         if points:
             last = points[-1]
-            return values, (last.outcome_at or last.created_at, last.id)
+            return values, (last.labelled_at or last.created_at, last.id)
         return values, after
     else:
         points = load_decisions(

@@ -9,8 +9,11 @@ summarised over a time window, optionally cut into buckets for plots over time:
 * human review: the share of decisions a person reviewed, and the *override rate* — of the
   reviewed decisions, those a person did not approve as proposed (a correction, or a reject that
   sent the decision to the safe default);
-* accuracy where labelled: an outcome `{"correct": true|false, ...}` (written with
-  `agents.decisions.set_outcome`) is a label; other outcomes are not counted;
+* accuracy where labelled: a decision's verdict as `agents.learning.feedback.verdict` gives it
+  (the same one calibration and shadow runs use): its latest feedback (`stalwart feedback`,
+  `Agent.feedback`, a learning step) when that says right or wrong, else an outcome
+  `{"correct": true|false, ...}` (written with `agents.decisions.set_outcome`); a decision with
+  neither is not counted;
 * reliability: the agent's failed runs over its runs (error rate) and the decisions whose model
   call needed more than one attempt (retry rate);
 * latency p50/p95 and cost (sum and mean per decision, USD).
@@ -36,9 +39,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import col, select
 
+from agents.learning.feedback import verdict_of
 from agents.store._convert import as_utc, require_tenant
 from agents.store.engine import session
-from agents.store.tables import AgentRun, DecisionRecord
+from agents.store.tables import AgentRun, DecisionRecord, Feedback
 
 __all__ = [
     "LADDER_PATHS",
@@ -73,13 +77,15 @@ class DecisionPoint:
     corrected: bool
     """A reviewer's correction is recorded."""
     correct: bool | None
-    """The label of the outcome (`outcome["correct"]`), None when not labelled."""
+    """The verdict: the latest feedback's, else the outcome's `correct`; None when unlabelled."""
     outcome_at: datetime | None
     cost: float
     latency_ms: float | None
     attempts: int
     error_class: str | None
     agent_run_id: str | None
+    labelled_at: datetime | None = None
+    """When the decision's label last changed: the later of its latest feedback and its outcome."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,7 +116,7 @@ class StepMetrics:
     override_rate: float | None = None
     """Of the reviewed decisions, those corrected or rejected by the reviewer."""
     labelled: int = 0
-    """Decisions whose outcome carries a `correct` label."""
+    """Decisions with a verdict (from feedback, else an outcome's `correct` label)."""
     accuracy: float | None = None
     """Correct over labelled."""
     runs: int = 0
@@ -184,6 +190,30 @@ def _since(value: datetime | timedelta | str | None, now: datetime) -> datetime:
     return parsed
 
 
+def _latest_feedback(tenant: str, agent: str | None, step: str | None) -> Any:
+    """A subquery: each decision's latest feedback row of the tenant (`rank == 1`)."""
+    f = Feedback
+    ranked = sa.select(
+        col(f.decision_id).label("decision_id"),
+        col(f.correct).label("correct"),
+        col(f.label).label("label"),
+        col(f.score).label("score"),
+        col(f.created_at).label("created_at"),
+        # The order `feedback.latest` uses: the last row by (created_at, id) counts.
+        sa.func.row_number()
+        .over(
+            partition_by=col(f.decision_id),
+            order_by=(col(f.created_at).desc(), col(f.id).desc()),
+        )
+        .label("rank"),
+    ).where(col(f.tenant) == tenant)
+    if agent is not None:
+        ranked = ranked.where(col(f.agent) == agent)
+    if step is not None:
+        ranked = ranked.where(col(f.step) == step)
+    return ranked.subquery("latest_feedback")
+
+
 def load_decisions(
     *,
     tenant: str,
@@ -192,11 +222,14 @@ def load_decisions(
     since: datetime | None = None,
     until: datetime | None = None,
     after: tuple[datetime, str] | None = None,
-    labelled_after: datetime | None = None,
+    labelled_after: datetime | tuple[datetime, str] | None = None,
     limit: int | None = None,
     url: str | None = None,
 ) -> list[DecisionPoint]:
-    """A tenant's decisions as `DecisionPoint`s, oldest first.
+    """A tenant's decisions as `DecisionPoint`s, oldest first, each with its verdict.
+
+    The verdict joins each decision's latest feedback in the same query (a window function,
+    on SQLite and PostgreSQL alike), falling back to the outcome's `correct` label.
 
     Args:
         tenant: the tenant (mandatory).
@@ -205,8 +238,9 @@ def load_decisions(
         since: only decisions made at or after this instant.
         until: only decisions made before this instant.
         after: only decisions strictly after this `(created_at, id)` cursor (ties broken by id).
-        labelled_after: only decisions whose outcome was written after this instant (ordered by
-            `outcome_at`), whatever their creation time.
+        labelled_after: only decisions whose label (feedback or outcome) was written after
+            this instant, or strictly after this `(labelled_at, id)` cursor, ordered by
+            `labelled_at`, whatever their creation time.
         limit: at most this many (the oldest).
         url: database URL; None means the settings' URL.
 
@@ -216,6 +250,14 @@ def load_decisions(
     """
     require_tenant(tenant)
     d = DecisionRecord
+    fb = _latest_feedback(tenant, agent, step)
+    outcome_at, feedback_at = col(d.outcome_at), fb.c.created_at
+    labelled_at = sa.case(
+        (feedback_at.is_(None), outcome_at),
+        (outcome_at.is_(None), feedback_at),
+        (feedback_at > outcome_at, feedback_at),
+        else_=outcome_at,
+    )
     columns: list[Any] = [
         d.id,
         d.agent,
@@ -232,8 +274,18 @@ def load_decisions(
         d.attempts,
         d.error_class,
         d.agent_run_id,
+        d.output,
+        fb.c.correct,
+        fb.c.label,
+        fb.c.score,
+        labelled_at,
     ]
-    query = sa.select(*columns).where(col(d.tenant) == tenant)
+    query = (
+        sa.select(*columns)
+        .select_from(d)
+        .outerjoin(fb, (fb.c.decision_id == col(d.id)) & (fb.c.rank == 1))
+        .where(col(d.tenant) == tenant)
+    )
     if agent is not None:
         query = query.where(col(d.agent) == agent)
     if step is not None:
@@ -248,8 +300,12 @@ def load_decisions(
             (col(d.created_at) > at) | ((col(d.created_at) == at) & (col(d.id) > last_id))
         )
     if labelled_after is not None:
-        query = query.where(col(d.outcome_at) > as_utc(labelled_after))
-        query = query.order_by(col(d.outcome_at), col(d.id))
+        if isinstance(labelled_after, tuple):
+            at, last_id = as_utc(labelled_after[0]), labelled_after[1]
+            query = query.where((labelled_at > at) | ((labelled_at == at) & (col(d.id) > last_id)))
+        else:
+            query = query.where(labelled_at > as_utc(labelled_after))
+        query = query.order_by(labelled_at, col(d.id))
     else:
         query = query.order_by(col(d.created_at), col(d.id))
     if limit is not None:
@@ -266,16 +322,26 @@ def load_decisions(
             path=row[5],
             reviewer=row[6],
             corrected=row[7] is not None,
-            correct=is_correct(row[8]),
+            correct=verdict_of(row[15], row[8], correct=row[16], label=row[17], score=row[18]),
             outcome_at=as_utc(row[9]) if row[9] is not None else None,
             cost=float(row[10] or 0.0),
             latency_ms=row[11],
             attempts=int(row[12] or 1),
             error_class=row[13],
             agent_run_id=row[14],
+            labelled_at=_instant(row[19]),
         )
         for row in rows
     ]
+
+
+def _instant(value: Any) -> datetime | None:
+    """A datetime read through a CASE expression (SQLite may hand back its stored text)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return as_utc(value)
 
 
 def load_runs(
