@@ -57,6 +57,37 @@ class MemoryConflict(StalwartError):
         )
 
 
+class ActionInProgress(StalwartError):
+    """Another live execution holds this action's claim: this one must not act.
+
+    Raised by `ledger.claim` when the key's `started` row has an unexpired lease of another
+    owner that is still alive (it renewed its lease or completed while we watched): the same
+    agent run is executing twice at once (a worker presumed dead came back). The runner stops
+    that execution cleanly (run status `conflict`); it is never retried.
+
+    Attributes:
+        key: The idempotency key.
+        owner: The execution holding the lease (an `agent_run` id).
+        expires_at: When its lease ran out, as last seen (ISO 8601), or None.
+    """
+
+    def __init__(self, key: str, *, owner: str | None, expires_at: str | None = None) -> None:
+        self.key = key
+        self.owner = owner
+        self.expires_at = expires_at
+        super().__init__(
+            f"Action {key[:16]}… is being executed by another live execution (run "
+            f"{owner}, lease until {expires_at}); this execution stops without acting. The "
+            "same agent run was started twice: the other execution's outcome is the run's."
+        )
+
+    @classmethod
+    def held(cls, key: str, owner: str | None, expires_at: object) -> ActionInProgress:
+        """Build the error from a ledger row's lease fields."""
+        when = expires_at.isoformat() if hasattr(expires_at, "isoformat") else None
+        return cls(key, owner=owner, expires_at=when)
+
+
 class StepRunError(StalwartError):
     """A step failed at run time; retried according to the step's policy."""
 

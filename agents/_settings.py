@@ -142,6 +142,20 @@ class Settings(BaseSettings):
         description="Agent runs in flight at once per tenant in this process (fair share: a busy "
         "tenant cannot take every slot).",
     )
+    action_lease_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="How long an action's claim holds its idempotency key: renewed every third "
+        "of it while the action runs. Another execution that finds the key claimed stops with "
+        "ActionInProgress while the lease is alive, and takes the action over (in doubt, same "
+        "key) once it has expired (the holder crashed).",
+    )
+    database_retry_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long a store operation retries, with backoff, after losing its database "
+        "connection (a PostgreSQL restart or failover); 0 turns these retries off.",
+    )
     tenant_limits: dict[str, int] = Field(
         default_factory=dict,
         description="Per-tenant overrides of tenant_concurrency (STALWART_TENANT_LIMITS, JSON).",

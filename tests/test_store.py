@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -73,7 +74,7 @@ def _table_names(url: str) -> set[str]:
 def test_upgrade_creates_every_table_at_head(fresh_db_url: str) -> None:
     assert current_revision(fresh_db_url) is None
     upgrade(fresh_db_url)
-    assert current_revision(fresh_db_url) == head_revision() == "0003"
+    assert current_revision(fresh_db_url) == head_revision() == "0004"
     assert _table_names(fresh_db_url) >= TABLES | {"alembic_version"}
     upgrade(fresh_db_url)  # idempotent
     assert current_revision(fresh_db_url) == head_revision()
@@ -420,7 +421,9 @@ def test_memory_async_twins(db_url: str, new_tenant: str) -> None:
 # -- ledger -------------------------------------------------------------------------------------
 
 
-def _claim(key: str, tenant: str, url: str, run_id: str | None = "r1") -> ActionRecord:
+def _claim(
+    key: str, tenant: str, url: str, run_id: str | None = "r1", lease: float | None = None
+) -> ActionRecord:
     return ledger.claim(
         key,
         tenant=tenant,
@@ -429,47 +432,72 @@ def _claim(key: str, tenant: str, url: str, run_id: str | None = "r1") -> Action
         run_key="rk",
         step="notify",
         agent_run_id=run_id,
+        lease=lease,
         url=url,
     )
-
-
-def test_idempotency_key_is_stable_and_distinct() -> None:
-    key = ledger.idempotency_key("t", "a", "s", "rk", "step")
-    assert key == ledger.idempotency_key("t", "a", "s", "rk", "step")
-    assert len(key) == 64 and int(key, 16) >= 0
-    assert ledger.idempotency_key("t", "a", None, "rk", "step") == ledger.idempotency_key(
-        "t", "a", "", "rk", "step"
-    )
-    others = {
-        ledger.idempotency_key("t2", "a", "s", "rk", "step"),
-        ledger.idempotency_key("t", "a", "s", "rk", "step2"),
-        ledger.idempotency_key("t", "a", "s", "rk2", "step"),
-        ledger.idempotency_key("t", "as", "", "rk", "step"),  # no ambiguity by concatenation
-    }
-    assert key not in others and len(others) == 4
 
 
 def test_ledger_claim_complete_and_in_doubt(db_url: str, new_tenant: str) -> None:
     key = ledger.idempotency_key(new_tenant, "a", "s", "rk", "notify")
     assert ledger.get(key, url=db_url) is None
 
-    first = _claim(key, new_tenant, db_url)
+    first = _claim(key, new_tenant, db_url, lease=0.4)
     assert (first.status, first.attempts, first.agent_run_id) == ("started", 1, "r1")
-    assert first.result is None
+    assert (first.lease_owner, first.result) == ("r1", None)
 
-    # A second claim before completion: the first attempt is in doubt, retry with the same key.
-    again = _claim(key, new_tenant, db_url, run_id="r2")
-    assert (again.status, again.attempts) == ("started", 2)
+    # The same execution claims again (a retry of its task): in doubt, same key.
+    retry = _claim(key, new_tenant, db_url, lease=0.4)
+    assert (retry.status, retry.attempts, retry.lease_owner) == ("started", 2, "r1")
+
+    # Another execution after the lease ran out (the holder crashed): it takes the action over.
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    again = _claim(key, new_tenant, db_url, run_id="r2", lease=5)
+    assert time.monotonic() - t0 < 1.0, "an expired lease is taken over at once"
+    assert (again.status, again.attempts, again.lease_owner) == ("started", 3, "r2")
+    assert again.agent_run_id == "r1"  # kept from the first claim
 
     ledger.complete(key, {"sent": True, "id": 7}, url=db_url)
+    ledger.complete(key, {"sent": "twice"}, url=db_url)  # a repeated completion changes nothing
     done = ledger.get(key, url=db_url)
     assert done is not None
-    assert (done.status, done.result, done.attempts) == ("completed", {"sent": True, "id": 7}, 2)
+    assert (done.status, done.result, done.attempts) == ("completed", {"sent": True, "id": 7}, 3)
     assert done.completed_at is not None and done.completed_at.tzinfo is UTC
 
     # Claiming a completed action returns the stored result and does not count an attempt.
     after = _claim(key, new_tenant, db_url, run_id="r3")
-    assert (after.status, after.result, after.attempts) == ("completed", {"sent": True, "id": 7}, 2)
+    assert (after.status, after.result, after.attempts) == ("completed", {"sent": True, "id": 7}, 3)
+
+
+def test_ledger_live_lease_is_a_conflict(db_url: str, new_tenant: str) -> None:
+    from agents._errors import ActionInProgress
+
+    key = ledger.idempotency_key(new_tenant, "a", "s", "rk", "live")
+    _claim(key, new_tenant, db_url, run_id="winner", lease=1.5)
+    with ledger.hold(key, "winner", lease=1.5, url=db_url) as lost:
+        t0 = time.monotonic()
+        with pytest.raises(ActionInProgress, match="another live execution") as info:
+            _claim(key, new_tenant, db_url, run_id="zombie", lease=1.5)
+        # Detected at the holder's next renewal (a third of the lease), not at its expiry.
+        assert time.monotonic() - t0 < 1.4
+        assert info.value.owner == "winner" and info.value.key == key
+        time.sleep(1.8)  # longer than the lease: renewals keep it
+        assert not lost.is_set()
+        assert ledger.renew(key, "zombie", url=db_url) is False
+    row = ledger.get(key, url=db_url)
+    assert row is not None and (row.lease_owner, row.attempts) == ("winner", 1)
+    # The holder completes while a twin watches: still a conflict, never a second action.
+    _claim(key, new_tenant, db_url, run_id="winner", lease=1.5)
+
+    def finish() -> None:
+        time.sleep(0.3)
+        ledger.complete(key, {"ok": 1}, url=db_url)
+
+    finisher = threading.Thread(target=finish)
+    finisher.start()
+    with pytest.raises(ActionInProgress):
+        _claim(key, new_tenant, db_url, run_id="zombie", lease=1.5)
+    finisher.join()
 
 
 def test_ledger_errors(db_url: str, new_tenant: str) -> None:

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
+import random
 import re
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
@@ -46,11 +49,18 @@ __all__ = [
     "downgrade",
     "get_engine",
     "head_revision",
+    "is_disconnect",
     "normalize_url",
+    "reconnecting",
     "redact_url",
+    "retrying",
     "session",
     "upgrade",
 ]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 POSTGRES_POOL_SIZE = 10
@@ -224,6 +234,8 @@ def get_engine(url: str | None = None) -> Engine:
 def _ensure_schema(engine: Engine, url: str) -> None:
     head = head_revision()
     try:
+        # Not retried: an unreachable database at first use is more often a wrong URL than a
+        # restart, and a wrong URL should fail at once.
         current = _current_revision(engine)
     except sa.exc.OperationalError as exc:
         raise ConfigurationError(
@@ -384,6 +396,102 @@ def session(url: str | None = None) -> Iterator[Session]:
         except BaseException:
             s.rollback()
             raise
+
+
+# -- surviving a lost connection ------------------------------------------------------------
+
+# SQLSTATE classes that mean "the connection, not the statement, failed": 08 connection
+# exceptions, 57P01-03 server shutting down, crashed or still starting.
+_DISCONNECT_STATES = ("08", "57P01", "57P02", "57P03")
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """Whether an error means the database connection was lost (worth a retry on a new one).
+
+    True for errors SQLAlchemy flagged as invalidating the connection and for psycopg's
+    connection-level errors (refused, closed, server shutting down or starting). False for
+    integrity and data errors, and for everything SQLite raises (there is no server to lose).
+
+    Example:
+        >>> import sqlalchemy as sa
+        >>> is_disconnect(sa.exc.IntegrityError("INSERT", {}, Exception("duplicate key")))
+        False
+    """
+    if isinstance(exc, sa.exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        if isinstance(exc, sa.exc.IntegrityError | sa.exc.DataError | sa.exc.ProgrammingError):
+            return False
+        orig: BaseException | None = exc.orig
+    else:
+        orig = exc
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    if isinstance(orig, psycopg.InterfaceError):
+        return True  # "the connection is closed"
+    if isinstance(orig, psycopg.OperationalError):
+        state = getattr(orig, "sqlstate", None)
+        return state is None or state.startswith(_DISCONNECT_STATES)
+    return False
+
+
+def retrying(fn: Callable[[bool], T], *, what: str = "store operation") -> T:
+    """Run `fn(retry)`, calling it again while the database connection keeps getting lost.
+
+    `retry` is False on the first call and True after a lost connection: a write whose COMMIT
+    may have landed before the connection dropped must then check for its own effect instead
+    of applying it twice. Retries stop after `database_retry_seconds` (setting); waits grow from
+    50 ms to 2 s with jitter. Other errors (integrity, data, SQLite's) are raised at once.
+
+    Args:
+        fn: the operation; gets whether this call is a retry.
+        what: named in the warning logged at each retry.
+
+    Example:
+        >>> retrying(lambda retry: "first" if not retry else "again")
+        'first'
+    """
+    budget = get_current_settings().database_retry_seconds
+    deadline = time.monotonic() + budget
+    attempt = 0
+    while True:
+        try:
+            return fn(attempt > 0)
+        except sa.exc.DBAPIError as exc:
+            remaining = deadline - time.monotonic()
+            if not is_disconnect(exc) or remaining <= 0:
+                raise
+            attempt += 1
+            wait = min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
+            logger.warning(
+                "%s lost its database connection (attempt %d), retrying in %.2fs: %s",
+                what,
+                attempt,
+                wait,
+                type(exc.orig or exc).__name__,
+            )
+            time.sleep(min(wait, max(remaining, 0.0)))
+
+
+def reconnecting(fn: Callable[P, T]) -> Callable[P, T]:
+    """Decorate a store function that is safe to run twice (a read, or an idempotent write)
+    so it survives a lost connection (see `retrying`).
+
+    Example:
+        >>> @reconnecting
+        ... def answer() -> int:
+        ...     return 42
+        >>> answer()
+        42
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        return retrying(lambda _retry: fn(*args, **kwargs), what=fn.__qualname__)
+
+    return wrapper
 
 
 def redact_url(url: str) -> str:

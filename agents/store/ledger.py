@@ -2,11 +2,24 @@
 
 Protocol, per action step: derive a stable `idempotency_key(...)`; `claim(key, ...)` it in its
 own committed transaction *before* acting; act (passing the key to the outside system when it
-accepts one); `complete(key, result)` right after. A claim that finds a `completed` row returns
-it, so the caller reuses the stored result instead of acting again. A claim that finds a row still
-`started` means an earlier attempt crashed between acting and recording: the action is *in doubt*;
-its `attempts` goes up and the caller retries with the same key (which the outside system can
-deduplicate).
+accepts one) while `hold(...)` renews the claim's lease; `complete(key, result)` right after.
+
+A claim that finds the key:
+
+* `completed`: returns the row; the caller reuses the stored result instead of acting again;
+* `started` by this same owner (a retry inside one execution): in doubt, `attempts` goes up;
+* `started` under a lease that has expired: the holder crashed between acting and recording;
+  the claim takes the lease over, `attempts` goes up and the caller acts again with the same
+  key (which the outside system can deduplicate);
+* `started` under another owner's live lease: the same run is executing twice at once (a
+  worker presumed dead came back); the claim watches the row until the holder shows it is
+  alive (renews or completes: `ActionInProgress`) or its lease runs out (take over).
+
+Every operation survives a lost database connection (`engine.retrying`), and a retried write
+never applies twice: a claim whose insert may have committed finds its own row, `complete`
+only moves a `started` row to `completed`, `renew` only extends the caller's own lease.
+
+Leases use the workers' clocks (UTC): keep them in sync (NTP) well within the lease.
 
 Example:
     >>> from agents.store import ledger
@@ -22,22 +35,58 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
 
-from agents.store._convert import require_tenant, to_json_value
-from agents.store.engine import session
+from agents._errors import ActionInProgress
+from agents._settings import get_current_settings
+from agents.store._convert import as_utc, require_tenant, to_json_value
+from agents.store.engine import reconnecting, retrying, session
 from agents.store.tables import ActionRecord, utcnow
 
-__all__ = ["COMPLETED", "STARTED", "claim", "complete", "get", "idempotency_key"]
+__all__ = [
+    "COMPLETED",
+    "STARTED",
+    "claim",
+    "complete",
+    "get",
+    "hold",
+    "idempotency_key",
+    "lease_seconds",
+    "renew",
+]
 
 STARTED = "started"
 COMPLETED = "completed"
+logger = logging.getLogger(__name__)
+
+
+def lease_seconds(step_timeout: float | None = None) -> float:
+    """The lease a claim takes: the `action_lease_seconds` setting, or longer for a step whose
+    timeout is longer (its timeout plus a tenth), so a stalled renewal cannot cut it short.
+
+    Example:
+        >>> from agents._settings import temporary_settings
+        >>> with temporary_settings(action_lease_seconds=15):
+        ...     lease_seconds(), lease_seconds(100)
+        (15.0, 110.0)
+    """
+    base = float(get_current_settings().action_lease_seconds)
+    if step_timeout:
+        return max(base, float(step_timeout) * 1.1)
+    return base
 
 
 def idempotency_key(tenant: str, agent: str, subject: str | None, run_key: str, step: str) -> str:
@@ -72,14 +121,19 @@ def claim(
     run_key: str,
     step: str,
     agent_run_id: str | None,
+    owner: str | None = None,
+    lease: float | None = None,
     url: str | None = None,
 ) -> ActionRecord:
     """Claim an action before running it; return the ledger row as it now stands.
 
-    Inserts a `started` row (attempts 1) in its own committed transaction. If the key is
-    already there, returns that row: `completed` rows unchanged (do not act again; reuse
-    `result`), `started` rows with `attempts` incremented (in doubt: act again with this key).
-    Safe under concurrent claims from several processes.
+    Inserts a `started` row (attempts 1, leased to `owner`) in its own committed transaction.
+    If the key is already there: a `completed` row comes back unchanged (do not act again;
+    reuse `result`); a `started` row of the same owner, or one whose lease has expired, comes
+    back leased to `owner` with `attempts` incremented (in doubt: act again with this key). A
+    `started` row under another owner's lease is watched until that owner shows it is alive
+    (`ActionInProgress`) or the lease expires (taken over). Safe under concurrent claims from
+    several processes, and across a lost database connection.
 
     Args:
         key: from `idempotency_key(...)`.
@@ -89,9 +143,12 @@ def claim(
         run_key: the run's stable key.
         step: the action step's name.
         agent_run_id: the `agent_run.id` of the claiming run (kept from the first claim).
+        owner: who holds the lease: one execution (default: `agent_run_id`, else a new token).
+        lease: seconds the lease lasts without renewal (default: `lease_seconds()`).
         url: database URL; None means the settings' URL.
 
     Raises:
+        ActionInProgress: another live execution holds the key.
         ValueError: the key exists for another tenant.
 
     Example:
@@ -101,44 +158,196 @@ def claim(
         'started'
     """
     require_tenant(tenant)
-    record = ActionRecord(
-        idempotency_key=key,
-        tenant=tenant,
-        agent=agent,
-        subject=subject or "",
-        run_key=run_key,
-        step=step,
-        status=STARTED,
-        attempts=1,
-        agent_run_id=agent_run_id,
-        started_at=utcnow(),
-    )
-    try:
+    me = owner or agent_run_id or uuid.uuid4().hex
+    seconds = float(lease) if lease is not None else lease_seconds()
+    retried_insert = False
+
+    def insert(retry: bool) -> ActionRecord | None:
+        nonlocal retried_insert
+        retried_insert = retried_insert or retry
+        record = ActionRecord(
+            idempotency_key=key,
+            tenant=tenant,
+            agent=agent,
+            subject=subject or "",
+            run_key=run_key,
+            step=step,
+            status=STARTED,
+            attempts=1,
+            agent_run_id=agent_run_id,
+            started_at=utcnow(),
+            lease_owner=me,
+            lease_expires_at=utcnow() + timedelta(seconds=seconds),
+        )
+        try:
+            with session(url) as s:
+                s.add(record)
+            return record
+        except IntegrityError:
+            return None
+
+    inserted = retrying(insert, what="ledger claim")
+    if inserted is not None:
+        return inserted
+    # The key exists: someone else's row, or our own insert committed before the connection
+    # dropped (then the retry hit the primary key).
+    watched: tuple[Any, ...] | None = None
+    deadline = time.monotonic() + seconds + 1.0
+    poll = min(0.25, seconds / 20)
+    while True:
+        existing = get(key, url=url)
+        if existing is None:  # pragma: no cover - completed rows are pruned, started ones not
+            raise RuntimeError(f"Action record {key!r} vanished while being claimed.")
+        if existing.tenant != tenant:
+            raise ValueError(f"Idempotency key {key!r} belongs to another tenant.")
+        if existing.status == COMPLETED:
+            if watched is not None:  # it completed while we watched: a live twin acted
+                raise ActionInProgress.held(key, watched[0], watched[1])
+            return existing
+        mine = existing.lease_owner == me
+        if mine and retried_insert and existing.attempts == 1:
+            return existing  # our own insert, acknowledged late
+        expires = existing.lease_expires_at
+        expired = expires is None or as_utc(expires) <= utcnow()
+        if mine or expired:
+            taken = _take_over(existing, me, seconds, url)
+            if taken is not None:
+                return taken
+            continue  # another claimant moved first: look again
+        state = (existing.lease_owner, expires, existing.attempts)
+        if watched is None:
+            watched = state
+        elif state != watched:
+            raise ActionInProgress.held(key, existing.lease_owner, expires)
+        if time.monotonic() >= deadline:
+            raise ActionInProgress.held(key, existing.lease_owner, expires)
+        time.sleep(poll)
+
+
+def _take_over(
+    existing: ActionRecord, me: str, seconds: float, url: str | None
+) -> ActionRecord | None:
+    """Lease a `started` row to `me`, attempts + 1, if nobody changed it since it was read."""
+    now = utcnow()
+    conditions = [
+        col(ActionRecord.idempotency_key) == existing.idempotency_key,
+        col(ActionRecord.status) == STARTED,
+        col(ActionRecord.attempts) == existing.attempts,
+    ]
+    if existing.lease_owner is None:
+        conditions.append(col(ActionRecord.lease_owner).is_(None))
+    else:
+        conditions.append(col(ActionRecord.lease_owner) == existing.lease_owner)
+    if existing.lease_owner != me:  # someone else's: only once it has expired
+        conditions.append(
+            or_(
+                col(ActionRecord.lease_expires_at).is_(None),
+                col(ActionRecord.lease_expires_at) <= now,
+            )
+        )
+
+    def bump(_retry: bool) -> int | None:
         with session(url) as s:
-            s.add(record)
-        return record
-    except IntegrityError:
-        pass
+            attempts = s.exec(
+                update(ActionRecord)
+                .where(*conditions)
+                .values(
+                    attempts=col(ActionRecord.attempts) + 1,
+                    lease_owner=me,
+                    lease_expires_at=expires,
+                )
+                .returning(col(ActionRecord.attempts))
+            ).scalar_one_or_none()
+            return None if attempts is None else int(attempts)
+
+    expires = now + timedelta(seconds=seconds)
+    attempts = retrying(bump, what="ledger take-over")
+    if attempts is None:
+        return None
+    taken = existing.model_copy(
+        update={"attempts": attempts, "lease_owner": me, "lease_expires_at": expires}
+    )
+    if existing.lease_owner not in (None, me):
+        logger.warning(
+            "action %s…: the lease of %s expired; taking it over (attempt %d, same key)",
+            existing.idempotency_key[:16],
+            existing.lease_owner,
+            taken.attempts,
+        )
+    return taken
+
+
+@reconnecting
+def renew(key: str, owner: str, *, lease: float | None = None, url: str | None = None) -> bool:
+    """Extend `owner`'s lease on a `started` claim; False if it is no longer theirs.
+
+    Example:
+        >>> k = idempotency_key("acme", "a", None, "r-renew", "s")
+        >>> _ = claim(k, tenant="acme", agent="a", subject=None, run_key="r-renew", step="s",
+        ...           agent_run_id="run-1", url="sqlite://")
+        >>> renew(k, "run-1", url="sqlite://"), renew(k, "someone-else", url="sqlite://")
+        (True, False)
+    """
+    seconds = float(lease) if lease is not None else lease_seconds()
     with session(url) as s:
-        s.exec(
+        result = s.exec(
             update(ActionRecord)
             .where(
                 col(ActionRecord.idempotency_key) == key,
-                col(ActionRecord.tenant) == tenant,
                 col(ActionRecord.status) == STARTED,
+                col(ActionRecord.lease_owner) == owner,
             )
-            .values(attempts=col(ActionRecord.attempts) + 1)
+            .values(lease_expires_at=utcnow() + timedelta(seconds=seconds))
         )
-        existing = s.get(ActionRecord, key)
-    if existing is None:  # pragma: no cover - only if deleted between the two statements
-        raise RuntimeError(f"Action record {key!r} vanished while being claimed.")
-    if existing.tenant != tenant:
-        raise ValueError(f"Idempotency key {key!r} belongs to another tenant.")
-    return existing
+        return bool(result.rowcount)
+
+
+@contextlib.contextmanager
+def hold(
+    key: str, owner: str, *, lease: float | None = None, url: str | None = None
+) -> Iterator[threading.Event]:
+    """Keep renewing `owner`'s lease every third of it while the block runs (the action).
+
+    Renewal runs in its own thread, so a busy event loop cannot let the lease lapse. Yields an
+    event that is set if the lease was lost (another execution took it over after a stall).
+
+    Example:
+        >>> k = idempotency_key("acme", "a", None, "r-hold", "s")
+        >>> _ = claim(k, tenant="acme", agent="a", subject=None, run_key="r-hold", step="s",
+        ...           agent_run_id="run-1", url="sqlite://")
+        >>> with hold(k, "run-1", url="sqlite://") as lost:
+        ...     pass
+        >>> lost.is_set()
+        False
+    """
+    seconds = float(lease) if lease is not None else lease_seconds()
+    stop, lost = threading.Event(), threading.Event()
+
+    def keep() -> None:
+        while not stop.wait(seconds / 3):
+            try:
+                if not renew(key, owner, lease=seconds, url=url):
+                    lost.set()
+                    if not stop.is_set():
+                        logger.warning("action %s…: lease lost by %s", key[:16], owner)
+                    return
+            except Exception as exc:  # the next tick tries again; the lease has slack
+                logger.warning("action %s…: lease renewal failed: %s", key[:16], exc)
+
+    thread = threading.Thread(target=keep, name=f"stalwart-lease-{key[:8]}", daemon=True)
+    thread.start()
+    try:
+        yield lost
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def complete(key: str, result_json: Any, *, url: str | None = None) -> None:
     """Record that a claimed action ran, with its JSON result.
+
+    Only a `started` row becomes `completed`: completing twice (a retry after a lost
+    connection) keeps the first result.
 
     Args:
         key: the claimed key.
@@ -156,16 +365,25 @@ def complete(key: str, result_json: Any, *, url: str | None = None) -> None:
         >>> complete(k, {"ok": True}, url="sqlite://")
     """
     data = to_json_value(result_json, what=f"Result of action {key!r}")
-    with session(url) as s:
-        result = s.exec(
-            update(ActionRecord)
-            .where(col(ActionRecord.idempotency_key) == key)
-            .values(status=COMPLETED, result=data, completed_at=utcnow())
-        )
-        if not result.rowcount:
-            raise LookupError(f"No action claimed under idempotency key {key!r}.")
+
+    def finish(_retry: bool) -> int:
+        with session(url) as s:
+            result = s.exec(
+                update(ActionRecord)
+                .where(
+                    col(ActionRecord.idempotency_key) == key, col(ActionRecord.status) == STARTED
+                )
+                .values(status=COMPLETED, result=data, completed_at=utcnow())
+            )
+            return int(result.rowcount)
+
+    if retrying(finish, what="ledger complete"):
+        return
+    if get(key, url=url) is None:
+        raise LookupError(f"No action claimed under idempotency key {key!r}.")
 
 
+@reconnecting
 def get(key: str, *, url: str | None = None) -> ActionRecord | None:
     """The ledger row for a key, or None.
 

@@ -98,13 +98,17 @@ class MemoryItem(SQLModel, table=True):
     value: Any = Field(default=None, sa_type=sa.JSON)
     version: int = 1
     updated_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    writer: str | None = Field(
+        default=None, max_length=32, description="Token of the last write (retry detection)."
+    )
 
 
 class ActionRecord(SQLModel, table=True):
     """The ledger that makes actions run at most once per idempotency key.
 
     A row is claimed (`started`) in its own transaction before the action runs and completed with
-    the action's result before the run goes on.
+    the action's result before the run goes on. A `started` row carries a lease (owner and
+    expiry), renewed while the action runs, so a second live execution cannot act at once.
     """
 
     __tablename__ = "action_record"
@@ -121,6 +125,14 @@ class ActionRecord(SQLModel, table=True):
     agent_run_id: str | None = Field(default=None, max_length=32)
     started_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
     completed_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+    lease_owner: str | None = Field(
+        default=None, max_length=64, description="The execution holding a started claim."
+    )
+    lease_expires_at: datetime | None = Field(
+        default=None,
+        sa_type=sa.DateTime(timezone=True),
+        description="Until when the claim is held; past it, another execution may take over.",
+    )
 
 
 class DecisionRecord(SQLModel, table=True):
