@@ -6,6 +6,11 @@ exit) or SQLite; `Worker` runs `prefect worker start` against it. Both are stopp
 SIGTERM to their process group (they run in their own session: a child started from a script
 ignores SIGINT, and Prefect turns SIGTERM into SIGINT), then SIGKILL if they linger.
 
+For fault injection: `PrefectServer.restart()` stops the server process (by PID) and starts it
+again on the same port and database; `Worker.kill()` SIGKILLs a worker and every process below it
+(its flow-run processes run in sessions of their own, so killing the worker's group alone would
+leave them running: a lost machine takes them all).
+
 Example:
     >>> with PrefectServer(postgres="postgresql://postgres@127.0.0.1:5432/postgres") as server:
     ...     server.cli("work-pool", "create", "stalwart", "--type", "process")  # doctest: +SKIP
@@ -31,7 +36,7 @@ from urllib.parse import urlparse, urlunparse
 
 import httpx
 
-__all__ = ["PrefectServer", "Worker", "free_port"]
+__all__ = ["PrefectServer", "Worker", "descendants", "free_port"]
 
 
 def free_port() -> int:
@@ -39,6 +44,31 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (children, grandchildren, ...), read from /proc.
+
+    Example:
+        >>> descendants(os.getpid()) == [] or all(p > 0 for p in descendants(os.getpid()))
+        True
+    """
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = (entry / "stat").read_text()
+            # The command name may hold spaces or parentheses: fields start after the last ')'.
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def _tail(path: Path, lines: int) -> str:
@@ -128,6 +158,14 @@ class PrefectServer:
         """Create the database, launch the server and wait until it answers."""
         if self.postgres is not None:
             self._admin(f'CREATE DATABASE "{self.database}"')
+        return self.start_process()
+
+    def start_process(self) -> PrefectServer:
+        """Launch the server on its port and database (created already); wait until it answers.
+
+        Example:
+            >>> server.stop_process(); server.start_process()  # doctest: +SKIP
+        """
         env = dict(os.environ)
         env.pop("PREFECT_API_URL", None)
         env.update(
@@ -142,7 +180,7 @@ class PrefectServer:
         env.update(self.extra_env)
         args = [sys.executable, "-m", "prefect", "server", "start"]
         args += ["--host", "127.0.0.1", "--port", str(self.port)]
-        log = self.log_path.open("wb")
+        log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             args,
             env=env,
@@ -160,6 +198,29 @@ class PrefectServer:
             time.sleep(0.3)
         self.stop()
         raise TimeoutError(f"prefect server not healthy in {self.startup_timeout:g} s")
+
+    def stop_process(self) -> None:
+        """Stop the server process by PID (SIGTERM, SIGKILL after 15 s); keep its database.
+
+        Example:
+            >>> server.stop_process()  # doctest: +SKIP
+        """
+        if self.process is not None:
+            _stop(self.process, grace=15)
+
+    def restart(self, down_s: float = 0.0) -> float:
+        """Stop the server process, stay down `down_s` seconds, start it again on the same
+        port and database; return the seconds it was unreachable.
+
+        Example:
+            >>> server.restart(down_s=5)  # doctest: +SKIP
+            9.8
+        """
+        started = time.monotonic()
+        self.stop_process()
+        time.sleep(down_s)
+        self.start_process()
+        return time.monotonic() - started
 
     def cli(self, *args: str, cwd: str | Path | None = None, timeout: float = 120) -> str:
         """Run `prefect <args>` against this server; return its output, raise on failure."""
@@ -181,8 +242,7 @@ class PrefectServer:
 
     def stop(self) -> None:
         """SIGTERM the server's process group (SIGKILL after 15 s), then drop its database."""
-        if self.process is not None:
-            _stop(self.process, grace=15)
+        self.stop_process()
         if self.postgres is not None:
             with contextlib.suppress(Exception):
                 self._admin(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
@@ -242,7 +302,7 @@ class Worker:
         args += ["--pool", self.pool, "--name", self.name]
         if self.limit is not None:
             args += ["--limit", str(self.limit)]
-        log = self.log_path.open("wb")
+        log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             args,
             env=env,
@@ -267,6 +327,31 @@ class Worker:
         """SIGTERM the worker's process group (SIGKILL after 10 s)."""
         if self.process is not None:
             _stop(self.process, grace=10)
+
+    def kill(self) -> list[int]:
+        """SIGKILL the worker and every process below it at once, as a lost machine would.
+
+        Returns the killed process ids (the worker's first). `start()` launches it again.
+
+        Example:
+            >>> worker.kill()  # doctest: +SKIP
+            [4242, 4250, 4251]
+        """
+        if self.process is None or self.process.poll() is not None:
+            return []
+        victims = [self.process.pid, *descendants(self.process.pid)]
+        groups = set()
+        for pid in victims:
+            with contextlib.suppress(OSError):
+                groups.add(os.getpgid(pid))
+        for pid in victims:  # first the processes, so none gets to react to a sibling's death
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for group in groups - {os.getpgrp()}:  # never our own group
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, signal.SIGKILL)
+        self.process.wait(timeout=10)
+        return victims
 
     def __enter__(self) -> Worker:
         return self.start()
