@@ -57,6 +57,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,8 +79,11 @@ __all__ = [
     "Fault",
     "Outcome",
     "Stack",
+    "batches_for",
     "pg_admin_url",
     "run_w1",
+    "scenario_main",
+    "stack_for",
     "w1",
 ]
 
@@ -540,7 +544,7 @@ def run_w1(
     batches: list[Batch] | None = None,
     timeout_s: float | None = None,
     max_attempts: int = 4,
-    pending_grace_s: float = 45.0,
+    pending_grace_s: float = 20.0,
 ) -> Outcome:
     """Run W1 (or its short version) on `stack`, inject `fault` once `at` of it is done.
 
@@ -563,7 +567,7 @@ def run_w1(
         0
     """
     if batches is None:
-        batches = w1(*(SHORT if short else FULL))
+        batches = batches_for(short, None)
     timeout_s = timeout_s if timeout_s is not None else (240.0 if short else 900.0)
     runs = sum(len(b.items) for b in batches)
     remade_before = stack.model.stats.remade()
@@ -648,3 +652,58 @@ def _recover_s(operator: _Operator, fault: Fault | None, batches: list[Batch]) -
     if not times:
         return None
     return min(times).timestamp() - fault.injected_at
+
+
+# -- scenario plumbing ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def stack_for(stack: Stack | None) -> Iterator[Stack]:
+    """The given stack (shared, e.g. by the CI tests), else a fresh one stopped on exit.
+
+    Example:
+        >>> with stack_for(None) as stack:  # doctest: +SKIP
+        ...     run_w1(stack, short=True)
+    """
+    if stack is not None:
+        yield stack
+        return
+    with Stack() as fresh:
+        yield fresh
+
+
+def batches_for(short: bool, runs: int | None) -> list[Batch]:
+    """W1's batches, short or full, or `runs` tickets over 10 tenants.
+
+    Example:
+        >>> sum(len(b.items) for b in batches_for(True, None))
+        100
+    """
+    total, tenants, per = SHORT if short else FULL
+    return w1(runs if runs is not None else total, tenants, per)
+
+
+def scenario_main(run: Callable[..., ScenarioResult], description: str) -> None:
+    """The command line of a scenario module: `--short`, `--runs N`, `--json PATH`.
+
+    Prints the scenario's one-row table; `--json` also writes the result (for `run_all.py`).
+    The exit status is 0 when the scenario passed, 1 otherwise.
+
+    Example:
+        >>> scenario_main(run, __doc__)  # doctest: +SKIP
+    """
+    import argparse
+    import dataclasses
+
+    from bench.faults.report import table
+
+    parser = argparse.ArgumentParser(description=description.split("\n")[0])
+    parser.add_argument("--short", action="store_true", help="the short version (100 runs)")
+    parser.add_argument("--runs", type=int, default=None, help="agent runs (default: W1's)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the result here")
+    args = parser.parse_args()
+    result = run(short=args.short, runs=args.runs)
+    print(table([result]), flush=True)
+    if args.json is not None:
+        args.json.write_text(json.dumps(dataclasses.asdict(result)))
+    raise SystemExit(0 if result.passed else 1)
