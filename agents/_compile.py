@@ -40,7 +40,7 @@ from prefect.context import TagsContext, TaskRunContext
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.results import ResultStore
-from prefect.states import Completed
+from prefect.states import Cancelled, Completed
 from prefect.tasks import exponential_backoff
 from prefect.utilities.annotations import quote
 from prefect.utilities.asyncutils import run_coro_as_sync
@@ -58,7 +58,7 @@ from agents._declare import (
     resolve_hints,
     returns_decision,
 )
-from agents._errors import DeclarationError, InputError
+from agents._errors import ActionInProgress, DeclarationError, InputError
 from agents._run import RunContext, RunResult, RunStatus, StepStatus
 from agents._settings import get_current_settings
 from agents.decisions import publish_artifact as publish_decisions
@@ -128,6 +128,8 @@ class StepCall:
     model: str | None = None
     attempts: int = 0
     llm_calls: list[LLMCall] = field(default_factory=list)
+    conflict: str | None = None
+    """Set by an action that found another live execution holding its claim (it did not act)."""
 
     def __post_init__(self) -> None:
         #: This run's decision rows by step, for `RunContext.set_outcome` (set by the runner).
@@ -748,6 +750,14 @@ class CompiledAgent:
         except Exception as exc:  # a runtime bug must fail this input only
             result.status = "failed"
             result.error = _describe(exc)
+        if result.status == "conflict":
+            # The twin execution that holds the action logs the run's decisions: logging this
+            # one's too would record the run's outcome twice.
+            result.notes.append(
+                f"another execution of run {run_key[:16]} holds its action; "
+                f"{len(decisions)} decision(s) of this execution not logged"
+            )
+            decisions = []
         writer.end_run(
             run_id,
             status=result.status,
@@ -778,7 +788,7 @@ class CompiledAgent:
             held_above[step.name] = any(
                 statuses[d] == "held" or held_above.get(d, False) for d in deps
             )
-            blocked = [d for d in deps if statuses[d] in ("failed", "skipped")]
+            blocked = [d for d in deps if statuses[d] in ("failed", "skipped", "conflict")]
             if blocked or (step.layer == "action" and held_above[step.name]):
                 statuses[step.name] = "skipped"
                 rows.append(self._row(step, result, "skipped", 0, False, 0.0, None))
@@ -840,6 +850,31 @@ class CompiledAgent:
                         llm_calls=llm_calls,
                     )
                 )
+            elif call.conflict is not None:
+                # A twin execution holds the action: stop this branch cleanly, no Sentry event.
+                logger.warning(
+                    "%s.%s run %s (tenant %s): %s",
+                    self.name,
+                    step.name,
+                    result.run_key[:16],
+                    result.tenant,
+                    call.conflict,
+                )
+                statuses[step.name] = "conflict"
+                if result.error is None:
+                    result.error = f"{step.name}: ActionInProgress: {call.conflict}"
+                rows.append(
+                    self._row(
+                        step,
+                        result,
+                        "conflict",
+                        call.attempts,
+                        False,
+                        elapsed,
+                        task_run_id,
+                        call.conflict,
+                    )
+                )
             else:
                 exc = await _state_exception(state)
                 capture_failure(
@@ -878,6 +913,8 @@ class CompiledAgent:
         status: RunStatus = "completed"
         if "failed" in values:
             status = "failed"
+        elif "conflict" in values:
+            status = "conflict"
         elif "held" in values:
             status = "held"
         result.status = status
@@ -1079,16 +1116,24 @@ class CompiledAgent:
         key = ledger.idempotency_key(
             result.tenant, self.name, result.subject or "", result.run_key, f"{step.name}#review"
         )
-        record = await in_thread(
-            ledger.claim,
-            key,
-            tenant=result.tenant,
-            agent=self.name,
-            subject=result.subject or "",
-            run_key=result.run_key,
-            step=f"{step.name}#review",
-            agent_run_id=result.run_id,
-        )
+        try:
+            record = await in_thread(
+                ledger.claim,
+                key,
+                tenant=result.tenant,
+                agent=self.name,
+                subject=result.subject or "",
+                run_key=result.run_key,
+                step=f"{step.name}#review",
+                agent_run_id=result.run_id,
+            )
+        except ActionInProgress:
+            # A twin execution is asking (or just got an answer): use its verdict if there is
+            # one, else fall to the default rather than ask a person twice.
+            record = await in_thread(ledger.get, key)
+            if record is None or record.status != "completed":
+                result.notes.append(f"{step.name}: review in progress in another execution")
+                return None
         if record.status == "completed" and isinstance(record.result, dict):
             return ReviewInput.model_validate(record.result)
         description = _review_markdown(self.name, step.name, result, args, proposed)
@@ -1213,24 +1258,48 @@ class CompiledAgent:
         return found
 
     async def _act(self, step: Step[Any, Any], call: StepCall, kwargs: dict[str, Any]) -> Any:
-        record = await in_thread(
-            ledger.claim,
-            call.idempotency_key,
-            tenant=call.tenant,
-            agent=call.agent,
-            subject=call.subject or "",
-            run_key=call.run_key,
-            step=call.step,
-            agent_run_id=call.run_id,
-        )
+        lease = ledger.lease_seconds(step.options.timeout)
+        try:
+            record = await in_thread(
+                ledger.claim,
+                call.idempotency_key,
+                tenant=call.tenant,
+                agent=call.agent,
+                subject=call.subject or "",
+                run_key=call.run_key,
+                step=call.step,
+                agent_run_id=call.run_id,
+                owner=call.run_id,
+                lease=lease,
+            )
+        except ActionInProgress as exc:
+            return _conflict_state(call, exc)
         adapter: TypeAdapter[Any] = TypeAdapter(self.returns.get(step.name, Any))
         if record.status == "completed":
             # Done before (the result write or the process died after): replay its result.
             return adapter.validate_python(record.result)
-        value = await self._invoke(step, kwargs)
+        # Renewed in a thread while the action runs: a twin execution sees this one is alive.
+        with ledger.hold(call.idempotency_key, call.run_id, lease=lease):
+            value = await self._invoke(step, kwargs)
         stored = adapter.dump_python(value, mode="json") if value is not None else None
         await in_thread(ledger.complete, call.idempotency_key, stored)
         return value
+
+
+def _conflict_state(call: StepCall, exc: ActionInProgress) -> Any:
+    """End the action's task run Cancelled, with nothing written to its cache key.
+
+    Cancelled, not Failed: nothing went wrong in this execution and retrying cannot help (the
+    twin holds the key), so neither the step's retries nor the failure hook (Sentry) apply. The
+    result is kept out of the cache, or a rerun would replay "nothing" as the action's result.
+    """
+    from prefect.transactions import get_transaction
+
+    transaction = get_transaction()
+    if transaction is not None:
+        transaction.write_on_commit = False
+    call.conflict = str(exc)
+    return Cancelled(message=f"ActionInProgress: {exc}")
 
 
 # -- helpers ----------------------------------------------------------------------------------

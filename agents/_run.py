@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-RunStatus = Literal["completed", "held", "failed"]
-StepStatus = Literal["completed", "cached", "held", "skipped", "failed"]
+RunStatus = Literal["completed", "held", "failed", "conflict"]
+StepStatus = Literal["completed", "cached", "held", "skipped", "failed", "conflict"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,7 +76,10 @@ class RunResult:
 
     status: RunStatus
     """`completed`; `held` when a decision was below its threshold and no action ran on it;
-    `failed` when a step failed after its retries or the input was invalid."""
+    `failed` when a step failed after its retries or the input was invalid; `conflict` when
+    another live execution of the same run (same tenant and run key) held an action's claim:
+    this execution stopped before acting, the other one's outcome is the run's, and this one's
+    decisions are not logged (see `error`)."""
     run_id: str
     """Id of the `agent_run` row."""
     run_key: str
@@ -98,5 +101,5 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        """True unless the run failed."""
+        """True unless the run failed (a `conflict` is not a failure: the twin did the work)."""
         return self.status != "failed"
