@@ -3,8 +3,8 @@
 This module owns: the stack (a real `prefect server` on a fresh PostgreSQL database, the
 ticket-triage deployment from prefect.yaml, two process workers, the state database on
 PostgreSQL, the bundled model server with 50-200 ms latency, the simulated helpdesk), the W1
-workload (1,000 ticket-triage runs across 10 tenants, 40 flow runs of 25 tickets, fresh ids per
-suite run), the operator loop that re-submits dead flow runs, and the five figures of
+workload (1,000 ticket-triage runs across 10 tenants, 20 flow runs of 50 tickets, fresh ids per
+suite run; flow-run process start-up is most of the cost on two cores, hence 50 and not 25), the operator loop that re-submits dead flow runs, and the five figures of
 `bench.faults.report.ScenarioResult`. A scenario module only says what fault to inject and when.
 
 Example (a scenario in a dozen lines; see `s2_worker_kill.py`):
@@ -92,7 +92,7 @@ PG = os.environ.get("STALWART_TEST_PG", "postgresql://postgres@127.0.0.1:5432/po
 DEPLOYMENT = "ticket-triage/ticket-triage"
 FINISHED = ("completed", "held")
 #: W1 and its short version: (tickets, tenants, tickets per flow run).
-FULL = (1000, 10, 25)
+FULL = (1000, 10, 50)
 SHORT = (100, 10, 10)
 
 
@@ -183,7 +183,7 @@ class Stack:
         *,
         workers: int = 2,
         latency_ms: tuple[float, float] = (50.0, 200.0),
-        worker_limit: int = 4,
+        worker_limit: int = 5,
         concurrency: int = 16,
         model_timeout_s: float = 3.0,
     ) -> None:
@@ -552,7 +552,7 @@ def run_w1(
         stack: A started `Stack`.
         fault: What to break, or None for a plain pass (e.g. model faults set beforehand).
         at: Fraction of tickets finished before the fault is injected.
-        short: 100 tickets in 10 flow runs instead of 1,000 in 40.
+        short: 100 tickets in 10 flow runs instead of 1,000 in 20.
         batches: Explicit batches (default: `w1(...)` fresh).
         timeout_s: Give up after this long (default 900 s, 240 s short).
         max_attempts: Flow runs per batch at most.

@@ -22,6 +22,7 @@ from bench.faults.report import ScenarioResult
 
 NAME = "1 model faults (30%)"
 KINDS = ["429", "500", "timeout", "drop", "malformed"]
+FALLBACK_PATHS = ("fallback_model", "human", "default")
 
 
 def run(
@@ -44,7 +45,8 @@ def run(
             s.model.faults.update(error_rate=0.0)
         after = s.model.stats.snapshot()["faults_by_kind"]
     injected = {k: after.get(k, 0) - faults_before.get(k, 0) for k in KINDS}
-    fell_back = sum(n for path, n in outcome.fallbacks.items() if path not in ("direct",))
+    # "rejected" is the policy refusing an action (a prompt injection), not a fallback.
+    fell_back = sum(n for path, n in outcome.fallbacks.items() if path in FALLBACK_PATHS)
     failures = []
     if sum(injected.values()) == 0:
         failures.append("no fault was injected")
