@@ -4,7 +4,8 @@ This module owns: the stack (a real `prefect server` on a fresh PostgreSQL datab
 ticket-triage deployment from prefect.yaml, two process workers, the state database on
 PostgreSQL, the bundled model server with 50-200 ms latency, the simulated helpdesk), the W1
 workload (1,000 ticket-triage runs across 10 tenants, 20 flow runs of 50 tickets, fresh ids per
-suite run; flow-run process start-up is most of the cost on two cores, hence 50 and not 25), the operator loop that re-submits dead flow runs, and the five figures of
+suite run; flow-run process start-up is most of the cost on two cores, hence 50 and not 25),
+the operator loop that re-submits dead flow runs, and the five figures of
 `bench.faults.report.ScenarioResult`. A scenario module only says what fault to inject and when.
 
 Example (a scenario in a dozen lines; see `s2_worker_kill.py`):
