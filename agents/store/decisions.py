@@ -21,13 +21,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import ColumnElement, delete, insert, update
+from sqlalchemy import ColumnElement, delete, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, SQLModel, col, select
 
 from agents._settings import get_current_settings
 from agents.store._convert import as_utc, require_tenant, to_json_value
-from agents.store.engine import session
+from agents.store._writes import insert_ignoring
+from agents.store.engine import reconnecting, retrying, session
 from agents.store.tables import (
     ActionRecord,
     AgentRun,
@@ -92,7 +93,8 @@ def _row(record: DecisionRecord) -> dict[str, Any]:
 
 
 def record_decisions(rows: list[DecisionRecord], url: str | None = None) -> None:
-    """Insert decisions in one transaction (one multi-row insert).
+    """Insert decisions in one transaction (one multi-row insert); survives a lost connection
+    and never inserts a decision twice (rows are keyed by their id).
 
     JSON fields (`input_snapshot`, `output`, `logprobs`, `correction`, `outcome`) must be JSON
     values or pydantic models; datetimes are stored in UTC. The objects themselves are not
@@ -112,15 +114,20 @@ def record_decisions(rows: list[DecisionRecord], url: str | None = None) -> None
     """
     if not rows:
         return
-    with session(url) as s:
-        record_decisions_in(s, rows)
+
+    def write(_retry: bool) -> None:
+        with session(url) as s:
+            record_decisions_in(s, rows)
+
+    retrying(write, what="decision log write")
 
 
 def record_decisions_in(s: Session, rows: list[DecisionRecord]) -> None:
-    """Insert decisions within an open session (a batched record flush)."""
+    """Insert decisions within an open session (a batched record flush), skipping any whose id
+    is already stored (a retried write)."""
     for row in rows:
         require_tenant(row.tenant)
-    s.exec(insert(DecisionRecord), params=[_row(row) for row in rows])
+    insert_ignoring(s, DecisionRecord, [_row(row) for row in rows])
 
 
 def cost_of(model: str | None, tokens_in: int, tokens_out: int) -> float:
@@ -161,6 +168,7 @@ def cost_of(model: str | None, tokens_in: int, tokens_out: int) -> float:
     return (max(tokens_in, 0) * price_in + max(tokens_out, 0) * price_out) / 1000.0
 
 
+@reconnecting
 def find_decisions(
     *,
     tenant: str,
@@ -216,6 +224,7 @@ def find_decisions(
         return list(s.exec(query).all())
 
 
+@reconnecting
 def get_decision(decision_id: str, *, tenant: str, url: str | None = None) -> DecisionRecord | None:
     """One decision by id, or None if that tenant has no such decision.
 
@@ -231,6 +240,7 @@ def get_decision(decision_id: str, *, tenant: str, url: str | None = None) -> De
         return s.exec(query).one_or_none()
 
 
+@reconnecting
 def set_outcome(decision_id: str, *, tenant: str, outcome: Any, url: str | None = None) -> bool:
     """Record what came of a decision (a later learning step, feedback, a label).
 

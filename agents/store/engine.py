@@ -71,6 +71,7 @@ _UPGRADE_LOCK_ID = 0x5354_4C57
 _lock = threading.RLock()
 _engines: dict[str, Engine] = {}
 _schema_ok: set[str] = set()
+_reached: set[str] = set()  # URLs this process has connected to at least once
 
 _SECRET_QUERY_KEYS = re.compile(r"pass|pwd|secret|token|key", re.IGNORECASE)
 
@@ -234,9 +235,11 @@ def get_engine(url: str | None = None) -> Engine:
 def _ensure_schema(engine: Engine, url: str) -> None:
     head = head_revision()
     try:
-        # Not retried: an unreachable database at first use is more often a wrong URL than a
-        # restart, and a wrong URL should fail at once.
-        current = _current_revision(engine)
+        if url in _reached:  # reached before (then dropped): a restart, wait for it
+            current = retrying(lambda _retry: _current_revision(engine), what="schema check")
+        else:  # never reached: more likely a wrong URL than a restart; fail at once
+            current = _current_revision(engine)
+        _reached.add(url)
     except sa.exc.OperationalError as exc:
         raise ConfigurationError(
             f"Cannot connect to the state database {redact_url(url)}: {exc.orig or exc}"
@@ -325,6 +328,7 @@ def _run_alembic(engine: Engine, url: str, revision: str, *, down: bool = False)
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         elif conn.dialect.name == "postgresql":
             conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_UPGRADE_LOCK_ID})")
+        _reached.add(url)
         cfg.attributes["connection"] = conn
         if down:
             command.downgrade(cfg, revision)

@@ -5,6 +5,12 @@ Owns the `memory_item` table's write rules: every write bumps the row's `version
 writer got there first; `update(key, fn)` is a read-modify-write loop on top of it. Values are
 plain JSON (pydantic models are dumped). Subject None means agent-wide memory (stored as "").
 
+Every read and write survives a lost connection (`engine.retrying`). Each write stamps the row
+with a fresh token (`writer`): a write retried after the connection dropped first looks for its
+token, so a COMMIT that landed unacknowledged is not applied twice (an `update` counter is not
+incremented twice). The one case it cannot tell is another writer overwriting the row in the
+instant between our lost COMMIT and the retry.
+
 Example:
     >>> mem = Memory("acme", "triage", "customer-42", url="sqlite://")
     >>> mem.set("visits", 1)
@@ -18,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +34,7 @@ from sqlmodel import Session, col, select
 
 from agents._errors import MemoryConflict
 from agents.store._convert import to_json_value
-from agents.store.engine import session
+from agents.store.engine import reconnecting, retrying, session
 from agents.store.tables import MemoryItem, utcnow
 
 __all__ = ["Memory"]
@@ -104,6 +111,7 @@ class Memory:
     def _scope(self, key: str) -> list[Any]:
         return [*self._scope_all(), col(MemoryItem.key) == key]
 
+    @reconnecting
     def get_item(self, key: str) -> MemoryItem | None:
         """The stored row (value and version) for a key, or None.
 
@@ -127,6 +135,7 @@ class Memory:
         item = self.get_item(key)
         return default if item is None else item.value
 
+    @reconnecting
     def keys(self) -> list[str]:
         """Every key stored for this (tenant, agent, subject), sorted.
 
@@ -140,6 +149,7 @@ class Memory:
             ).all()
         return list(rows)
 
+    @reconnecting
     def items(self) -> dict[str, Any]:
         """Every key and value stored for this (tenant, agent, subject).
 
@@ -183,37 +193,63 @@ class Memory:
         if not key:
             raise ValueError("Memory keys must be non-empty strings.")
         data = to_json_value(value, what=f"Memory value for key {key!r}")
+        token = uuid.uuid4().hex
         if expected_version is None:
-            return self._set_last_writer_wins(key, data)
+
+            def last_writer_wins(retry: bool) -> int:
+                landed = self._landed(key, token) if retry else None
+                return landed or self._set_last_writer_wins(key, data, token)
+
+            return retrying(last_writer_wins, what="memory write")
         if expected_version < 0:
             raise ValueError(f"expected_version must be >= 0, got {expected_version}.")
-        if expected_version == 0:
-            try:
-                with session(self._url) as s:
-                    self._insert(s, key, data)
-                return 1
-            except IntegrityError:
-                raise MemoryConflict(key, 0, self._version(key)) from None
-        with session(self._url) as s:
-            new_version = s.exec(
-                update(MemoryItem)
-                .where(*self._scope(key), col(MemoryItem.version) == expected_version)
-                .values(value=data, version=col(MemoryItem.version) + 1, updated_at=utcnow())
-                .returning(col(MemoryItem.version))
-            ).scalar_one_or_none()
-        if new_version is None:
-            raise MemoryConflict(key, expected_version, self._version(key))
-        return int(new_version)
 
-    def _set_last_writer_wins(self, key: str, data: Any) -> int:
+        def compare_and_set(retry: bool) -> int:
+            landed = self._landed(key, token) if retry else None
+            if landed is not None:
+                return landed
+            if expected_version == 0:
+                try:
+                    with session(self._url) as s:
+                        self._insert(s, key, data, token)
+                    return 1
+                except IntegrityError:
+                    raise MemoryConflict(key, 0, self._version(key)) from None
+            with session(self._url) as s:
+                new_version = s.exec(
+                    update(MemoryItem)
+                    .where(*self._scope(key), col(MemoryItem.version) == expected_version)
+                    .values(
+                        value=data,
+                        version=col(MemoryItem.version) + 1,
+                        updated_at=utcnow(),
+                        writer=token,
+                    )
+                    .returning(col(MemoryItem.version))
+                ).scalar_one_or_none()
+            if new_version is None:
+                raise MemoryConflict(key, expected_version, self._version(key))
+            return int(new_version)
+
+        return retrying(compare_and_set, what="memory write")
+
+    def _landed(self, key: str, token: str) -> int | None:
+        """The row's version if our write (its token) is the one stored, else None."""
+        with session(self._url) as s:
+            version = s.exec(
+                select(MemoryItem.version).where(*self._scope(key), col(MemoryItem.writer) == token)
+            ).one_or_none()
+        return None if version is None else int(version)
+
+    def _set_last_writer_wins(self, key: str, data: Any, token: str) -> int:
         for attempt in range(2):
             with session(self._url) as s:
-                new_version = self._bump(s, key, data)
+                new_version = self._bump(s, key, data, token)
                 if new_version is not None:
                     return new_version
             try:
                 with session(self._url) as s:
-                    self._insert(s, key, data)
+                    self._insert(s, key, data, token)
                 return 1
             except IntegrityError:
                 # Another writer inserted the key between our UPDATE and INSERT: update it.
@@ -221,16 +257,18 @@ class Memory:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _bump(self, s: Session, key: str, data: Any) -> int | None:
+    def _bump(self, s: Session, key: str, data: Any, token: str) -> int | None:
         version = s.exec(
             update(MemoryItem)
             .where(*self._scope(key))
-            .values(value=data, version=col(MemoryItem.version) + 1, updated_at=utcnow())
+            .values(
+                value=data, version=col(MemoryItem.version) + 1, updated_at=utcnow(), writer=token
+            )
             .returning(col(MemoryItem.version))
         ).scalar_one_or_none()
         return None if version is None else int(version)
 
-    def _insert(self, s: Session, key: str, data: Any) -> None:
+    def _insert(self, s: Session, key: str, data: Any, token: str) -> None:
         s.exec(
             insert(MemoryItem).values(
                 tenant=self._tenant,
@@ -240,9 +278,11 @@ class Memory:
                 value=data,
                 version=1,
                 updated_at=utcnow(),
+                writer=token,
             )
         )
 
+    @reconnecting
     def _version(self, key: str) -> int | None:
         with session(self._url) as s:
             return s.exec(select(MemoryItem.version).where(*self._scope(key))).one_or_none()
@@ -286,6 +326,7 @@ class Memory:
                 attempt += 1
                 time.sleep(random.uniform(0, 0.01 * 2 ** min(attempt, 6)))
 
+    @reconnecting
     def delete(self, key: str) -> bool:
         """Forget a key; True if it existed.
 

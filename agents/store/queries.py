@@ -19,7 +19,7 @@ from sqlalchemy import insert, update
 from sqlmodel import col, select
 
 from agents.store._convert import as_utc, require_tenant
-from agents.store.engine import session
+from agents.store.engine import reconnecting, session
 from agents.store.tables import ActionRecord, AgentRun, MemoryItem, StepRun, utcnow
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 
+@reconnecting
 def runs(
     *,
     tenant: str,
@@ -69,6 +70,7 @@ def runs(
         return list(s.exec(query).all())
 
 
+@reconnecting
 def steps(*, tenant: str, agent_run_id: str, url: str | None = None) -> list[StepRun]:
     """The steps of one agent run, in the order they started.
 
@@ -86,6 +88,7 @@ def steps(*, tenant: str, agent_run_id: str, url: str | None = None) -> list[Ste
         return list(s.exec(query).all())
 
 
+@reconnecting
 def memory(
     *,
     tenant: str,
@@ -110,6 +113,7 @@ def memory(
         return list(s.exec(query).all())
 
 
+@reconnecting
 def actions(*, tenant: str, agent: str | None = None, url: str | None = None) -> list[ActionRecord]:
     """A tenant's action ledger, newest first.
 

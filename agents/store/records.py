@@ -7,6 +7,11 @@ run's end into its still-unwritten start row. `close()` flushes what is left. A 
 between flushes loses at most `interval` seconds of records, never a step result or an action
 (those are written by their own tasks before the run goes on).
 
+A flush survives a lost connection (retried, see `engine.retrying`) and may safely run twice:
+rows already stored are skipped by primary key (a run's row is overwritten with its newer
+status), so a flush whose COMMIT landed before the connection dropped adds nothing the second
+time, and rows kept after a failed flush never wedge the next one on a duplicate key.
+
 Example:
     >>> writer = RecordWriter(url="sqlite://")  # doctest: +SKIP
     >>> writer.start_run(run); writer.end_run(run.id, status="completed")  # doctest: +SKIP
@@ -20,9 +25,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import bindparam, update
 
-from agents.store.engine import session
+from agents.store._writes import insert_ignoring, upsert
+from agents.store.engine import retrying, session
 from agents.store.tables import AgentRun, DecisionRecord, StepRun, utcnow
 
 
@@ -97,29 +103,7 @@ class RecordWriter:
         if not count:
             return 0
         try:
-            with session(self.url) as s:
-                if pending.runs:
-                    s.exec(insert(AgentRun), params=[_row(r) for r in pending.runs.values()])
-                if pending.ends:
-                    # A Core executemany, not an ORM bulk update by primary key.
-                    table = AgentRun.metadata.tables["agent_run"]
-                    s.connection().execute(
-                        update(table)
-                        .where(table.c.id == bindparam("b_id"))
-                        .values(
-                            status=bindparam("status"),
-                            error=bindparam("error"),
-                            finished_at=bindparam("finished_at"),
-                            duration_ms=bindparam("duration_ms"),
-                        ),
-                        pending.ends,
-                    )
-                if pending.steps:
-                    s.exec(insert(StepRun), params=[_row(r) for r in pending.steps])
-                if pending.decisions:
-                    from agents.store.decisions import record_decisions_in
-
-                    record_decisions_in(s, pending.decisions)
+            retrying(lambda _retry: self._write(pending), what="run records flush")
         except Exception:
             with self._lock:  # keep the rows for the next flush rather than lose them
                 self._pending.runs = {**pending.runs, **self._pending.runs}
@@ -128,6 +112,35 @@ class RecordWriter:
                 self._pending.decisions[:0] = pending.decisions
             raise
         return count
+
+    def _write(self, pending: _Pending) -> None:
+        """One transaction; safe to repeat (see the module docstring)."""
+        with session(self.url) as s:
+            if pending.runs:
+                upsert(s, AgentRun, [_row(r) for r in pending.runs.values()], _RUN_END_COLUMNS)
+            if pending.ends:
+                # A Core executemany, not an ORM bulk update by primary key.
+                table = AgentRun.metadata.tables["agent_run"]
+                s.connection().execute(
+                    update(table)
+                    .where(table.c.id == bindparam("b_id"))
+                    .values(
+                        status=bindparam("status"),
+                        error=bindparam("error"),
+                        finished_at=bindparam("finished_at"),
+                        duration_ms=bindparam("duration_ms"),
+                    ),
+                    pending.ends,
+                )
+            if pending.steps:
+                insert_ignoring(s, StepRun, [_row(r) for r in pending.steps])
+            if pending.decisions:
+                from agents.store.decisions import record_decisions_in
+
+                record_decisions_in(s, pending.decisions)
+
+
+_RUN_END_COLUMNS = ("status", "error", "finished_at", "duration_ms")
 
 
 def _row(model: AgentRun | StepRun) -> dict[str, Any]:

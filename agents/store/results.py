@@ -10,7 +10,7 @@ How Prefect 3.9 calls a storage block (`prefect/_internal/compatibility/blocks.p
 
 Hence plain sync `read_path`/`write_path` that accept (and ignore) `_sync`, plus async
 `aread_path`/`awrite_path`. Without `_sync`, sync tasks log a TypeError, finish Completed and never
-hit the cache.
+hit the cache. Reads and writes survive a lost connection (a write is an upsert: safe to repeat).
 
 Example:
     >>> storage = SQLResultStorage(database_url="sqlite://")
@@ -30,7 +30,7 @@ from sqlalchemy import delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col, select
 
-from agents.store.engine import session
+from agents.store.engine import reconnecting, session
 from agents.store.tables import StepResult, utcnow
 
 __all__ = ["SQLResultStorage"]
@@ -71,6 +71,7 @@ class SQLResultStorage(WritableFileSystem):
 
     # -- sync: what Prefect's sync engine calls (with `_sync=True`) ---------------------------
 
+    @reconnecting
     def read_path(self, path: str, _sync: bool | None = None) -> bytes:  # type: ignore[override]
         """The bytes stored under a key.
 
@@ -94,6 +95,7 @@ class SQLResultStorage(WritableFileSystem):
             raise FileNotFoundError(f"No result stored under key {path!r} (table step_result).")
         return bytes(content)
 
+    @reconnecting
     def write_path(  # type: ignore[override]
         self, path: str, content: bytes, _sync: bool | None = None
     ) -> str:
@@ -128,6 +130,7 @@ class SQLResultStorage(WritableFileSystem):
                 s.add(StepResult(key=path, content=data, created_at=now))
         return path
 
+    @reconnecting
     def delete_path(self, path: str) -> bool:
         """Delete the result stored under a key (forcing a re-run); True if it existed.
 

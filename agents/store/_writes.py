@@ -1,0 +1,111 @@
+"""Writes that may run twice: inserts that skip rows already there (by primary key).
+
+A write retried after a lost connection (see `engine.retrying`) may find its first attempt
+committed. These inserts make the second attempt a no-op instead of an integrity error, on
+PostgreSQL and SQLite alike (`INSERT ... ON CONFLICT DO NOTHING` / `DO UPDATE`).
+
+Example:
+    >>> from agents.store.engine import session
+    >>> from agents.store.tables import StepResult
+    >>> with session("sqlite://") as s:
+    ...     insert_ignoring(s, StepResult, [{"key": "k", "content": b"x"}])
+    ...     insert_ignoring(s, StepResult, [{"key": "k", "content": b"y"}])  # already there
+    >>> with session("sqlite://") as s:
+    ...     s.get(StepResult, "k").content
+    b'x'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import insert
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, SQLModel
+
+from agents.store.engine import retrying, session
+
+__all__ = ["insert_ignoring", "insert_once", "upsert"]
+
+
+def _primary_key(model: type[SQLModel]) -> list[str]:
+    table = model.metadata.tables[str(model.__tablename__)]
+    return [c.name for c in table.primary_key.columns]
+
+
+def _insert(s: Session, model: type[SQLModel]) -> Any:
+    dialect = s.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(model)
+    if dialect == "sqlite":
+        return sqlite.insert(model)
+    return None
+
+
+def insert_ignoring(s: Session, model: type[SQLModel], rows: Sequence[dict[str, Any]]) -> None:
+    """Insert rows, skipping any whose primary key is already stored (one statement).
+
+    Example:
+        >>> from agents.store.engine import session
+        >>> from agents.store.tables import StepResult
+        >>> with session("sqlite://") as s:
+        ...     insert_ignoring(s, StepResult, [])
+    """
+    if not rows:
+        return
+    statement = _insert(s, model)
+    if statement is None:  # pragma: no cover - other databases: a plain insert
+        s.exec(insert(model), params=list(rows))
+        return
+    s.exec(statement.on_conflict_do_nothing(index_elements=_primary_key(model)), params=list(rows))
+
+
+def upsert(
+    s: Session, model: type[SQLModel], rows: Sequence[dict[str, Any]], columns: Sequence[str]
+) -> None:
+    """Insert rows; for a primary key already stored, overwrite `columns` with the new values.
+
+    Example:
+        >>> from agents.store.engine import session
+        >>> from agents.store.tables import StepResult
+        >>> with session("sqlite://") as s:
+        ...     upsert(s, StepResult, [{"key": "u", "content": b"1"}], ["content"])
+        ...     upsert(s, StepResult, [{"key": "u", "content": b"2"}], ["content"])
+        >>> with session("sqlite://") as s:
+        ...     s.get(StepResult, "u").content
+        b'2'
+    """
+    if not rows:
+        return
+    statement = _insert(s, model)
+    if statement is None:  # pragma: no cover - other databases: a plain insert
+        s.exec(insert(model), params=list(rows))
+        return
+    excluded = statement.excluded
+    s.exec(
+        statement.on_conflict_do_update(
+            index_elements=_primary_key(model), set_={c: excluded[c] for c in columns}
+        ),
+        params=list(rows),
+    )
+
+
+def insert_once(row: SQLModel, *, url: str | None = None) -> None:
+    """Insert one row in its own transaction, surviving a lost connection, never twice.
+
+    For rows with a client-side primary key (the `new_id()` default): a retry after the
+    connection dropped finds the row already stored and adds nothing.
+
+    Example:
+        >>> from agents.store.tables import StepResult
+        >>> insert_once(StepResult(key="once", content=b"x"), url="sqlite://")
+    """
+    model = type(row)
+    values = {name: getattr(row, name) for name in model.model_fields}
+
+    def write(_retry: bool) -> None:
+        with session(url) as s:
+            insert_ignoring(s, model, [values])
+
+    retrying(write, what=f"{model.__name__} insert")
