@@ -1,5 +1,5 @@
-"""Feedback on decisions (API, CLI, learning step) and few-shot examples that raise the triage
-accuracy on a held-back split of the bundled tickets."""
+"""Feedback on decisions (API, CLI, learning step), and few-shot examples that reach the prompt
+of a held-back split of the bundled tickets without lowering its accuracy."""
 
 from __future__ import annotations
 
@@ -229,10 +229,12 @@ def test_feedback_examples_reach_the_prompt_of_held_back_tickets(
     was, now = accuracy(before, held), accuracy(after, held)
     print(f"\nheld-back {len(held)} tickets, {len(train)} labelled: before {was} after {now} "
           f"({elapsed:.1f}s)")  # fmt: skip
-    # The bundled model's rules read only the last user message (the new ticket), so examples
-    # in the earlier turns barely move it: a value no rule sets comes from the request's
-    # digest, which the examples change, so a few tickets (1-3 of 100 seen) change answer or
-    # rung. A real model reads them. Not claimed: that accuracy rises (see the README).
+    # Rules keep precedence: the bundled model answers a field from the examples only when no
+    # rule set it and the examples share distinctive words with the ticket. These tickets have
+    # keywords, or share only generic words ("any update?") with their examples, so their
+    # accuracy holds (80/92/94% and 70% all right, before and after, measured). A value no
+    # rule sets still comes from the request's digest, which the examples change, hence the
+    # tolerance. The rise where examples can teach: tests/test_learning_accuracy.py.
     assert all(abs(now[k] - was[k]) <= 0.05 for k in was), (was, now)
 
     # Which examples each decision used is recorded: train decisions only, at most three.

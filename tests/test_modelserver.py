@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import socket
 import subprocess
 import sys
@@ -230,6 +231,55 @@ def test_rules_steer_fields(client: openai.OpenAI, mode: instructor.Mode) -> Non
     crash, _ = triage(client, "The app crashed", mode=mode)
     assert crash.category == "technical"
     assert crash.priority is Priority.high  # matched case-insensitively against the enum
+
+
+def with_examples(
+    client: openai.OpenAI, text: str, shots: list[tuple[str, dict[str, Any]]], mode: instructor.Mode
+) -> Triage:
+    """Ask with few-shot turns, as `agents.learning.examples.messages` writes them."""
+    messages: list[Any] = []
+    for shown, answer in shots:
+        messages += [
+            {"role": "user", "content": shown},
+            {"role": "assistant", "content": json.dumps(answer)},
+        ]
+    messages.append({"role": "user", "content": text})
+    patched = instructor.from_openai(client, mode=mode)
+    return patched.chat.completions.create(
+        model=MODEL, response_model=Triage, messages=messages, max_retries=0
+    )
+
+
+LEDGERLY = [
+    ("Ledgerly statement is off by a cent", {"category": "account", "priority": "low"}),
+    ("The Ledgerly statement lists March twice", {"category": "account", "priority": "low"}),
+    ("Vaultkey seats are missing", {"category": "shipping", "priority": "high"}),
+]
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.name)
+def test_examples_answer_fields_the_rules_leave_open(
+    client: openai.OpenAI, mode: instructor.Mode
+) -> None:
+    # Two examples share two distinctive words each ("ledgerly", "statement"): weight 4.
+    learned = with_examples(client, "Our Ledgerly statement has a wrong total", LEDGERLY, mode)
+    assert (learned.category, learned.priority) == ("account", Priority.low)
+    assert learned.confidence == round(0.5 + 0.45 * (1 - math.exp(-4 / 2)), 2) == 0.89
+    assert "Earlier examples sharing 'ledgerly', 'statement'" in learned.rationale
+
+    # The examples disagree (weight 2 against 2): the confidence falls towards 0.5.
+    split = [LEDGERLY[0], ("Ledgerly statement totals", {"category": "other"})]
+    torn = with_examples(client, "Ledgerly statement again", split, mode)
+    assert torn.confidence == round(0.78 * 0.5 + 0.5 * 0.5, 2) == 0.64
+
+    # One word shared with one example is too little: the answer is the model's own.
+    weak = with_examples(client, "Vaultkey question", LEDGERLY, mode)
+    assert weak.confidence == 0.9 and "Earlier examples" not in weak.rationale
+
+    # A keyword rule keeps precedence over the examples, field and confidence.
+    ruled = with_examples(client, "Refund the Ledgerly statement charge", LEDGERLY, mode)
+    assert (ruled.category, ruled.confidence) == ("billing", 0.92)
+    assert ruled.priority == Priority.low  # no rule sets priority: the examples answer it
 
 
 def test_rule_values_invalid_for_the_schema_are_ignored(client: openai.OpenAI) -> None:

@@ -2,7 +2,26 @@
 
 This module owns everything between a parsed `/v1/chat/completions` body and the reply dict, with
 no HTTP in it: which structured output is wanted (`find_target`), the deterministic seed of a
-request, steering by rules, the content faults (`malformed`, `schema_invalid`) and usage.
+request, steering by rules, learning from few-shot examples, the content faults (`malformed`,
+`schema_invalid`) and usage.
+
+**Few-shot examples.** A real LLM copies what earlier turns of the conversation show; the offline
+model does too, but only where its own rules have no signal. An example is a user message
+followed by an assistant message whose content is a JSON object (its right answer), before the
+last user message: the shape `agents.learning.examples.messages` writes. For each field of the
+requested schema that no rule set (neither a keyword rule nor a catch-all default such as
+`urgency=normal`), the examples that share *distinctive* words with the new input vote, each
+with the number of words it shares (`example_answer`). Distinctive words have three letters or
+more, a plural `s` folded, and are neither stop words nor generic support-ticket words
+(`COMMON_WORDS`), so an in-house product name ("Ledgerly", "Vaultkey") counts and "please",
+"order" or "yesterday" do not. The heaviest value answers the field if its weight `w` (shared
+words summed over the examples that voted for it) is at least 2: one word shared with one
+example is too little to copy a label from. Unless a rule set the confidence, the answer's
+confidence reflects the overlap: `0.5 + 0.45·(1 - e^(-w/2))` (0.78 for w = 2, 0.85 for 3, 0.89
+for 4), pulled towards 0.5 when the examples disagree (`c·share + 0.5·(1 - share)`), the lowest
+over the learned fields. A rule that fires
+keeps precedence: its field and its confidence are never replaced by an example, and a request
+without examples is answered exactly as before.
 
 Where instructor 1.17 puts the schema (see `instructor/v2/providers/openai/handlers.py`):
 
@@ -22,8 +41,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -281,10 +302,185 @@ def plain_reply(user_text: str) -> str:
     return f'This is the Stalwart offline model. You wrote: "{flat}"'
 
 
+# -- few-shot examples ----------------------------------------------------------------------------
+
+_COMMON_TEXT = """
+    a about after again ago all also always am an and another any anyone anything are around as
+    ask asked asking at away back be because been before being best better between both but by
+    call came can cannot could customer customers day days did do does doing done don down each
+    earlier else even ever every everything few filed find first fine following for from get
+    gets getting give given go going good got had happen happened has have haven having hello
+    help hi his how however into is isn it its just keep keeps know last later let like look
+    looking looks lot made make many may me mine month months more morning most much must my
+    need needs never new next nobody none not nothing now of off ok okay old on once one only
+    open or other our out over own part please point possible pretty problem put question
+    quick quite really regards reply right said same saw say saying says second see seems seen
+    should since so some someone something soon sorry still subject such sure take team than
+    thank thanks that the their them then there these they thing things think this those
+    three through time times today told too tried try trying two under until up update us use
+    used using very via want wanted was way we week weeks well went were what when where which
+    while who why will with without won work would wrong yes yesterday yet you your ticket
+    tickets order orders help issue didn doesn wasn aren couldn wouldn shouldn
+    news request case checking opened heard sent wrote waiting answer message previous instead
+    name email reach status hour minute monday tuesday wednesday thursday friday saturday sunday
+"""
+COMMON_WORDS: frozenset[str] = frozenset(_COMMON_TEXT.split())
+"""Words too common in support tickets to say which example a new input resembles."""
+
+_WORD = re.compile(r"[a-z0-9]+")
+_UNSTEERED = frozenset({"confidence", "rationale"})
+_SPAN, _EVIDENCE_SCALE, _MIN_EVIDENCE = 0.45, 2.0, 2.0
+
+
+@dataclass(frozen=True)
+class Shot:
+    """One few-shot example found in a request: the input and its right answer.
+
+    Example:
+        >>> Shot("Ledgerly statement", {"category": "billing"}).answer["category"]
+        'billing'
+    """
+
+    text: str
+    answer: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Learned:
+    """What the examples answered: field values, the confidence, and the words behind them.
+
+    Example:
+        >>> Learned({"category": "billing"}, 0.75, ("ledgerly", "statement")).confidence
+        0.75
+    """
+
+    values: Mapping[str, Any]
+    confidence: float
+    words: tuple[str, ...] = ()
+
+
+def distinctive_words(text: str) -> frozenset[str]:
+    """The words of `text` that can tie it to an example (see the module docstring).
+
+    Example:
+        >>> sorted(distinctive_words("Please help: the Ledgerly statements are off"))
+        ['ledgerly', 'statement']
+    """
+    found: set[str] = set()
+    for word in _WORD.findall(text.casefold()):
+        if len(word) < 3 or word.isdigit():
+            continue
+        if len(word) > 4 and word.endswith("s") and not word.endswith(("ss", "us")):
+            word = word[:-1]
+        if word not in COMMON_WORDS:
+            found.add(word)
+    return frozenset(found)
+
+
+def few_shot_examples(messages: Sequence[Any]) -> list[Shot]:
+    """The examples a request carries: user/assistant pairs before its last real user message.
+
+    Only assistant turns whose content is a JSON object count (an answer, not chat). Turns after
+    the last user message (instructor's re-asks) are not examples.
+
+    Example:
+        >>> few_shot_examples([
+        ...     {"role": "user", "content": "Ledgerly statement off"},
+        ...     {"role": "assistant", "content": '{"category": "billing"}'},
+        ...     {"role": "user", "content": "Ledgerly statement missing"}])
+        [Shot(text='Ledgerly statement off', answer={'category': 'billing'})]
+    """
+    last = None
+    for index in range(len(messages) - 1, -1, -1):
+        message = messages[index]
+        if isinstance(message, Mapping) and message.get("role") == "user":
+            text = message_text(message.get("content")).lstrip()
+            if not text.startswith(REASK_PREFIXES):
+                last = index
+                break
+    shots: list[Shot] = []
+    for index in range(1, last or 0):
+        answer, asked = messages[index], messages[index - 1]
+        if not (isinstance(answer, Mapping) and isinstance(asked, Mapping)):
+            continue
+        if answer.get("role") != "assistant" or asked.get("role") != "user":
+            continue
+        try:
+            value = json.loads(message_text(answer.get("content")))
+        except ValueError:
+            continue
+        if isinstance(value, dict) and value:
+            shots.append(Shot(text=message_text(asked.get("content")), answer=value))
+    return shots
+
+
+def example_answer(text: str, shots: Sequence[Shot], fields: Collection[str]) -> Learned | None:
+    """Answer `fields` from the examples that share distinctive words with `text`.
+
+    Args:
+        text: The new input (the last user message).
+        shots: The request's examples.
+        fields: The fields the rules left unset (the only ones examples may answer).
+
+    Returns:
+        The learned values and their confidence, or None when no field has enough evidence.
+
+    Example:
+        >>> shots = [Shot("Ledgerly statement is off", {"category": "billing"}),
+        ...          Shot("Vaultkey seats", {"category": "account"})]
+        >>> example_answer("Our Ledgerly statement lists a wrong total", shots, ["category"])
+        Learned(values={'category': 'billing'}, confidence=0.78, words=('ledgerly', 'statement'))
+    """
+    words = distinctive_words(text)
+    overlaps = [(shot, words & distinctive_words(shot.text)) for shot in shots]
+    voters = [(shot, shared) for shot, shared in overlaps if shared]
+    if not voters:
+        return None
+    values: dict[str, Any] = {}
+    confidences: list[float] = []
+    behind: set[str] = set()
+    for name in sorted(fields):
+        if name in _UNSTEERED:
+            continue
+        weights: dict[str, float] = {}
+        best: dict[str, int] = {}
+        picked: dict[str, Any] = {}
+        for shot, shared in voters:
+            if name not in shot.answer:
+                continue
+            key = json.dumps(shot.answer[name], sort_keys=True, default=str)
+            weights[key] = weights.get(key, 0.0) + len(shared)
+            best[key] = max(best.get(key, 0), len(shared))
+            picked[key] = shot.answer[name]
+        if not weights:
+            continue
+        # The heaviest value wins; a tie goes to the closest example, then to the value's text.
+        key = max(weights, key=lambda k: (weights[k], best[k], k))
+        if weights[key] < _MIN_EVIDENCE:
+            continue  # one shared word in one example: too little to copy a label from
+        share = weights[key] / sum(weights.values())
+        raw = 0.5 + _SPAN * (1 - math.exp(-weights[key] / _EVIDENCE_SCALE))
+        confidences.append(round(raw * share + 0.5 * (1 - share), 2))
+        values[name] = picked[key]
+        behind.update(
+            w for shot, shared in voters if shot.answer.get(name) == picked[key] for w in shared
+        )
+    if not values:
+        return None
+    return Learned(values=values, confidence=min(confidences), words=tuple(sorted(behind)))
+
+
 def _field_names(schema: Mapping[str, Any]) -> set[str] | None:
     """The top-level property names of a JSON schema (None when it declares none)."""
     properties = schema.get("properties")
     return set(properties) if isinstance(properties, Mapping) else None
+
+
+def _learned_rationale(learned: Learned, ruled: str | None) -> str:
+    shown = ", ".join(f"{name}={value}" for name, value in learned.values.items())
+    words = ", ".join(repr(w) for w in learned.words[:3])
+    sentence = f"Earlier examples sharing {words} were answered with {shown}."
+    return f"{ruled} {sentence}" if ruled else sentence
 
 
 def complete(
@@ -324,10 +520,22 @@ def complete(
         schema_name = target.name or (target.schema or {}).get("title")
         match = rules.match(user_text, schema=schema_name)
         schema = target.schema if target.schema is not None else GENERIC_JSON_SCHEMA
+        names = _field_names(schema)
+        values, rationale = dict(match.values), match.rationale(fields=names)
+        shots = few_shot_examples(messages)
+        if shots and names:
+            # Rules keep precedence: a field any rule set (a keyword, or a catch-all default
+            # such as urgency=normal) keeps the rules' value and confidence.
+            open_fields = [name for name in sorted(names) if name not in match.values]
+            learned = example_answer(user_text, shots, open_fields)
+            if learned is not None:
+                values.update(learned.values)
+                values.setdefault("confidence", learned.confidence)
+                rationale = _learned_rationale(learned, rationale)
         steering = Steering(
-            values=match.values,
+            values=values,
             force_confidence=force_confidence,
-            rationale=match.rationale(fields=_field_names(schema)),
+            rationale=rationale,
             context=user_text,
         )
         value = generate(schema, seed=seed, steering=steering)
