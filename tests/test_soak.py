@@ -1,0 +1,45 @@
+"""Scenario 9 (short): a soak in this process. Waves of ticket-triage `agent.batch` against a
+fresh PostgreSQL state database for ~30 s, then `stalwart prune`: runs/s stays flat, RSS does
+not grow without bound, the database grows linearly with runs, and prune deletes what it may.
+
+The criteria are `bench.faults.s9_soak.judge`, the same as the full soak's (W1 waves on the
+Prefect server and two workers for 10 minutes: `python bench/faults/s9_soak.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from agents._settings import reload_settings
+from bench.faults.s9_soak import fresh_postgres, judge, run_inprocess
+
+pytestmark = [pytest.mark.faults, pytest.mark.postgres, pytest.mark.slow]
+
+
+@pytest.fixture
+def soak_db(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    pytest.importorskip("psycopg")
+    with fresh_postgres() as url:
+        monkeypatch.setenv("STALWART_DATABASE_URL", url)
+        reload_settings()
+        yield url
+        monkeypatch.delenv("STALWART_DATABASE_URL")
+        reload_settings()
+
+
+@pytest.mark.usefixtures("prefect_api", "model_server")
+def test_soak_is_flat_linear_and_pruned(soak_db: str) -> None:
+    waves, pruned, base = run_inprocess(20, soak_db, wave_runs=15)
+
+    assert len(waves) >= 3
+    assert [w.completed for w in waves] == [w.runs for w in waves]  # nothing lost
+    assert all(w.db_bytes >= base for w in waves) and waves[-1].db_bytes > waves[0].db_bytes
+    assert pruned.prunable >= sum(w.runs for w in waves)  # at least one agent run per run
+    assert pruned.deleted["agent_run"] >= sum(w.runs for w in waves)
+    assert pruned.relation_after_full < pruned.relation_before
+    # Waves here last a few seconds on a shared 2-core machine, so a neighbour's burst moves one
+    # by more than the full soak's 20%; the bound on runs/s drift is 35% here.
+    failures, summary = judge(waves, pruned, base, rate_tolerance=0.35)
+    assert failures == [], summary
