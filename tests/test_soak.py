@@ -43,3 +43,33 @@ def test_soak_is_flat_linear_and_pruned(soak_db: str) -> None:
     # by more than the full soak's 20%; the bound on runs/s drift is 35% here.
     failures, summary = judge(waves, pruned, base, rate_tolerance=0.35)
     assert failures == [], summary
+
+
+def test_prune_with_caches_deletes_old_cached_answers_only(sqlite_url: str) -> None:
+    """Every W1 prompt is unique, so the answer cache grows per run: `caches=True` prunes it."""
+    from datetime import timedelta
+
+    from sqlmodel import Session, select
+
+    from agents.store.decisions import prune
+    from agents.store.engine import get_engine
+    from agents.store.tables import ExampleUse, LLMCacheEntry, utcnow
+
+    old, new = utcnow() - timedelta(days=40), utcnow()
+    with Session(get_engine(sqlite_url)) as s:
+        for i, when in enumerate([old, old, new]):
+            s.add(
+                LLMCacheEntry(
+                    key=f"k{i}", tenant="t", endpoint="e", model="m", response={}, created_at=when
+                )
+            )
+            s.add(ExampleUse(tenant="t", agent="a", step="s", example_ids=[], created_at=when))
+        s.commit()
+
+    kept = prune(older_than=timedelta(days=30), url=sqlite_url)
+    assert "llm_cache" not in kept  # opt-in: the default keeps answers
+    counts = prune(older_than=timedelta(days=30), url=sqlite_url, caches=True)
+    assert (counts["llm_cache"], counts["example_use"]) == (2, 2)
+    with Session(get_engine(sqlite_url)) as s:
+        assert [e.key for e in s.exec(select(LLMCacheEntry)).all()] == ["k2"]
+        assert len(s.exec(select(ExampleUse)).all()) == 1

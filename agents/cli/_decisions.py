@@ -126,6 +126,9 @@ def prune_command(
     ),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
     as_json: bool = typer.Option(False, "--json", help="Print the counts as one JSON object."),
+    caches: bool = typer.Option(
+        False, "--caches", help="Also delete old cached model answers and example-use records."
+    ),
 ) -> None:
     """Delete old runs, steps, decisions, step results and completed actions, in small batches."""
     from agents.decisions import parse_duration
@@ -149,7 +152,7 @@ def prune_command(
             err=True,
         )
     try:
-        counts = prune(older_than=age, batch_size=batch_size, tenant=tenant)
+        counts = prune(older_than=age, batch_size=batch_size, tenant=tenant, caches=caches)
     except ConfigurationError as exc:
         exit_with_error(str(exc))
     if as_json:

@@ -33,6 +33,8 @@ from agents.store.tables import (
     ActionRecord,
     AgentRun,
     DecisionRecord,
+    ExampleUse,
+    LLMCacheEntry,
     StepResult,
     StepRun,
     utcnow,
@@ -40,6 +42,7 @@ from agents.store.tables import (
 
 __all__ = [
     "MAX_BATCH_SIZE",
+    "PRUNED_CACHE_TABLES",
     "PRUNED_TABLES",
     "cost_of",
     "find_decisions",
@@ -53,6 +56,8 @@ MAX_BATCH_SIZE = 10_000
 """Largest `prune` batch (one `IN (...)` list: stays far below every driver's parameter limit)."""
 
 PRUNED_TABLES = ("agent_run", "step_run", "decision_record", "step_result", "action_record")
+#: Also pruned with `caches=True`: rows that grow with every run but are not history.
+PRUNED_CACHE_TABLES = ("llm_cache", "example_use")
 """The tables `prune` deletes from, in the order of its result."""
 
 _JSON_FIELDS = ("input_snapshot", "output", "logprobs", "correction", "outcome")
@@ -309,6 +314,7 @@ def prune(
     batch_size: int = 500,
     url: str | None = None,
     tenant: str | None = None,
+    caches: bool = False,
 ) -> dict[str, int]:
     """Delete state older than a cutoff, in short batches (the retention job, `stalwart prune`).
 
@@ -326,10 +332,14 @@ def prune(
         batch_size: rows per transaction, 1 to `MAX_BATCH_SIZE`.
         url: database URL; None means the settings' URL.
         tenant: only this tenant's rows; None prunes every tenant (an operator's job).
+        caches: also delete model answers cached before the cutoff (`llm_cache`, by
+            `created_at`: a prompt asked again is asked of the model again) and records of
+            few-shot example use (`example_use`). Every prompt that holds a unique id caches
+            one answer per run, so without this the cache grows with the run count.
 
     Returns:
         Rows deleted per table: `agent_run`, `step_run`, `decision_record`, `step_result`,
-        `action_record`.
+        `action_record`, and with `caches` also `llm_cache` and `example_use`.
 
     Raises:
         ValueError: a non-positive age, a batch size out of range, or an empty tenant.
@@ -400,4 +410,19 @@ def prune(
         batch_size,
         url,
     )
+    if caches:
+        counts["llm_cache"] = _delete_in_batches(
+            LLMCacheEntry,
+            col(LLMCacheEntry.key),
+            scoped(col(LLMCacheEntry.created_at) < cutoff, col(LLMCacheEntry.tenant)),
+            batch_size,
+            url,
+        )
+        counts["example_use"] = _delete_in_batches(
+            ExampleUse,
+            col(ExampleUse.id),
+            scoped(col(ExampleUse.created_at) < cutoff, col(ExampleUse.tenant)),
+            batch_size,
+            url,
+        )
     return counts

@@ -9,11 +9,12 @@ flow run: it shows whether a run's footprint creeps), and the state database's s
 (`pg_database_size`) and row counts. A small warm-up wave runs first and is not measured (flow-run
 process imports and the first deployment pull make it slower than the rest).
 
-After the last wave, `stalwart prune --older-than 1s --yes --json` runs against the state
-database. Deleted rows become reusable space only after VACUUM, and the files shrink only after
-VACUUM FULL, so the scenario reports rows (prunable vs deleted), the pruned tables' size after a
-plain VACUUM (what autovacuum would leave: space reusable by new rows) and after VACUUM FULL
-(bytes given back to the file system).
+After the last wave, `stalwart prune --older-than 1s --caches --yes --json` runs against the
+state database (`--caches`: every W1 prompt is unique, so the model-answer cache grows by one row
+per run and would otherwise stay). Deleted rows become reusable space only after VACUUM, and the
+files shrink only after VACUUM FULL, so the scenario reports rows (prunable vs deleted), the
+pruned tables' size after a plain VACUUM (what autovacuum would leave: space reusable by new
+rows) and after VACUUM FULL (bytes given back to the file system).
 
 Pass criteria (computed):
 - runs/s: the mean of the last third of the waves within ±20% of the first third's;
@@ -49,9 +50,18 @@ from bench.faults.report import ScenarioResult, table
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "9 soak + prune"
-PRUNED = ("agent_run", "step_run", "decision_record", "step_result", "action_record")
-#: Tables `stalwart prune` does not touch but that grow with runs (reported, not judged).
-UNPRUNED = ("llm_cache", "memory_item", "example_use", "feedback")
+#: Tables `stalwart prune --caches` deletes old rows of.
+PRUNED = (
+    "agent_run",
+    "step_run",
+    "decision_record",
+    "step_result",
+    "action_record",
+    "llm_cache",
+    "example_use",
+)
+#: Tables prune does not touch (memory: one row per subject and key; feedback: labels).
+UNPRUNED = ("memory_item", "feedback")
 #: Timestamp column deciding whether a pruned table's row is old enough (and its extra condition).
 _AGE = {
     "agent_run": ("started_at", ""),
@@ -59,6 +69,8 @@ _AGE = {
     "decision_record": ("created_at", ""),
     "step_result": ("created_at", ""),
     "action_record": ("completed_at", " AND status = 'completed'"),
+    "llm_cache": ("created_at", ""),
+    "example_use": ("created_at", ""),
 }
 
 
@@ -342,7 +354,7 @@ def judge(
 
 
 def prune_and_measure(url: str) -> Pruned:
-    """`stalwart prune --older-than 1s` on `url`, then VACUUM and VACUUM FULL, measured.
+    """`stalwart prune --older-than 1s --caches` on `url`, then VACUUM and VACUUM FULL, measured.
 
     Example:
         >>> prune_and_measure(state_url).reclaimed_share  # doctest: +SKIP
@@ -364,7 +376,7 @@ def prune_and_measure(url: str) -> Pruned:
     proc = subprocess.run(
         [
             *(sys.executable, "-c", "from agents.cli import app; app()"),
-            *("prune", "--older-than", "1s", "--yes", "--json"),
+            *("prune", "--older-than", "1s", "--caches", "--yes", "--json"),
         ],
         capture_output=True,
         text=True,
@@ -437,7 +449,7 @@ def run_harness(
                 flush=True,
             )
         grown = {t: waves[-1].rows.get(t, 0) for t in UNPRUNED if waves[-1].rows.get(t)}
-        notes.append(f"not pruned, grown: {grown}")
+        notes.append(f"rows in tables prune keeps: {grown}")
         pruned = prune_and_measure(s.state_url)
     return waves, pruned, base, notes
 
