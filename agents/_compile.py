@@ -31,6 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -68,6 +69,7 @@ from agents.policy.retry import is_retryable_by_step
 from agents.policy.tenants import run_slot, server_limit_name
 from agents.resources.llm import LLM, LLMCall, resolve_endpoint
 from agents.store import ledger
+from agents.store._convert import as_utc
 from agents.store.decisions import cost_of
 from agents.store.memory import Memory
 from agents.store.records import RecordWriter
@@ -134,6 +136,8 @@ class StepCall:
     def __post_init__(self) -> None:
         #: This run's decision rows by step, for `RunContext.set_outcome` (set by the runner).
         self.decisions: dict[str, Any] = {}
+        #: When this execution of the run started (set by the runner; twin detection).
+        self.run_started_at: datetime | None = None
 
     @property
     def label(self) -> str:
@@ -744,7 +748,7 @@ class CompiledAgent:
         rows: list[StepRun] = []
         decisions: list[DecisionRecord] = []
         try:
-            await self._walk(inputs, result, prefect_tasks, rows, decisions)
+            await self._walk(inputs, result, prefect_tasks, rows, decisions, run_row.started_at)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a runtime bug must fail this input only
@@ -775,6 +779,7 @@ class CompiledAgent:
         prefect_tasks: dict[str, Task[Any, Any]],
         rows: list[StepRun],
         decisions: list[DecisionRecord],
+        started_at: datetime | None = None,
     ) -> None:
         statuses: dict[str, StepStatus] = {}
         run_decisions: dict[str, DecisionRecord] = {}
@@ -797,6 +802,7 @@ class CompiledAgent:
             args.update({d: result.outputs[d] for d in deps})
             call = self._call(step, result, args)
             call.decisions = run_decisions  # not a dataclass field: Prefect never walks it
+            call.run_started_at = started_at
             t0 = time.perf_counter()
             found, value = await self._stored_result(step, call)
             if found:
@@ -809,7 +815,9 @@ class CompiledAgent:
                 )
             elapsed = (time.perf_counter() - t0) * 1000
             task_run_id = str(state.state_details.task_run_id or "") or None
-            if state.is_completed():
+            if step.layer == "action" and state.is_completed() and state.name == "Cached":
+                await self._check_twin(call)
+            if state.is_completed() and call.conflict is None:
                 if not found:
                     value = await state.aresult()
                 cached = state.name == "Cached"
@@ -918,6 +926,19 @@ class CompiledAgent:
         elif "held" in values:
             status = "held"
         result.status = status
+
+    async def _check_twin(self, call: StepCall) -> None:
+        """A cached action: was it completed by a twin execution running alongside this one?
+
+        Only cached actions (reruns, twins) pay this one ledger read.
+        """
+        record = await in_thread(ledger.get, call.idempotency_key)
+        if record is not None and _twin_completed(record, call):
+            call.conflict = str(
+                ActionInProgress.completed_by_twin(
+                    call.idempotency_key, record.lease_owner, record.completed_at
+                )
+            )
 
     async def _shadow(
         self, step: Step[Any, Any], call: StepCall, args: dict[str, Any], result: RunResult
@@ -1276,14 +1297,38 @@ class CompiledAgent:
             return _conflict_state(call, exc)
         adapter: TypeAdapter[Any] = TypeAdapter(self.returns.get(step.name, Any))
         if record.status == "completed":
+            if _twin_completed(record, call):
+                return _conflict_state(
+                    call,
+                    ActionInProgress.completed_by_twin(
+                        call.idempotency_key, record.lease_owner, record.completed_at
+                    ),
+                )
             # Done before (the result write or the process died after): replay its result.
             return adapter.validate_python(record.result)
         # Renewed in a thread while the action runs: a twin execution sees this one is alive.
-        with ledger.hold(call.idempotency_key, call.run_id, lease=lease):
-            value = await self._invoke(step, kwargs)
+        try:
+            with ledger.hold(call.idempotency_key, call.run_id, lease=lease):
+                value = await self._invoke(step, kwargs)
+        except Exception:
+            # Failed: whoever retries it (a task retry, a rerun) need not wait for the lease.
+            with contextlib.suppress(Exception):
+                await in_thread(ledger.release, call.idempotency_key, call.run_id)
+            raise
         stored = adapter.dump_python(value, mode="json") if value is not None else None
         await in_thread(ledger.complete, call.idempotency_key, stored)
         return value
+
+
+def _twin_completed(record: Any, call: StepCall) -> bool:
+    """Whether another execution completed the action after this one started (a live twin,
+    not an earlier run that a rerun replays)."""
+    if record.status != "completed" or record.lease_owner in (None, call.run_id):
+        return False
+    started, completed = call.run_started_at, record.completed_at
+    if started is None or completed is None:
+        return False
+    return bool(as_utc(completed) > as_utc(started))
 
 
 def _conflict_state(call: StepCall, exc: ActionInProgress) -> Any:

@@ -87,6 +87,18 @@ class ActionInProgress(StalwartError):
         when = expires_at.isoformat() if hasattr(expires_at, "isoformat") else None
         return cls(key, owner=owner, expires_at=when)
 
+    @classmethod
+    def completed_by_twin(cls, key: str, owner: str | None, at: object) -> ActionInProgress:
+        """The action was completed by another execution after this one started: a twin."""
+        error = cls(key, owner=owner)
+        when = at.isoformat() if hasattr(at, "isoformat") else at
+        error.args = (
+            f"Action {key[:16]}… was completed by another live execution (run {owner}, at "
+            f"{when}) while this one was running; this execution stops without acting. The "
+            "same agent run was started twice: the other execution's outcome is the run's.",
+        )
+        return error
+
 
 class StepRunError(StalwartError):
     """A step failed at run time; retried according to the step's policy."""

@@ -65,6 +65,7 @@ __all__ = [
     "hold",
     "idempotency_key",
     "lease_seconds",
+    "release",
     "renew",
 ]
 
@@ -85,7 +86,7 @@ def lease_seconds(step_timeout: float | None = None) -> float:
     """
     base = float(get_current_settings().action_lease_seconds)
     if step_timeout:
-        return max(base, float(step_timeout) * 1.1)
+        return max(base, round(float(step_timeout) * 1.1, 3))
     return base
 
 
@@ -298,6 +299,31 @@ def renew(key: str, owner: str, *, lease: float | None = None, url: str | None =
                 col(ActionRecord.lease_owner) == owner,
             )
             .values(lease_expires_at=utcnow() + timedelta(seconds=seconds))
+        )
+        return bool(result.rowcount)
+
+
+@reconnecting
+def release(key: str, owner: str, *, url: str | None = None) -> bool:
+    """End `owner`'s lease on a `started` claim now (its action failed): the next claim takes
+    it over at once, in doubt, instead of waiting for the lease to run out.
+
+    Example:
+        >>> k = idempotency_key("acme", "a", None, "r-release", "s")
+        >>> _ = claim(k, tenant="acme", agent="a", subject=None, run_key="r-release", step="s",
+        ...           agent_run_id="run-1", url="sqlite://")
+        >>> release(k, "run-1", url="sqlite://")
+        True
+    """
+    with session(url) as s:
+        result = s.exec(
+            update(ActionRecord)
+            .where(
+                col(ActionRecord.idempotency_key) == key,
+                col(ActionRecord.status) == STARTED,
+                col(ActionRecord.lease_owner) == owner,
+            )
+            .values(lease_expires_at=utcnow())
         )
         return bool(result.rowcount)
 

@@ -61,14 +61,16 @@ class Sent(BaseModel):
     key: str
 
 
-def _barrier(name: str) -> None:
-    """Wait (at most STALWART_ZOMBIE_BARRIER_WAIT s) until the twin execution gets here too."""
+def _barrier(name: str, wait: float | None = None) -> None:
+    """Wait (at most `wait`, default STALWART_ZOMBIE_BARRIER_WAIT s) until the twin gets here."""
     directory = os.environ.get("STALWART_ZOMBIE_BARRIER")
     if not directory:
         return
     here = Path(directory)
     (here / f"{name}.{os.getpid()}").touch()
-    deadline = time.monotonic() + float(os.environ.get("STALWART_ZOMBIE_BARRIER_WAIT", "10"))
+    if wait is None:
+        wait = float(os.environ.get("STALWART_ZOMBIE_BARRIER_WAIT", "10"))
+    deadline = time.monotonic() + wait
     while len(list(here.glob(f"{name}.*"))) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
 
@@ -111,6 +113,8 @@ def inputs(count: int) -> list[dict[str, Any]]:
 
 
 def _worker(count: int, concurrency: int, tenant: str) -> None:
+    # Both processes start their batch together (their start-up times differ by seconds).
+    _barrier("start", wait=60)
     results = agent.batch(inputs(count), tenant=tenant, concurrency=concurrency)
     print(
         json.dumps(
@@ -326,7 +330,7 @@ def run(short: bool = False) -> ScenarioResult:
     detect = found["conflict_detect_ms_median"]
     notes = (
         f"{count} runs x 2 processes; {conflicts} executions stopped with ActionInProgress, "
-        f"{found['statuses'].get('completed', 0)} completed (replays included); "
+        f"{found['statuses'].get('completed', 0)} completed; "
         f"conflict detected in {detect / 1000 if detect is not None else float('nan'):.1f} s "
         f"median (lease {LEASE_SECONDS:.0f} s, renewed every {LEASE_SECONDS / 3:.0f} s); "
         f"{elapsed:.0f} s wall"
