@@ -40,6 +40,8 @@ from flows.ticket_triage import (
 PRODUCTS = Path(SAMPLE_INPUTS).with_name("tickets_products.jsonl")
 FIELDS = ("subject_line", "body")
 LABELS = ("category", "urgency", "action")
+BYSTANDER = 12
+"""How many held-back tickets the tenant without feedback runs (enough to show no change)."""
 
 learner = Agent("triage-learning", allowed_actions=ACTIONS)
 
@@ -113,19 +115,28 @@ def sign_test(before: list[bool], after: list[bool]) -> float:
 
 def run(lines: list[dict[str, Any]], tenant: str, tag: str) -> list[Any]:
     items = [{"raw": x["raw"], "run_key": f"{tag}-{x['raw']['id']}"} for x in lines]
-    results = learner.batch(items, tenant=tenant, concurrency=8)
+    results = learner.batch(items, tenant=tenant, concurrency=16)
     assert [r.status for r in results] == ["completed"] * len(lines)
     return results
 
 
-def decision_ids(tenant: str) -> dict[str, str]:
+def decisions(tenant: str) -> list[DecisionRecord]:
     with session() as s:
-        rows = s.exec(
-            select(DecisionRecord).where(
-                DecisionRecord.tenant == tenant, DecisionRecord.agent == learner.name
-            )
-        ).all()
-    return {str(d.agent_run_id): d.id for d in rows}
+        return list(
+            s.exec(
+                select(DecisionRecord).where(
+                    DecisionRecord.tenant == tenant, DecisionRecord.agent == learner.name
+                )
+            ).all()
+        )
+
+
+def decision_ids(tenant: str) -> dict[str, str]:
+    return {str(d.agent_run_id): d.id for d in decisions(tenant)}
+
+
+def decision_paths(tenant: str) -> dict[str, str]:
+    return {str(d.agent_run_id): d.path for d in decisions(tenant)}
 
 
 @pytest.mark.usefixtures("prefect_api")
@@ -136,8 +147,9 @@ def test_feedback_raises_held_back_accuracy_for_its_tenant_only(
     tenant, bystander = f"la-{uuid.uuid4().hex[:8]}", f"lb-{uuid.uuid4().hex[:8]}"
     t0 = time.perf_counter()
 
-    before = run(held, tenant, "before")
-    trained = run(taught, tenant, "taught")
+    # One batch: the held-back tickets before any feedback, and the tickets to correct.
+    first = run(held + taught, tenant, "first")
+    before, trained = first[: len(held)], first[len(held) :]
     ids = decision_ids(tenant)
     for result, line in zip(trained, taught, strict=True):
         # A correction: the decision was wrong (or right) and this is the true answer.
@@ -145,10 +157,11 @@ def test_feedback_raises_held_back_accuracy_for_its_tenant_only(
             ids[result.run_id], tenant=tenant, label=line["expected"]["route"], by="labels"
         )
     after = run(held, tenant, "after")
-    elsewhere = run(held, bystander, "after")  # a tenant that gave no feedback
+    elsewhere = run(held[:BYSTANDER], bystander, "after")  # a tenant that gave no feedback
     elapsed = time.perf_counter() - t0
 
-    was, now, other = hits(before, held), hits(after, held), hits(elsewhere, held)
+    was, now = hits(before, held), hits(after, held)
+    other = hits(elsewhere, held[:BYSTANDER])
     print(
         f"\nheld-back {len(held)} product tickets, {len(taught)} corrected: before "
         f"{accuracy(was)} after {accuracy(now)} other tenant {accuracy(other)} ({elapsed:.1f}s)"
@@ -159,9 +172,13 @@ def test_feedback_raises_held_back_accuracy_for_its_tenant_only(
     assert accuracy(now)["all"] - accuracy(was)["all"] >= 0.3
     p = sign_test([m["all"] for m in was], [m["all"] for m in now])
     assert p < 0.001, p
-    # Labels the rules have keywords for keep their answer: urgency and action do not fall.
-    assert accuracy(now)["urgency"] >= accuracy(was)["urgency"]
-    assert accuracy(now)["action"] >= accuracy(was)["action"]
+    # No confident mistakes are left: a ticket is either right, or its examples disagreed, the
+    # confidence fell below the threshold and the ladder handed it to a person (`default`).
+    paths = decision_paths(tenant)
+    unsure = [paths[r.run_id] for r, m in zip(after, now, strict=True) if not m["all"]]
+    assert unsure == ["default"] * len(unsure)
+    before_paths = [paths[r.run_id] for r in before]
+    assert before_paths.count("direct") == len(held)  # before: all direct, most of them wrong
 
     # The examples each held-back decision used are recorded, from the feedback split only.
     ids = decision_ids(tenant)
@@ -174,5 +191,6 @@ def test_feedback_raises_held_back_accuracy_for_its_tenant_only(
     assert not set().union(*used_after) & held_ids
 
     # The other tenant learned nothing: no example used, exactly the answers of "before".
-    assert [examples.used(bystander, r.run_id)["route"] for r in elsewhere] == [[]] * len(held)
-    assert other == was
+    assert [examples.used(bystander, r.run_id)["route"] for r in elsewhere] == [[]] * BYSTANDER
+    assert other == was[:BYSTANDER]
+    assert accuracy(hits(after[:BYSTANDER], held[:BYSTANDER]))["all"] > accuracy(other)["all"]

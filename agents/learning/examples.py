@@ -190,7 +190,9 @@ def examples(
             text = snapshot_text(row.input_snapshot, fields)
             if right and text.strip():
                 found.append(Example(decision_id=row.id, text=text, answer=right))
-    found.sort(key=lambda e: e.decision_id)
+    # By text first: BM25 breaks ties by position, and decision ids are random, so the same
+    # examples and query would otherwise recall different shots from one tenant to the next.
+    found.sort(key=lambda e: (e.text, e.decision_id))
     return found
 
 
