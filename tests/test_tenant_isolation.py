@@ -16,6 +16,8 @@ from agents import Agent, Decision, Memory, RunContext, decisions
 from agents.cli import app
 from agents.store import queries
 
+pytestmark = pytest.mark.faults  # scenario 7's fixed example; the properties are beside it
+
 runner = CliRunner()
 SUBJECT = "shared-customer"
 
