@@ -59,7 +59,9 @@ def run(
 
 
 def _paths(paths: dict[str, int]) -> str:
-    return ", ".join(f"{p}: {n}" for p, n in sorted(paths.items()) if p != "direct") or "none"
+    found = ", ".join(f"{p}: {n}" for p, n in sorted(paths.items()) if p in FALLBACK_PATHS)
+    refused = paths.get("rejected", 0)
+    return (found or "none") + (f"; {refused} actions refused by policy" if refused else "")
 
 
 def main() -> None:
