@@ -492,6 +492,7 @@ def test_feedback_alone_fires_and_clears_the_accuracy_alarm(state_db: str, tenan
         result = drift.check(tenant=tenant, agent="pricing", signals=["accuracy"], url=state_db)
         opened += [i for s in result.opened if s.signal == "accuracy"]
         recovered += [i for s in result.recovered if s.signal == "accuracy"]
+    print(f"\nfeedback-only labels: opened at label {opened}, recovered at label {recovered}")
     assert opened == [13]  # 100% -> 0%: the second wrong label (documented: 2 observations)
     assert len(recovered) == 1 and recovered[0] - 15 <= drift.recovery_delay(1.0, 0.2)
     (state,) = drift.signal_states(tenant=tenant, agent="pricing", url=state_db)
