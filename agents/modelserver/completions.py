@@ -19,9 +19,8 @@ words summed over the examples that voted for it) is at least 2: one word shared
 example is too little to copy a label from. Unless a rule set the confidence, the answer's
 confidence reflects the overlap: `0.5 + 0.45·(1 - e^(-w/2))` (0.78 for w = 2, 0.85 for 3, 0.89
 for 4), pulled towards 0.5 when the examples disagree (`c·share + 0.5·(1 - share)`), the lowest
-over the learned fields. A rule that fires
-keeps precedence: its field and its confidence are never replaced by an example, and a request
-without examples is answered exactly as before.
+over the learned fields. A rule that fires keeps precedence: its field and its confidence are
+never replaced by an example, and a request without examples is answered exactly as before.
 
 Where instructor 1.17 puts the schema (see `instructor/v2/providers/openai/handlers.py`):
 
@@ -320,7 +319,7 @@ _COMMON_TEXT = """
     three through time times today told too tried try trying two under until up update us use
     used using very via want wanted was way we week weeks well went were what when where which
     while who why will with without won work would wrong yes yesterday yet you your ticket
-    tickets order orders help issue didn doesn wasn aren couldn wouldn shouldn
+    tickets order orders issue didn doesn wasn aren couldn wouldn shouldn
     news request case checking opened heard sent wrote waiting answer message previous instead
     name email reach status hour minute monday tuesday wednesday thursday friday saturday sunday
 """
