@@ -74,40 +74,44 @@ def read_inputs(
         for number, raw_line in enumerate(handle, start=1):
             if not raw_line.strip():
                 continue
-            shown = raw_line.decode("utf-8", errors="replace").rstrip("\n")[:2000]
-            if len(raw_line) > max_bytes:
-                rejected.append(
-                    Rejected(number, f"line is {len(raw_line)} bytes, over {max_bytes}", shown)
-                )
-                continue
-            try:
-                text = raw_line.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                rejected.append(
-                    Rejected(number, f"not UTF-8: {exc.reason} at byte {exc.start}", shown)
-                )
-                continue
-            try:
-                item = json.loads(text)
-            except (ValueError, RecursionError) as exc:
-                # ValueError covers JSONDecodeError and integers over Python's 4300-digit limit.
-                rejected.append(Rejected(number, f"not JSON: {str(exc)[:300]}", shown))
-                continue
-            if not isinstance(item, dict):
-                rejected.append(
-                    Rejected(number, f"not a JSON object: got {type(item).__name__}", shown)
-                )
-                continue
-            unsafe = input_problem(item)
-            if unsafe:
-                rejected.append(Rejected(number, unsafe, shown))
-                continue
-            problems = compiled.check_inputs(split_labels(item, compiled)[0])
-            if problems:
-                rejected.append(Rejected(number, "; ".join(problems), shown))
-                continue
-            accepted.append((number, item))
+            parsed = parse_line(number, raw_line, compiled, max_bytes)
+            if isinstance(parsed, Rejected):
+                rejected.append(parsed)
+            else:
+                accepted.append((number, parsed))
     return accepted, rejected
+
+
+def parse_line(
+    number: int, raw_line: bytes, compiled: CompiledAgent, max_bytes: int
+) -> dict[str, Any] | Rejected:
+    """One line of an input file: the input it holds, or why it is rejected (never raises).
+
+    Example:
+        >>> parse_line(3, b"[1]", compiled, 1000).error  # doctest: +SKIP
+        'not a JSON object: got list'
+    """
+    shown = raw_line.decode("utf-8", errors="replace").rstrip("\n")[:2000]
+    if len(raw_line) > max_bytes:
+        return Rejected(number, f"line is {len(raw_line)} bytes, over {max_bytes}", shown)
+    try:
+        text = raw_line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Rejected(number, f"not UTF-8: {exc.reason} at byte {exc.start}", shown)
+    try:
+        item = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError and integers over Python's 4300-digit limit.
+        return Rejected(number, f"not JSON: {str(exc)[:300]}", shown)
+    if not isinstance(item, dict):
+        return Rejected(number, f"not a JSON object: got {type(item).__name__}", shown)
+    unsafe = input_problem(item)
+    if unsafe:
+        return Rejected(number, unsafe, shown)
+    problems = compiled.check_inputs(split_labels(item, compiled)[0])
+    if problems:
+        return Rejected(number, "; ".join(problems), shown)
+    return item
 
 
 def input_problem(item: Any) -> str | None:

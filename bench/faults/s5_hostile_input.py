@@ -541,6 +541,9 @@ def run(short: bool = False, *, runs: int | None = None) -> ScenarioResult:
         # Part C: the loader property over generated files.
         examples, fails_c = _property_pass(200 if short else 3000)
         failures += fails_c
+        # Part D: coverage-guided fuzzing of one line with atheris, when it is installed.
+        fuzzed, fails_d = _atheris_pass(Path(tmp), 5_000 if short else 100_000)
+        failures += fails_d
     if unauthorized:
         failures.append(f"{unauthorized} unauthorized action(s) reached the helpdesk")
     elapsed = time.perf_counter() - started
@@ -553,6 +556,7 @@ def run(short: bool = False, *, runs: int | None = None) -> ScenarioResult:
         notes=(
             f"{lines_fed - good_total} hostile lines/outputs, {len(receipts)} helpdesk actions, "
             f"{unauthorized} unauthorized; {examples} generated files through the loader; "
+            f"{fuzzed or 'no (atheris not installed)'} atheris inputs; "
             f"{elapsed:.0f} s"
         ),
         failures=failures[:10],
@@ -585,6 +589,33 @@ def _property_pass(examples: int) -> tuple[int, list[str]]:
 
     prop()
     return count, found
+
+
+def _atheris_pass(tmp: Path, runs: int) -> tuple[int, list[str]]:
+    """Run `s5_atheris_loader.py` for `runs` inputs seeded with the hostile lines; (runs, fails)."""
+    import importlib.util
+    import subprocess
+
+    if importlib.util.find_spec("atheris") is None:
+        return 0, []
+    corpus = tmp / "atheris-corpus"
+    corpus.mkdir(exist_ok=True)
+    seeds = [raw for _, raw in hostile_lines(0, 4096)] + [_line(good_item(i)) for i in range(4)]
+    for n, raw in enumerate(seeds):
+        (corpus / f"seed-{n}").write_bytes(raw[:4096])
+    proc = subprocess.run(
+        [
+            *(sys.executable, str(Path(__file__).with_name("s5_atheris_loader.py"))),
+            *(f"-runs={runs}", "-max_len=4096", str(corpus)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        cwd=str(tmp),
+    )
+    if proc.returncode != 0:
+        return runs, [f"atheris found a crash: {proc.stderr[-600:]}"]
+    return runs, []
 
 
 def files() -> Any:
