@@ -200,7 +200,8 @@ class Stack:
         )
         self.model = ModelServer(port=0)
         self.helpdesk = SimulatedHelpdesk()
-        self.server = PrefectServer(postgres=PG)
+        # Generous: on a loaded two-core machine the server once took over 90 s to answer.
+        self.server = PrefectServer(postgres=PG, startup_timeout=240.0)
         self.workers: list[Worker] = []
         self._stack = contextlib.ExitStack()
         self.deployment_id: str | None = None
