@@ -420,7 +420,10 @@ def run_harness(
         def workers() -> list[int]:
             return [w.process.pid for w in s.workers if w.process is not None]
 
-        run_w1(s, batches=w1(runs=20, tenants=2, per_flow_run=10))  # warm-up, not measured
+        # Warm-up, not measured: enough flow runs that both workers have run some (their first
+        # flow runs pay imports and the deployment pull; a worker left idle would look like a
+        # leak in wave 0 → 1).
+        run_w1(s, batches=w1(runs=60, tenants=6, per_flow_run=10))
         base = database_bytes(dsn)
         waves: list[Wave] = []
         deadline = time.monotonic() + minutes * 60
