@@ -24,7 +24,14 @@ from bench.faults import (
 from bench.faults.harness import Stack
 from bench.faults.report import ScenarioResult
 
-pytestmark = [pytest.mark.faults, pytest.mark.postgres, pytest.mark.slow]
+# pytest-timeout's 300 s default is per test and counts the shared stack's start-up (servers,
+# deploy, workers) in the first one: on a loaded two-core machine that alone took 100+ s.
+pytestmark = [
+    pytest.mark.faults,
+    pytest.mark.postgres,
+    pytest.mark.slow,
+    pytest.mark.timeout(900),
+]
 
 
 @pytest.fixture(scope="module")
