@@ -83,6 +83,7 @@ def test_two_live_executions_act_once_and_the_twin_stops_cleanly(
     found = s8_zombie.analyse(tmp_path, count=count, db_url=state_db, tenant=tenant)
     assert found["effects"] == count and found["duplicate_actions"] == 0
     assert found["run_keys"] == count and found["outcomes_recorded_twice"] == 0
+    assert found["replays"] == 0
     assert found["statuses"] == {"completed": count, "conflict": count}
     assert found["decisions"] == count and found["decisions_twice"] == 0
     assert (found["ledger_rows"], found["ledger_completed"]) == (count, count)
