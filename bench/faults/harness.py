@@ -362,6 +362,8 @@ class Outcome:
     statuses: dict[str, int]
     fault: Fault | None
     events: list[str]
+    timed_out: float | None = None
+    """The deadline (s) when it ran out with batches still open, else None."""
 
     def result(
         self, scenario: str, failures: list[str] | None = None, extra: str = ""
@@ -377,6 +379,9 @@ class Outcome:
         if extra:
             notes.append(extra)
         found = list(failures or [])
+        if self.timed_out is not None:
+            # Say so: tickets still queued at the deadline are counted lost, not hidden.
+            found.append(f"deadline of {self.timed_out:g} s reached with {self.lost} tickets open")
         if self.fault is not None and self.fault.error:
             found.append(self.fault.error)
         return ScenarioResult(
@@ -635,6 +640,7 @@ def run_w1(
         statuses=dict(Counter(finished.values())),
         fault=fault,
         events=operator.events,
+        timed_out=timeout_s if not all(b.done for b in batches) else None,
     )
 
 
