@@ -10,6 +10,7 @@ Everything a user types is importable from here; the rest lives in `_`-prefixed 
 from agents._decision import Decision
 from agents._declare import Agent, Layer, Review, Shadow, Step, StepInfo, StepOptions
 from agents._errors import (
+    ActionInProgress,
     ConfigurationError,
     DeclarationError,
     InputError,
@@ -24,6 +25,7 @@ from agents.store.memory import Memory
 
 __all__ = (
     "LLM",
+    "ActionInProgress",
     "Agent",
     "ConfigurationError",
     "Decision",
