@@ -592,7 +592,7 @@ def _property_pass(examples: int) -> tuple[int, list[str]]:
 
 
 def _atheris_pass(tmp: Path, runs: int) -> tuple[int, list[str]]:
-    """Run `s5_atheris_loader.py` for `runs` inputs seeded with the hostile lines; (runs, fails)."""
+    """Run `fuzz_loader_atheris.py` on `runs` inputs seeded with the hostile lines."""
     import importlib.util
     import subprocess
 
@@ -605,7 +605,7 @@ def _atheris_pass(tmp: Path, runs: int) -> tuple[int, list[str]]:
         (corpus / f"seed-{n}").write_bytes(raw[:4096])
     proc = subprocess.run(
         [
-            *(sys.executable, str(Path(__file__).with_name("s5_atheris_loader.py"))),
+            *(sys.executable, str(Path(__file__).with_name("fuzz_loader_atheris.py"))),
             *(f"-runs={runs}", "-max_len=4096", str(corpus)),
         ],
         capture_output=True,

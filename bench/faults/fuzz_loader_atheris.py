@@ -1,6 +1,6 @@
 """Scenario 5, part D: coverage-guided fuzzing of the input loader's line parser with atheris.
 
-    python bench/faults/s5_atheris_loader.py -runs=20000 -max_len=4096
+    python bench/faults/fuzz_loader_atheris.py -runs=20000 -max_len=4096
 
 Every input is one line of an input file. `agents.cli._run.parse_line` must either reject it
 with a reason or return an input that can travel in a batch (valid Unicode, nesting within
