@@ -1,4 +1,4 @@
-"""The reliability suite's W1 scenarios 1-4, short: 100 ticket-triage runs over 10 tenants each,
+"""The reliability suite's W1 scenarios 1-4, short: 40 ticket-triage runs over 4 tenants each,
 through a real Prefect server on PostgreSQL with two process workers (one stack shared by the
 four), with model faults, a worker SIGKILL, a PostgreSQL restart and a Prefect server restart.
 Nothing may be lost, no ticket acted on twice. `python bench/faults/run_all.py` runs the full
@@ -21,7 +21,7 @@ from bench.faults import (
     s3_postgres_restart,
     s4_server_restart,
 )
-from bench.faults.harness import Stack
+from bench.faults.harness import SHORT, Stack
 from bench.faults.report import ScenarioResult
 
 # pytest-timeout's 300 s default is per test and counts the shared stack's start-up (servers,
@@ -46,7 +46,7 @@ def stack() -> Iterator[Stack]:
 
 
 def check(result: ScenarioResult) -> None:
-    assert result.runs == 100
+    assert result.runs == SHORT[0]
     assert result.lost == 0, result
     assert result.completed == result.runs, result
     assert result.duplicate_actions == 0, result
@@ -58,7 +58,7 @@ def test_model_faults_lose_nothing_and_fall_back_visibly(stack: Stack) -> None:
     result = s1_model_faults.run(short=True, stack=stack)
     check(result)
     # ~30% of the calls were faulted and the decisions still all landed.
-    assert stack.model.stats.faults_injected - faults_before >= 20
+    assert stack.model.stats.faults_injected - faults_before >= 5
     assert "decisions fell back" in result.notes
     assert stack.model.faults.error_rate == 0.0  # the stack is clean for the next scenario
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from agents.testing.prefect_server import descendants
 from bench.faults.harness import (
     Fault,
     Stack,
@@ -32,18 +33,26 @@ NAME = "2 worker SIGKILL"
 
 
 class KillWorker(Fault):
-    """SIGKILL worker 0 and every process below it; start it again `hold_s` later."""
+    """SIGKILL the busiest worker and every process below it; start it again `hold_s` later.
+
+    The busiest (most processes below it) so the kill always takes flow runs with it: with few
+    flow runs one worker may have picked them all up.
+    """
 
     name = "worker kill"
     hold_s = 3.0
+    victim = 0
 
     def inject(self, stack: Stack) -> None:
+        self.victim = max(
+            range(len(stack.workers)), key=lambda i: len(descendants(stack.workers[i].pid))
+        )
         in_flight = stack.model.stats.in_flight  # read just before: these may be re-made
-        killed = stack.workers[0].kill()
+        killed = stack.workers[self.victim].kill()
         self.note(in_flight=in_flight, killed=len(killed))
 
     def clear(self, stack: Stack) -> None:
-        stack.workers[0].start()
+        stack.workers[self.victim].start()
 
 
 def run(

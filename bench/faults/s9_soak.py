@@ -2,8 +2,8 @@
 
     python bench/faults/s9_soak.py [--short] [--minutes M] [--runs N]
 
-Each wave is W1 (1,000 tickets over 10 tenants; `--short`: 100) through the real Prefect server
-and two process workers (`bench.faults.harness`). Per wave: runs/s, the peak RSS of the two
+Each wave is W1 (1,000 tickets over 10 tenants; `--short`: 40 over 4) through the real Prefect
+server and two process workers (`bench.faults.harness`). Per wave: runs/s, the peak RSS of the two
 workers (long-lived: a leak shows here) and the peak RSS of one flow-run process (a process per
 flow run: it shows whether a run's footprint creeps), and the state database's size
 (`pg_database_size`) and row counts. A small warm-up wave runs first and is not measured (flow-run
@@ -542,7 +542,7 @@ def run(
 def main() -> None:
     """Print scenario 9's one-row table (and each wave on stderr)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--short", action="store_true", help="100-ticket waves for ~1 minute")
+    parser.add_argument("--short", action="store_true", help="40-ticket waves for ~1 minute")
     parser.add_argument("--runs", type=int, default=None, help="tickets per wave")
     parser.add_argument("--minutes", type=float, default=None, help="soak length")
     args = parser.parse_args()
