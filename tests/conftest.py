@@ -33,7 +33,8 @@ def prefect_api() -> Iterator[None]:
     """One Prefect test harness (a temporary API server) for the whole session."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=60):
+    # 180 s: on a loaded two-core machine the temporary server took over 60 s to answer.
+    with prefect_test_harness(server_startup_timeout=180):
         yield
 
 
