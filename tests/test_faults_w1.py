@@ -27,6 +27,7 @@ from bench.faults.report import ScenarioResult
 # pytest-timeout's 300 s default is per test and counts the shared stack's start-up (servers,
 # deploy, workers) in the first one: on a loaded two-core machine that alone took 100+ s.
 pytestmark = [
+    pytest.mark.w1,
     pytest.mark.faults,
     pytest.mark.postgres,
     pytest.mark.slow,
