@@ -278,3 +278,39 @@ def test_only_connection_errors_are_retried() -> None:
         sa.exc.OperationalError("INSERT", {}, psycopg.errors.DeadlockDetected("deadlock"))
     )
     assert not is_disconnect(sa.exc.OperationalError("INSERT", {}, Exception("database is locked")))
+
+
+def test_a_run_ended_during_a_flush_is_recorded_ended(db_url: str, new_tenant: str) -> None:
+    """The end of a run whose start row a flush is still writing lands after that row.
+
+    The batch's last flush used to run beside a periodic flush still in its thread: the last
+    one updated a row the other had not inserted yet, and the run stayed `running` for good.
+    """
+    writer = RecordWriter(url=db_url)
+    run = AgentRun(tenant=new_tenant, agent="a", run_key="rk", status="running",
+                   inputs_digest="0")  # fmt: skip
+    writing, release = threading.Event(), threading.Event()
+    original = writer._write
+
+    def slow_write(pending: Any) -> None:
+        if pending.runs:  # the flush that carries the start row stalls mid-write
+            writing.set()
+            assert release.wait(10)
+        original(pending)
+
+    writer._write = slow_write  # type: ignore[method-assign]
+    writer.start_run(run)
+    first = threading.Thread(target=writer.flush)
+    first.start()
+    assert writing.wait(10)
+    writer.end_run(run.id, status="completed")
+    second = threading.Thread(target=writer.flush)
+    second.start()
+    time.sleep(0.3)  # long enough for an unserialised second flush to run its update first
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert not first.is_alive() and not second.is_alive()
+    with session(db_url) as s:
+        stored = s.exec(select(AgentRun).where(col(AgentRun.tenant) == new_tenant)).all()
+    assert [(r.id, r.status) for r in stored] == [(run.id, "completed")]

@@ -7,6 +7,10 @@ run's end into its still-unwritten start row. `close()` flushes what is left. A 
 between flushes loses at most `interval` seconds of records, never a step result or an action
 (those are written by their own tasks before the run goes on).
 
+Flushes run one at a time (`_flushing`): a run's end may be queued while the flush holding its
+start row is still writing, and a second flush that ran beside it would update a row not yet
+inserted (no effect) and then see it inserted as `running` for good.
+
 A flush survives a lost connection (retried, see `engine.retrying`) and may safely run twice:
 rows already stored are skipped by primary key (a run's row is overwritten with its newer
 status), so a flush whose COMMIT landed before the connection dropped adds nothing the second
@@ -50,6 +54,7 @@ class RecordWriter:
         self.url = url
         self.max_rows = max_rows
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()
         self._pending = _Pending()
         #: Every decision queued through this writer (for the flow run's decision artifact).
         self.decisions_seen: list[DecisionRecord] = []
@@ -96,22 +101,27 @@ class RecordWriter:
         return self._pending.size() >= self.max_rows
 
     def flush(self) -> int:
-        """Write everything queued in one transaction; returns the number of rows written."""
-        with self._lock:
-            pending, self._pending = self._pending, _Pending()
-        count = pending.size()
-        if not count:
-            return 0
-        try:
-            retrying(lambda _retry: self._write(pending), what="run records flush")
-        except Exception:
-            with self._lock:  # keep the rows for the next flush rather than lose them
-                self._pending.runs = {**pending.runs, **self._pending.runs}
-                self._pending.ends[:0] = pending.ends
-                self._pending.steps[:0] = pending.steps
-                self._pending.decisions[:0] = pending.decisions
-            raise
-        return count
+        """Write everything queued in one transaction; returns the number of rows written.
+
+        Safe from several threads at once: a second caller waits for the flush in progress
+        (whose rows it may depend on) and then writes what was queued meanwhile.
+        """
+        with self._flushing:
+            with self._lock:
+                pending, self._pending = self._pending, _Pending()
+            count = pending.size()
+            if not count:
+                return 0
+            try:
+                retrying(lambda _retry: self._write(pending), what="run records flush")
+            except Exception:
+                with self._lock:  # keep the rows for the next flush rather than lose them
+                    self._pending.runs = {**pending.runs, **self._pending.runs}
+                    self._pending.ends[:0] = pending.ends
+                    self._pending.steps[:0] = pending.steps
+                    self._pending.decisions[:0] = pending.decisions
+                raise
+            return count
 
     def _write(self, pending: _Pending) -> None:
         """One transaction; safe to repeat (see the module docstring)."""
