@@ -70,7 +70,7 @@ from agents.policy.tenants import run_slot, server_limit_name
 from agents.resources.llm import LLM, LLMCall, resolve_endpoint
 from agents.store import ledger
 from agents.store._convert import as_utc
-from agents.store.decisions import cost_of
+from agents.store.decisions import cost_of, logged_decision, record_decisions
 from agents.store.memory import Memory
 from agents.store.records import RecordWriter
 from agents.store.results import SQLResultStorage
@@ -835,7 +835,7 @@ class CompiledAgent:
                     result.paths[step.name] = outcome.path
                     if outcome.held:
                         status = "held"
-                    if not cached:  # a cached decision was logged when it was made
+                    if not cached:
                         row = self._decision_row(
                             step, result, args, outcome, llm_calls, call.attempts
                         )
@@ -844,6 +844,11 @@ class CompiledAgent:
                         shadow_row = await self._shadow(step, call, args, result)
                         if shadow_row is not None:
                             decisions.append(shadow_row)
+                    else:
+                        row = await self._logged_decision(step, result, args, outcome, call)
+                        # Logged again at the run's end: a new row, or only its outcome.
+                        decisions.append(row)
+                        run_decisions[step.name] = row
                 result.outputs[step.name] = value
                 statuses[step.name] = status
                 rows.append(
@@ -960,6 +965,36 @@ class CompiledAgent:
             return None
         outcome = LadderOutcome(decision=decision, path="shadow")
         return self._decision_row(step, result, args, outcome, calls, 1)
+
+    async def _logged_decision(
+        self,
+        step: Step[Any, Any],
+        result: RunResult,
+        args: dict[str, Any],
+        outcome: LadderOutcome,
+        call: StepCall,
+    ) -> DecisionRecord:
+        """The decision behind a cached reasoning result, so learning steps can set its outcome.
+
+        An earlier execution logged it, unless that execution died between persisting the
+        step's result and writing its run records: then it is logged now from the cached
+        result (no model call, so no tokens or cost; the run's notes say so).
+        """
+        found = await in_thread(
+            logged_decision,
+            tenant=result.tenant,
+            agent=self.name,
+            step=step.name,
+            run_key=result.run_key,
+            input_digest=digest(args, 64),
+        )
+        if found is not None:
+            return found
+        result.notes.append(
+            f"{step.name}: decision logged from its cached result (the execution that made it "
+            "ended before logging it)"
+        )
+        return self._decision_row(step, result, args, outcome, [], call.attempts)
 
     async def _stored_result(self, step: Step[Any, Any], call: StepCall) -> tuple[bool, Any]:
         """The persisted result of this exact step call, if a previous run stored one."""
@@ -1243,7 +1278,16 @@ class CompiledAgent:
         kwargs = {**args, **self._resources(step, call)}
         if step.layer == "action":
             return await self._act(step, call, kwargs)
-        return await self._invoke(step, kwargs)
+        if step.layer != "learning":
+            return await self._invoke(step, kwargs)
+        before = {name: row.outcome_at for name, row in call.decisions.items()}
+        value = await self._invoke(step, kwargs)
+        # Outcomes set here are written before the step's result is persisted: a rerun that
+        # takes this step from the cache does not set them again.
+        changed = [r for n, r in call.decisions.items() if r.outcome_at != before.get(n)]
+        if changed:
+            await in_thread(record_decisions, changed)
+        return value
 
     async def _invoke(self, step: Step[Any, Any], kwargs: dict[str, Any]) -> Any:
         if step.is_async:

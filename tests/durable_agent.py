@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agents import Agent, Decision, Memory
+from agents import Agent, Decision, Memory, RunContext
 
 OUT = os.environ.get("STALWART_TEST_OUT", ".")
 agent = Agent("durable")
@@ -67,9 +67,11 @@ def send(route: Routing, ticket: Ticket, idempotency_key: str) -> Sent:
 
 
 @agent.learning
-def remember(send: Sent, memory: Memory) -> None:
+def remember(send: Sent, memory: Memory, context: RunContext) -> None:
     log("remember", str(send.id))
     memory.update("sent", lambda n: (n or 0) + 1)
+    # A rerun that takes `route` from the cache must still find its decision.
+    context.set_outcome({"sent": send.key}, step="route")
 
 
 if __name__ == "__main__":

@@ -96,3 +96,10 @@ def test_kill_mid_batch_then_rerun_loses_nothing_and_repeats_no_action(
         executed = len(_lines(tmp_path, step))
         assert executed <= count + concurrency, f"{step}: finished steps re-executed ({executed})"
     assert len(_lines(tmp_path, "remember")) <= count + concurrency
+    # Every run's decision is logged once, with its outcome, though the kill cut some runs
+    # between the cached decision and the run records that log it.
+    from agents import decisions
+
+    logged = decisions.query(tenant=tmp_path.name, agent="durable", limit=10 * count, url=state_db)
+    assert len(logged) == len({d.run_key for d in logged}) == count
+    assert all(d.outcome is not None and d.outcome["sent"] for d in logged)

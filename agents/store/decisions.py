@@ -27,7 +27,7 @@ from sqlmodel import Session, SQLModel, col, select
 
 from agents._settings import get_current_settings
 from agents.store._convert import as_utc, require_tenant, to_json_value
-from agents.store._writes import insert_ignoring
+from agents.store._writes import upsert
 from agents.store.engine import reconnecting, retrying, session
 from agents.store.tables import (
     ActionRecord,
@@ -47,6 +47,7 @@ __all__ = [
     "cost_of",
     "find_decisions",
     "get_decision",
+    "logged_decision",
     "prune",
     "record_decisions",
     "set_outcome",
@@ -128,11 +129,48 @@ def record_decisions(rows: list[DecisionRecord], url: str | None = None) -> None
 
 
 def record_decisions_in(s: Session, rows: list[DecisionRecord]) -> None:
-    """Insert decisions within an open session (a batched record flush), skipping any whose id
-    is already stored (a retried write)."""
+    """Insert decisions within an open session (a batched record flush); a decision whose id
+    is already stored (a retried write, or one logged by an earlier execution of the run) only
+    gets the row's outcome."""
     for row in rows:
         require_tenant(row.tenant)
-    insert_ignoring(s, DecisionRecord, [_row(row) for row in rows])
+    upsert(s, DecisionRecord, [_row(row) for row in rows], ("outcome", "outcome_at"))
+
+
+@reconnecting
+def logged_decision(
+    *,
+    tenant: str,
+    agent: str,
+    step: str,
+    run_key: str,
+    input_digest: str,
+    url: str | None = None,
+) -> DecisionRecord | None:
+    """The decision a reasoning step logged for this run key and these inputs (the latest;
+    shadow decisions aside), or None: what a rerun that takes the step from the cache reports.
+
+    Example:
+        >>> logged_decision(tenant="acme", agent="triage", step="route", run_key="t-1",
+        ...                 input_digest="0" * 64, url="sqlite://") is None
+        True
+    """
+    require_tenant(tenant)
+    query = (
+        select(DecisionRecord)
+        .where(
+            col(DecisionRecord.tenant) == tenant,
+            col(DecisionRecord.agent) == agent,
+            col(DecisionRecord.run_key) == run_key,
+            col(DecisionRecord.step) == step,
+            col(DecisionRecord.input_digest) == input_digest,
+            col(DecisionRecord.path) != "shadow",
+        )
+        .order_by(col(DecisionRecord.created_at).desc())
+        .limit(1)
+    )
+    with session(url) as s:
+        return s.exec(query).first()
 
 
 def cost_of(model: str | None, tokens_in: int, tokens_out: int) -> float:

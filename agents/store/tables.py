@@ -145,6 +145,7 @@ class DecisionRecord(SQLModel, table=True):
     __tablename__ = "decision_record"
     __table_args__ = (
         sa.Index("ix_decision_record_tenant_agent_created", "tenant", "agent", "created_at"),
+        sa.Index("ix_decision_record_tenant_agent_run_key", "tenant", "agent", "run_key"),
     )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
