@@ -60,6 +60,7 @@ from agents._declare import (
     returns_decision,
 )
 from agents._errors import ActionInProgress, DeclarationError, InputError
+from agents._inputs import batches, input_problem
 from agents._run import RunContext, RunResult, RunStatus, StepStatus
 from agents._settings import get_current_settings
 from agents.decisions import publish_artifact as publish_decisions
@@ -591,19 +592,48 @@ class CompiledAgent:
         concurrency: int = 16,
         on_result: Callable[[int, RunResult], None] | None = None,
     ) -> list[RunResult]:
-        """Async twin of `run_batch`."""
+        """Async twin of `run_batch`.
+
+        An input that cannot travel as a flow-run parameter (`agents._inputs.input_problem`)
+        fails alone, before any flow run; the others run in as many flow runs as Prefect's
+        parameter limit needs, one after the other.
+        """
         _check_tenant(tenant)
-        items = [dict(i) for i in inputs]
-        token = _on_result.set(on_result)  # per call: batches may run concurrently
-        try:
-            with tags(*self._flow_tags(items, tenant)):
-                result = await cast(
-                    "Coroutine[Any, Any, list[RunResult]]",
-                    self.flow(inputs=items, tenant=tenant, concurrency=concurrency),
-                )
-        finally:
-            _on_result.reset(token)
-        return list(result)
+        results: list[RunResult | None] = [None] * len(inputs)
+        good: list[tuple[int, dict[str, Any]]] = []
+        for index, item in enumerate(inputs):
+            problem = input_problem(item) if isinstance(item, Mapping) else None
+            if problem is None:
+                good.append((index, dict(item) if isinstance(item, Mapping) else item))
+                continue
+            logger.warning("%s: input %d refused: %s", self.name, index, problem)
+            results[index] = RunResult(
+                status="failed",
+                run_id=uuid.uuid4().hex,
+                run_key="",
+                tenant=tenant,
+                error=f"InputError: {problem}",
+            )
+            if on_result is not None:
+                on_result(index, results[index])  # type: ignore[arg-type]
+        for chunk in batches([item for _, item in good]):
+            where = [index for index, _ in good[: len(chunk)]]
+            good = good[len(chunk) :]
+            report = None
+            if on_result is not None:
+                report = functools.partial(_report_at, where, on_result)
+            token = _on_result.set(report)  # per call: batches may run concurrently
+            try:
+                with tags(*self._flow_tags(chunk, tenant)):
+                    done = await cast(
+                        "Coroutine[Any, Any, list[RunResult]]",
+                        self.flow(inputs=chunk, tenant=tenant, concurrency=concurrency),
+                    )
+            finally:
+                _on_result.reset(token)
+            for index, result in zip(where, done, strict=True):
+                results[index] = result
+        return [r for r in results if r is not None]
 
     def _flow_tags(self, items: list[dict[str, Any]], tenant: str) -> list[str]:
         found = [f"agent:{self.name}", f"tenant:{tenant}"]
@@ -1414,6 +1444,13 @@ _thresholds: contextvars.ContextVar[Mapping[str, float]] = contextvars.ContextVa
 _on_result: contextvars.ContextVar[Callable[[int, RunResult], None] | None] = (
     contextvars.ContextVar("stalwart_on_result", default=None)
 )
+
+
+def _report_at(
+    where: list[int], report: Callable[[int, RunResult], None], index: int, result: RunResult
+) -> None:
+    """`on_result` with a flow run's input index mapped back to the caller's."""
+    report(where[index], result)
 
 
 def _flow_run_name() -> str:

@@ -20,9 +20,10 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from agents._errors import ModelOutputError
+from agents._inputs import BATCH_PARAMETER_BYTES, batches, parameter_bytes
 from agents._settings import reload_settings
 from agents.cli import app
-from agents.cli._run import BATCH_PARAMETER_BYTES, batches, parameter_bytes, read_inputs
+from agents.cli._run import read_inputs
 from bench.faults.s5_hostile_input import (
     ALLOWED,
     HostileModel,
@@ -215,3 +216,44 @@ def test_hostile_model_outputs_never_become_unauthorized_actions(
     hostile_results = zip(sorted(picked.values()), results[::2], strict=True)
     held = {f"B{i}" for i, r in hostile_results if r.status == "held"}
     assert not held & {r["ticket_id"] for r in receipts}
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_agent_batch_refuses_unsafe_inputs_alone_and_splits_what_prefect_would_refuse(
+    sqlite_url: str,
+) -> None:
+    """Called from Python, not through the CLI's loader: a lone surrogate or an input over the
+    parameter budget fails alone, and inputs worth more than 512 KiB together still all run
+    (in several flow runs), each result at its input's place."""
+    from tests.cli_agent import agent
+
+    big = "y" * (BATCH_PARAMETER_BYTES // 2 - 100)  # two of these fill one flow run
+    inputs: list[dict[str, Any]] = [
+        {"raw": {"text": "first"}},
+        {"raw": {"text": "\ud800"}},  # nothing can encode it
+        {"raw": {"text": big + "a"}},
+        {"raw": {"text": "x" * (BATCH_PARAMETER_BYTES + 1)}},  # alone over the budget
+        {"raw": {"text": big + "b"}},
+        {"raw": {"text": big + "c"}},
+        {"raw": {"text": "last"}},
+    ]
+    assert sum(parameter_bytes(i) for i in inputs) > 512 * 1024
+    seen: list[int] = []
+    results = agent.compile().run_batch(
+        inputs, tenant="hostile-api", on_result=lambda i, _r: seen.append(i)
+    )
+    assert [r.status for r in results] == [
+        "completed",
+        "failed",
+        "completed",
+        "failed",
+        "completed",
+        "completed",
+        "completed",
+    ]
+    assert "not valid Unicode" in str(results[1].error)
+    assert "over 400000" in str(results[3].error)
+    assert results[0].outputs["echo"].text == "FIRST" and results[6].outputs["echo"].text == "LAST"
+    assert results[5].outputs["echo"].text.endswith("C")
+    assert sorted(seen) == list(range(len(inputs)))
+    assert len({r.flow_run_id for r in results if r.flow_run_id}) >= 2

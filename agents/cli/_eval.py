@@ -35,7 +35,6 @@ from agents._run import RunResult
 from agents._settings import get_current_settings
 from agents.cli._run import (
     _let_prefect_settle,
-    batches,
     read_inputs,
     split_labels,
     write_quarantine,
@@ -316,19 +315,15 @@ def evaluate(
     # The log's clock and ours may differ by a little; rows are matched by run id anyway.
     since = datetime.now(UTC) - timedelta(seconds=5)
     bar = progress.add_task("runs", total=len(inputs)) if progress is not None else None
-    results: list[RunResult] = []
-    # Batches below Prefect's parameter limit, as `stalwart run` cuts them.
-    for chunk in batches(inputs):
-        results.extend(
-            compiled.run_batch(
-                chunk,
-                tenant=tenant,
-                concurrency=concurrency,
-                on_result=(
-                    (lambda _i, _r: progress.advance(bar)) if progress and bar is not None else None
-                ),
-            )
-        )
+    # run_batch cuts the inputs into flow runs below Prefect's parameter limit.
+    results = compiled.run_batch(
+        inputs,
+        tenant=tenant,
+        concurrency=concurrency,
+        on_result=(
+            (lambda _i, _r: progress.advance(bar)) if progress and bar is not None else None
+        ),
+    )
     reasoning = [s.name for s in compiled.order if s.layer == "reasoning"]
     rows, runs = read_log(tenant, compiled.name, since, len(results))
     return score(compiled.name, tenant, results, labels, reasoning, rows, runs)

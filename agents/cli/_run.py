@@ -13,20 +13,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from agents._compile import CompiledAgent
+from agents._inputs import input_problem
 from agents._run import RunResult
 from agents._settings import get_current_settings
 from agents.cli._utilities import console, err_console, exit_with_error, load_agent
-
-#: Deepest nesting of objects and arrays accepted in one input line. Prefect serialises a
-#: batch's inputs as flow-run parameters and fails the whole batch somewhere between 200 and 300
-#: levels, so one deep line must be rejected alone, not take its neighbours down.
-MAX_NESTING = 64
-#: Largest serialised input (bytes of compact, ASCII-escaped JSON, as Prefect measures it) and
-#: largest batch: Prefect refuses a flow run whose parameters exceed 512 KiB, which would fail
-#: every line of the batch. Batches are cut below this; a bigger line is rejected.
-BATCH_PARAMETER_BYTES = 400_000
-#: Run inputs that become identifiers in the state database (text columns: no NUL there).
-_IDENTIFIER_KEYS = ("subject", "run_key")
 
 #: The key of a JSONL line holding its labels (`{"route": {"category": "billing"}}`: step →
 #: field → expected value). `stalwart eval` scores them; no run ever receives them.
@@ -114,96 +104,6 @@ def parse_line(
     return item
 
 
-def input_problem(item: Any) -> str | None:
-    """Why a parsed input cannot travel through a batch safely, or None when it can.
-
-    Rejected: nesting deeper than `MAX_NESTING`, text that is not valid Unicode (a lone
-    surrogate from a `\\ud800` escape: nothing can encode it, and Prefect fails the whole batch
-    on it), a NUL in `subject` or `run_key` (identifiers in text columns), and an input bigger
-    than `BATCH_PARAMETER_BYTES` once serialised.
-
-    Example:
-        >>> input_problem({"raw": {"body": "fine"}}) is None
-        True
-        >>> input_problem({"raw": "\\ud800"})
-        'text at raw is not valid Unicode (a lone surrogate at character 0)'
-    """
-    # Iterative walk: a recursive one would itself overflow on the inputs it must reject.
-    stack: list[tuple[Any, str, int]] = [(item, "", 0)]
-    while stack:
-        value, where, depth = stack.pop()
-        if depth > MAX_NESTING:
-            return f"nested deeper than {MAX_NESTING} levels at {where or 'the top'}"
-        if isinstance(value, dict):
-            for key, child in value.items():
-                stack.append((key, where, depth + 1))
-                stack.append((child, f"{where}.{key}" if where else str(key), depth + 1))
-        elif isinstance(value, list):
-            stack.extend((child, f"{where}[{i}]", depth + 1) for i, child in enumerate(value))
-        elif isinstance(value, str):
-            bad = _surrogate_at(value)
-            if bad is not None:
-                return (
-                    f"text at {where or 'the top'} is not valid Unicode "
-                    f"(a lone surrogate at character {bad})"
-                )
-    for key in _IDENTIFIER_KEYS:
-        if isinstance(item.get(key), str) and "\x00" in item[key]:
-            return f"input '{key}' contains a NUL character"
-    size = parameter_bytes(item)
-    if size > BATCH_PARAMETER_BYTES:
-        return (
-            f"input is {size} bytes as a flow-run parameter, over {BATCH_PARAMETER_BYTES} "
-            "(Prefect refuses flow runs with more than 512 KiB of parameters)"
-        )
-    return None
-
-
-def _surrogate_at(text: str) -> int | None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        return exc.start
-    return None
-
-
-def parameter_bytes(item: Any) -> int:
-    """The size Prefect gives `item` as a flow-run parameter (compact JSON, ASCII-escaped).
-
-    Example:
-        >>> parameter_bytes({"a": "é"})
-        14
-    """
-    return len(json.dumps(item, separators=(",", ":")))
-
-
-def batches(
-    items: list[dict[str, Any]], budget: int = BATCH_PARAMETER_BYTES
-) -> list[list[dict[str, Any]]]:
-    """Cut `items` into consecutive batches whose parameters stay within `budget` bytes.
-
-    Order is kept; an item bigger than the budget gets a batch of its own (the loader has
-    already rejected those).
-
-    Example:
-        >>> [len(b) for b in batches([{"a": "x" * 40}] * 5, budget=100)]
-        [2, 2, 1]
-    """
-    out: list[list[dict[str, Any]]] = []
-    current: list[dict[str, Any]] = []
-    used = 0
-    for item in items:
-        size = parameter_bytes(item) + 1  # the comma between list items
-        if current and used + size > budget:
-            out.append(current)
-            current, used = [], 0
-        current.append(item)
-        used += size
-    if current:
-        out.append(current)
-    return out
-
-
 def quarantine_path(path: Path) -> Path:
     """Where rejected lines go: next to the input, `<name>.quarantine.jsonl`."""
     return path.with_name(f"{path.stem}.quarantine.jsonl")
@@ -248,17 +148,13 @@ def run_command(
             transient=output == "json",
         ) as progress:
             bar = progress.add_task("runs", total=len(accepted))
-            # One flow run per batch of at most BATCH_PARAMETER_BYTES: a file bigger than
-            # Prefect's parameter limit would otherwise fail as a whole.
-            for chunk in batches([split_labels(item, compiled)[0] for _, item in accepted]):
-                results.extend(
-                    compiled.run_batch(
-                        chunk,
-                        tenant=tenant,
-                        concurrency=concurrency,
-                        on_result=lambda _index, _result: progress.advance(bar),
-                    )
-                )
+            # run_batch cuts the inputs into flow runs that fit Prefect's parameter limit.
+            results = compiled.run_batch(
+                [split_labels(item, compiled)[0] for _, item in accepted],
+                tenant=tenant,
+                concurrency=concurrency,
+                on_result=lambda _index, _result: progress.advance(bar),
+            )
     if results:
         _let_prefect_settle()
     if output == "json":

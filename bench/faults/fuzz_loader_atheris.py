@@ -28,7 +28,8 @@ def check(data: bytes, compiled: Any) -> None:
     Example:
         >>> check(b"not json", compiled)  # doctest: +SKIP
     """
-    from agents.cli._run import BATCH_PARAMETER_BYTES, Rejected, input_problem, parse_line
+    from agents._inputs import BATCH_PARAMETER_BYTES, input_problem
+    from agents.cli._run import Rejected, parse_line
 
     parsed = parse_line(1, data, compiled, MAX_BYTES)
     if isinstance(parsed, Rejected):
@@ -44,13 +45,16 @@ def main() -> None:
     """Run atheris over `check` (libFuzzer arguments from the command line)."""
     import atheris
 
+    from agents import _inputs
     from agents.cli import _run
     from flows.ticket_triage import triage
 
     # Instrument only the loader's own functions: instrumenting every import (Prefect, pydantic,
     # ...) takes minutes before the first input.
-    for name in ("parse_line", "input_problem", "_surrogate_at", "parameter_bytes"):
-        setattr(_run, name, atheris.instrument_func(getattr(_run, name)))
+    for name in ("input_problem", "_surrogate_at", "parameter_bytes"):
+        setattr(_inputs, name, atheris.instrument_func(getattr(_inputs, name)))
+    _run.parse_line = atheris.instrument_func(_run.parse_line)  # type: ignore[assignment]
+    _run.input_problem = _inputs.input_problem  # the loader's own reference to it
     compiled = triage.compile()
     atheris.Setup(sys.argv, lambda data: check(data, compiled))
     atheris.Fuzz()

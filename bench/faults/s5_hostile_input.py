@@ -190,7 +190,8 @@ def check_loader(lines: Sequence[bytes], compiled: Any, max_bytes: int) -> list[
         >>> check_loader([b'{"raw": {}}', b"\\xff"], compiled, 1000)  # doctest: +SKIP
         []
     """
-    from agents.cli._run import BATCH_PARAMETER_BYTES, input_problem, read_inputs
+    from agents._inputs import BATCH_PARAMETER_BYTES, input_problem
+    from agents.cli._run import read_inputs
 
     problems: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
