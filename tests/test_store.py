@@ -333,6 +333,8 @@ def test_memory_requires_a_tenant() -> None:
         Memory("", "a")
     with pytest.raises(ValueError, match="tenant"):
         Memory(None, "a")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="tenant"):
+        Memory(" \t", "a")  # whitespace is no tenant either (the runtime refuses it too)
 
 
 def test_memory_expected_version_conflicts(db_url: str, new_tenant: str) -> None:

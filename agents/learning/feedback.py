@@ -33,6 +33,7 @@ from sqlmodel import col, select
 
 from agents._errors import UserError
 from agents.store._convert import as_utc, require_tenant, to_json_value
+from agents.store._writes import insert_once
 from agents.store.decisions import get_decision
 from agents.store.engine import session
 from agents.store.tables import DecisionRecord, ExampleUse, Feedback, ThresholdChange
@@ -148,8 +149,7 @@ def give(
         note=note,
         given_by=by,
     )
-    with session(url) as s:
-        s.add(row)
+    insert_once(row, url=url)  # survives a lost connection, never twice
     return row
 
 
@@ -200,8 +200,7 @@ def from_context(
         note=note,
         given_by=by or f"learning:{context.step}",
     )
-    with session(url) as s:
-        s.add(row)
+    insert_once(row, url=url)  # survives a lost connection, never twice
     return row
 
 

@@ -111,5 +111,5 @@ def install_utc_loaders() -> None:
 
 def require_tenant(tenant: str) -> None:
     """Every store read and write is scoped to one non-empty tenant."""
-    if not isinstance(tenant, str) or not tenant:
+    if not isinstance(tenant, str) or not tenant.strip():
         raise ValueError("A non-empty tenant is required: Stalwart never reads across tenants.")
