@@ -33,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from agents._errors import MemoryConflict
-from agents.store._convert import to_json_value
+from agents.store._convert import require_tenant, to_json_value
 from agents.store.engine import reconnecting, retrying, session
 from agents.store.tables import MemoryItem, utcnow
 
@@ -63,8 +63,7 @@ class Memory:
     def __init__(
         self, tenant: str, agent: str, subject: str | None = None, *, url: str | None = None
     ) -> None:
-        if not isinstance(tenant, str) or not tenant:
-            raise ValueError("Memory needs a non-empty tenant: memory is always tenant-scoped.")
+        require_tenant(tenant)  # memory is always tenant-scoped
         if not isinstance(agent, str) or not agent:
             raise ValueError("Memory needs a non-empty agent name.")
         self._tenant = tenant
