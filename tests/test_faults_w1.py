@@ -85,3 +85,60 @@ def test_a_prefect_server_restart_loses_nothing(stack: Stack) -> None:
     result = s4_server_restart.run(short=True, stack=stack)
     check(result)
     assert httpx.get(f"{stack.server.api_url}/health", timeout=5).status_code == 200
+
+
+def test_stalwart_recover_resubmits_a_run_whose_machine_died_once(stack: Stack) -> None:
+    """`stalwart recover`, the operator's loop as a CLI verb: a flow run left Running by a lost
+    machine (worker and flow-run process SIGKILLed) is marked Crashed and re-submitted once,
+    and its rerun finishes every ticket, each acted on once."""
+    import json
+    import time
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from typer.testing import CliRunner
+
+    from agents.cli import app
+    from bench.faults.harness import FINISHED, _ticket_rows, w1
+
+    batch = w1(runs=6, tenants=1, per_flow_run=6)[0]
+    with stack.client() as client:
+        run = client.create_flow_run_from_deployment(
+            stack.deployment_id, parameters={"inputs": batch.items, "tenant": batch.tenant}
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            current = client.read_flow_run(run.id)
+            if current.state is not None and current.state.is_running():
+                break
+            time.sleep(0.2)
+        assert current.state is not None and current.state.is_running(), current.state
+        for worker in stack.workers:  # the machine is lost: nobody reports the crash
+            worker.kill()
+
+        with temporary_settings(updates={PREFECT_API_URL: stack.server.api_url}):
+            first = CliRunner().invoke(app, ["recover", "--since", "1h", "--json"])
+            again = CliRunner().invoke(app, ["recover", "--since", "1h", "--json"])
+        assert first.exit_code == 0, first.output
+        rows = [json.loads(line) for line in first.output.splitlines() if line.startswith("{")]
+        assert [(r["flow_run_id"], r["state"], r["action"]) for r in rows] == [
+            (str(run.id), "RUNNING", "resubmitted")
+        ]
+        assert [line for line in again.output.splitlines() if line.startswith("{")] == []
+        assert client.read_flow_run(run.id).state.is_crashed()
+
+        stack.ensure_workers()
+        new_id = rows[0]["new_flow_run_id"]
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            rerun = client.read_flow_run(new_id)
+            if rerun.state is not None and rerun.state.is_final():
+                break
+            time.sleep(0.5)
+    assert rerun.state is not None and rerun.state.is_completed(), rerun.state
+    assert f"stalwart:retry-of:{run.id}" in rerun.tags
+    finished = {
+        key for _, key, status, _ in _ticket_rows(stack, [batch.tenant]) if status in FINISHED
+    }
+    assert finished == set(batch.run_keys)
+    effects = stack.helpdesk.state.effects_by_ticket()
+    assert all(effects.get(str(item["raw"]["id"]), 0) == 1 for item in batch.items)

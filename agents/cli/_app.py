@@ -64,6 +64,40 @@ def _print_rows(rows: list[dict[str, Any]], columns: list[str], title: str, as_j
     console.print(table)
 
 
+@app.command("recover")
+def recover_command(
+    since: str = typer.Option("6h", "--since", help="How far back to look, e.g. 6h, 1d."),
+    max_attempts: int = typer.Option(4, "--max-attempts", min=1, help="Flow runs per input."),
+    pending_grace: float = typer.Option(
+        60.0, "--pending-grace", min=0, help="Seconds a Pending run may have no process."
+    ),
+    watch: float = typer.Option(
+        0.0, "--watch", min=0, help="Look again every this many seconds (0: once)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+) -> None:
+    """Re-submit agent flow runs that crashed, failed or lost their process (safe to repeat)."""
+    import dataclasses
+    import time
+
+    from agents.decisions import parse_duration
+    from agents.recovery import recover
+
+    try:
+        window = parse_duration(since)
+    except ValueError as exc:
+        exit_with_error(str(exc))
+    while True:
+        found = recover(since=window, max_attempts=max_attempts, pending_grace_s=pending_grace)
+        rows = [dataclasses.asdict(r) for r in found]
+        if rows or not watch:
+            columns = ["flow_run_name", "state", "action", "attempt", "new_flow_run_id"]
+            _print_rows(rows, columns, "Dead agent flow runs", as_json)
+        if not watch:
+            return
+        time.sleep(watch)
+
+
 @app.command("runs")
 def runs_command(
     tenant: str = typer.Option("default", "--tenant", "-t"),

@@ -39,13 +39,15 @@ deadline passed. Measures:
   database `finished_at`) after `clear` in a flow run the operator had to re-submit (any run
   when none was re-submitted).
 
-Recovery (the operator): a flow run that ends Crashed, Failed or Cancelled is re-submitted with
-the same parameters; so is a Completed one whose tickets are not all finished in the state
-database, and a Running or Pending one whose process is gone (`infrastructure_pid` dead on this
-machine, or Pending with no process for `pending_grace_s`), after the operator marks it Crashed
-through the API. Prefect 3.9's own way, flow-run heartbeats plus a proactive automation, cannot
-react in under 60-90 s here (`PREFECT_FLOWS_HEARTBEAT_FREQUENCY` has a floor of 30 s), too slow
-for a bounded suite. At most `max_attempts` flow runs per batch.
+Recovery (the operator): every second, `agents.recovery.recover` (the runtime's, also
+`stalwart recover`) looks at each open batch's latest flow run and re-submits it with the same
+parameters when it ended Crashed or Failed, or is Running or Pending with its process gone
+(`infrastructure_pid` dead on this machine, or Pending with no process for `pending_grace_s`),
+after marking it Crashed through the API. A Completed flow run closes its batch: a ticket it
+left unfinished counts as lost. Prefect 3.9's own way of noticing a dead run, flow-run
+heartbeats plus a proactive automation, cannot react in under 60-90 s here
+(`PREFECT_FLOWS_HEARTBEAT_FREQUENCY` has a floor of 30 s), too slow for a bounded suite. At most
+`max_attempts` flow runs per batch.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from agents.modelserver import ModelServer  # noqa: E402
+from agents.recovery import LIVE_STATES, recover  # noqa: E402
 from agents.testing.prefect_server import PrefectServer, Worker  # noqa: E402
 from bench.faults.report import ScenarioResult  # noqa: E402
 from flows.helpdesk import SimulatedHelpdesk  # noqa: E402
@@ -422,20 +425,6 @@ def _fallbacks(stack: Stack, tenants: list[str]) -> dict[str, int]:
     return {str(path): int(n) for path, n in rows}
 
 
-def _pid_alive(infrastructure_pid: str | None) -> bool | None:
-    """Whether a flow run's process lives (None when it has none yet or is on another host)."""
-    if not infrastructure_pid:
-        return None
-    host, _, pid = infrastructure_pid.rpartition(":")
-    if not pid.isdigit() or (host and host != os.uname().nodename):
-        return None
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")  # a zombie is dead, only not reaped
-
-
 class _Operator:
     """Submits batches and re-submits the dead ones; every API or DB hiccup is survived."""
 
@@ -456,7 +445,6 @@ class _Operator:
         self.marked_crashed = 0
         self.events: list[str] = []
         self.resubmitted_at: dict[int, float] = {}
-        self.pending_since: dict[str, float] = {}
         self.rows: list[tuple[str, str, str, datetime | None]] = []
 
     def log(self, message: str) -> None:
@@ -492,9 +480,9 @@ class _Operator:
             self.rows = _ticket_rows(self.stack, self.tenants)
 
     def step(self, client: Any) -> None:
-        """One look at every open batch; re-submit what died."""
+        """One look at every open batch: a finished flow run closes it, and a dead one is
+        re-submitted by `agents.recovery.recover` (what an operator runs in production)."""
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-        from prefect.states import Crashed
 
         open_batches = [b for b in self.batches if not b.done]
         current = {b.flow_runs[-1]: b for b in open_batches if b.flow_runs}
@@ -502,46 +490,27 @@ class _Operator:
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(current))),
             limit=len(current) + 1,
         )
-        finished = self.finished()
-        now = time.monotonic()
         for run in runs:
-            batch = current[str(run.id)]
-            state = run.state.type.value if run.state else "SCHEDULED"
-            redo = False
-            if state == "COMPLETED":
-                missing = [
-                    k for k in batch.run_keys if finished.get((batch.tenant, k)) not in FINISHED
-                ]
-                if not missing:
-                    batch.done = True
-                    continue
-                redo = True
-                self.log(f"batch {batch.index}: flow run completed, {len(missing)} tickets open")
-            elif state in ("FAILED", "CRASHED", "CANCELLED"):
-                redo = True
-                self.log(f"batch {batch.index}: flow run {state}")
-            elif state in ("RUNNING", "PENDING", "CANCELLING"):
-                alive = _pid_alive(run.infrastructure_pid)
-                if alive is None and state == "PENDING":
-                    since = self.pending_since.setdefault(str(run.id), now)
-                    alive = now - since < self.pending_grace_s
-                if alive is False:
-                    # The process is gone but the server still thinks it runs: mark it
-                    # Crashed (the worker that would have done so died with it).
-                    client.set_flow_run_state(
-                        run.id, Crashed(message="Process gone (operator)"), force=True
-                    )
-                    self.marked_crashed += 1
-                    redo = True
-                    self.log(f"batch {batch.index}: {state} without a process, marked Crashed")
-            if redo:
-                if len(batch.flow_runs) >= self.max_attempts:
-                    batch.done = True
-                    self.log(f"batch {batch.index}: gave up after {self.max_attempts} flow runs")
-                    continue
-                self.submit(client, batch)
-                self.resubmitted += 1
-                self.resubmitted_at.setdefault(batch.index, time.time())
+            if run.state is not None and run.state.type.value == "COMPLETED":
+                # Its tickets are counted from the state database: one not finished is lost.
+                current.pop(str(run.id)).done = True
+        for found in recover(
+            flow_run_ids=list(current),
+            max_attempts=self.max_attempts,
+            pending_grace_s=self.pending_grace_s,
+            client=client,
+        ):
+            batch = current[found.flow_run_id]
+            if found.new_flow_run_id is None:
+                batch.done = True
+                self.log(f"batch {batch.index}: gave up after {found.attempt} flow runs")
+                continue
+            if found.state in LIVE_STATES:
+                self.marked_crashed += 1
+            self.log(f"batch {batch.index}: flow run {found.state}, re-submitted")
+            batch.flow_runs.append(found.new_flow_run_id)
+            self.resubmitted += 1
+            self.resubmitted_at.setdefault(batch.index, time.time())
 
 
 def run_w1(
@@ -695,9 +664,16 @@ def batches_for(short: bool, runs: int | None) -> list[Batch]:
     return w1(runs if runs is not None else total, tenants, per)
 
 
-def scenario_main(run: Callable[..., ScenarioResult], description: str) -> None:
-    """The command line of a scenario module: `--short`, `--runs N`, `--json PATH`.
+def scenario_main(
+    run: Callable[..., ScenarioResult],
+    description: str,
+    *,
+    options: Callable[[Any], None] | None = None,
+    argv: list[str] | None = None,
+) -> None:
+    """The command line of every scenario module: `--short`, `--runs N`, `--json PATH`.
 
+    `options(parser)` adds a scenario's own options; each is passed to `run` by its name.
     Prints the scenario's one-row table; `--json` also writes the result (for `run_all.py`).
     The exit status is 0 when the scenario passed, 1 otherwise.
 
@@ -710,12 +686,15 @@ def scenario_main(run: Callable[..., ScenarioResult], description: str) -> None:
     from bench.faults.report import table
 
     parser = argparse.ArgumentParser(description=description.split("\n")[0])
-    parser.add_argument("--short", action="store_true", help="the short version (40 runs)")
-    parser.add_argument("--runs", type=int, default=None, help="agent runs (default: W1's)")
+    parser.add_argument("--short", action="store_true", help="the short version")
+    parser.add_argument("--runs", type=int, default=None, help="runs (default: the scenario's)")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
-    args = parser.parse_args()
-    result = run(short=args.short, runs=args.runs)
+    if options is not None:
+        options(parser)
+    kwargs = vars(parser.parse_args(argv))
+    out = kwargs.pop("json")
+    result = run(**kwargs)
     print(table([result]), flush=True)
-    if args.json is not None:
-        args.json.write_text(json.dumps(dataclasses.asdict(result)))
+    if out is not None:
+        out.write_text(json.dumps(dataclasses.asdict(result)))
     raise SystemExit(0 if result.passed else 1)

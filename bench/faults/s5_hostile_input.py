@@ -24,7 +24,6 @@ runs = lines fed (A + B), completed = good lines completed, lost = good lines no
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -42,7 +41,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.faults.report import ScenarioResult, table
+from bench.faults.harness import scenario_main
+from bench.faults.report import ScenarioResult
 
 NAME = "5 hostile input"
 #: What a ticket-triage decision may do (flows/ticket_triage.py ACTIONS).
@@ -659,12 +659,7 @@ def files() -> Any:
 
 
 def main() -> None:
-    """Print scenario 5's one-row table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--short", action="store_true", help="the bounded CI version")
-    parser.add_argument("--runs", type=int, default=None, help="good lines in part A")
-    args = parser.parse_args()
-    print(table([run(short=args.short, runs=args.runs)]))
+    scenario_main(run, __doc__ or NAME)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ failures = every secret found anywhere.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -28,7 +27,8 @@ from typing import IO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.faults.report import ScenarioResult, table
+from bench.faults.harness import scenario_main
+from bench.faults.report import ScenarioResult
 
 NAME = "6 secrets"
 
@@ -143,12 +143,7 @@ def run(short: bool = False, *, runs: int | None = None) -> ScenarioResult:
 
 
 def main() -> None:
-    """Print scenario 6's one-row table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--short", action="store_true", help="one search")
-    parser.add_argument("--runs", type=int, default=None, help="searches with fresh secrets")
-    args = parser.parse_args()
-    print(table([run(short=args.short, runs=args.runs)]))
+    scenario_main(run, __doc__ or NAME)
 
 
 if __name__ == "__main__":

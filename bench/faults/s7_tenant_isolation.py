@@ -16,7 +16,6 @@ failures = the first cross-tenant reads found (hypothesis shrinks them to a mini
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -39,7 +38,8 @@ from agents.cli import app
 from agents.store import ledger, queries
 from agents.store.decisions import record_decisions
 from agents.store.tables import AgentRun, DecisionRecord, StepRun
-from bench.faults.report import ScenarioResult, table
+from bench.faults.harness import scenario_main
+from bench.faults.report import ScenarioResult
 
 NAME = "7 tenant isolation"
 
@@ -372,12 +372,7 @@ def run(short: bool = False, *, runs: int | None = None) -> ScenarioResult:
 
 
 def main() -> None:
-    """Print scenario 7's one-row table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--short", action="store_true", help="fewer examples")
-    parser.add_argument("--runs", type=int, default=None, help="SQLite examples")
-    args = parser.parse_args()
-    print(table([run(short=args.short, runs=args.runs)]))
+    scenario_main(run, __doc__ or NAME)
 
 
 if __name__ == "__main__":

@@ -37,12 +37,16 @@ from typing import Any
 
 from pydantic import BaseModel
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script, too
+
 from agents import Agent, Decision, Memory
-from bench.faults.report import ScenarioResult, table
+from bench.faults.harness import scenario_main
+from bench.faults.report import ScenarioResult
 
 __all__ = ["agent", "analyse", "collect", "main", "run", "run_twice", "spawn"]
 
 ROOT = Path(__file__).resolve().parents[2]
+NAME = "8 zombie execution"
 ACTION_SECONDS = 0.5
 LEASE_SECONDS = 3.0
 agent = Agent("zombie", description="Scenario 8: one action per ticket, run twice at once.")
@@ -305,14 +309,15 @@ def analyse(out: Path, *, count: int, db_url: str, tenant: str) -> dict[str, Any
     }
 
 
-def run(short: bool = False) -> ScenarioResult:
-    """Scenario 8: 200 runs (short: 40) executed twice at once by two worker processes.
+def run(short: bool = False, *, runs: int | None = None) -> ScenarioResult:
+    """Scenario 8: 200 runs (short: 40; or `runs`) executed twice at once by two worker
+    processes.
 
     Example:
         >>> run(short=True).passed  # doctest: +SKIP
         True
     """
-    count = 40 if short else 200
+    count = runs if runs is not None else (40 if short else 200)
     tenant = f"zombie-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="stalwart-s8-") as tmp, _prefect_api() as api:
         out = Path(tmp)
@@ -352,7 +357,7 @@ def run(short: bool = False) -> ScenarioResult:
         f"{elapsed:.0f} s wall"
     )
     return ScenarioResult(
-        "8 zombie execution",
+        NAME,
         runs=count,
         completed=found["run_keys"],
         lost=lost,
@@ -365,18 +370,16 @@ def run(short: bool = False) -> ScenarioResult:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Print scenario 8's table row (`--runs N` repeats it), or act as one worker (`--worker`)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--short", action="store_true", help="40 runs instead of 200")
-    parser.add_argument("--runs", type=int, default=1, help="repeat the scenario N times")
-    parser.add_argument("--worker", type=int, metavar="COUNT", help=argparse.SUPPRESS)
-    parser.add_argument("--concurrency", type=int, default=8, help=argparse.SUPPRESS)
-    parser.add_argument("--tenant", default="zombie", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    """Print scenario 8's table row, or act as one worker (`--worker COUNT`, as `spawn` runs it)."""
+    worker = argparse.ArgumentParser()
+    worker.add_argument("--worker", type=int, metavar="COUNT")
+    worker.add_argument("--concurrency", type=int, default=8)
+    worker.add_argument("--tenant", default="zombie")
+    args, rest = worker.parse_known_args(argv)
     if args.worker is not None:
         _worker(args.worker, args.concurrency, args.tenant)
         return
-    print(table([run(short=args.short) for _ in range(max(1, args.runs))]))
+    scenario_main(run, __doc__ or NAME, argv=rest)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ criteria with `agent.batch` in this process against PostgreSQL, no Prefect serve
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -46,7 +45,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.faults.report import ScenarioResult, table
+from bench.faults.harness import scenario_main
+from bench.faults.report import ScenarioResult
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "9 soak + prune"
@@ -541,14 +541,13 @@ def run(
 
 def main() -> None:
     """Print scenario 9's one-row table (and each wave on stderr)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--short", action="store_true", help="40-ticket waves for ~1 minute")
-    parser.add_argument("--runs", type=int, default=None, help="tickets per wave")
-    parser.add_argument("--minutes", type=float, default=None, help="soak length")
-    args = parser.parse_args()
-    result = run(short=args.short, runs=args.runs, minutes=args.minutes)
-    print(table([result]), flush=True)
-    raise SystemExit(0 if result.passed else 1)
+    scenario_main(
+        run,
+        __doc__ or NAME,
+        options=lambda parser: parser.add_argument(
+            "--minutes", type=float, default=None, help="soak length"
+        ),
+    )
 
 
 if __name__ == "__main__":
