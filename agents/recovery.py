@@ -195,12 +195,13 @@ def _agent_flow_runs(client: Any, since: timedelta, ids: list[str] | None) -> li
     from prefect.client.schemas.filters import (
         FlowRunFilter,
         FlowRunFilterId,
+        FlowRunFilterState,
         FlowRunFilterStateType,
     )
     from prefect.client.schemas.objects import StateType
 
     wanted = [StateType(s) for s in (*DEAD_STATES, *LIVE_STATES)]
-    flow_filter = FlowRunFilter(state=FlowRunFilterStateType(any_=wanted))
+    flow_filter = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=wanted)))
     if ids is not None:
         flow_filter.id = FlowRunFilterId(any_=[uuid.UUID(i) for i in ids])
     else:
