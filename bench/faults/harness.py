@@ -254,6 +254,9 @@ class Stack:
                 worker.start()
             with self.client() as client:
                 self.deployment_id = str(client.read_deployment_by_name(DEPLOYMENT).id)
+                # No scheduled runs (prefect.yaml's every-30-minutes demo batch) in the suite:
+                # one killed at :00 or :30 is not W1's to recover. Pausing deletes them.
+                client.pause_deployment(self.deployment_id)
         except BaseException:
             self.stop()
             raise
@@ -369,6 +372,8 @@ class Outcome:
     events: list[str]
     timed_out: float | None = None
     """The deadline (s) when it ran out with batches still open, else None."""
+    lost_detail: list[str] = field(default_factory=list)
+    """For the first lost tickets: key, the statuses of its agent runs and the last error."""
 
     def result(
         self, scenario: str, failures: list[str] | None = None, extra: str = ""
@@ -389,6 +394,8 @@ class Outcome:
             found.append(f"deadline of {self.timed_out:g} s reached with {self.lost} tickets open")
         if self.fault is not None and self.fault.error:
             found.append(self.fault.error)
+        if self.lost and self.timed_out is None:
+            found.append("lost: " + " | ".join(self.lost_detail))
         return ScenarioResult(
             scenario,
             runs=self.runs,
@@ -411,6 +418,24 @@ def _ticket_rows(stack: Stack, tenants: list[str]) -> list[tuple[str, str, str, 
             (tenants,),
         ).fetchall()
     return [(str(a), str(b), str(c), d) for a, b, c, d in rows]
+
+
+def _lost_detail(stack: Stack, keys: list[tuple[str, str]], most: int = 5) -> list[str]:
+    """Why the first `most` lost tickets are lost: their agent runs' statuses and last error."""
+    import psycopg
+
+    found = []
+    with contextlib.suppress(Exception), psycopg.connect(stack.state_dsn) as conn:
+        for tenant, key in keys[:most]:
+            rows = conn.execute(
+                "SELECT status, error FROM agent_run WHERE tenant = %s AND run_key = %s"
+                " ORDER BY started_at",
+                (tenant, key),
+            ).fetchall()
+            statuses = ",".join(str(status) for status, _ in rows) or "no agent run"
+            error = next((str(e) for _, e in reversed(rows) if e), "")
+            found.append(f"{key}: {statuses} {error[:200]}".strip())
+    return found
 
 
 def _fallbacks(stack: Stack, tenants: list[str]) -> dict[str, int]:
@@ -591,6 +616,9 @@ def run_w1(
     finished = operator.finished()
     keys = [(b.tenant, k) for b in batches for k in b.run_keys]
     completed = sum(1 for k in keys if finished.get(k) in FINISHED)
+    lost_keys = [k for k in keys if finished.get(k) not in FINISHED]
+    # The operator's log, for whoever reads a failed scenario (pytest shows it on failure).
+    print("\n".join(operator.events), file=sys.stderr, flush=True)
     ticket_ids = {str(item["raw"]["id"]) for b in batches for item in b.items}
     effects = stack.helpdesk.state.effects_by_ticket()
     duplicates = sum(1 for t in ticket_ids if effects.get(t, 0) > 1)
@@ -612,6 +640,7 @@ def run_w1(
         fault=fault,
         events=operator.events,
         timed_out=timeout_s if not all(b.done for b in batches) else None,
+        lost_detail=_lost_detail(stack, lost_keys),
     )
 
 
