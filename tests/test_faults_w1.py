@@ -1,8 +1,9 @@
 """The reliability suite's W1 scenarios 1-4, short: 40 ticket-triage runs over 4 tenants each,
 through a real Prefect server on PostgreSQL with two process workers (one stack shared by the
 four), with model faults, a worker SIGKILL, a PostgreSQL restart and a Prefect server restart.
-Nothing may be lost, no ticket acted on twice. `python bench/faults/run_all.py` runs the full
-W1 (1,000 runs each)."""
+Nothing may be lost, no ticket acted on twice; and `stalwart recover`, the operator those
+scenarios rely on, as a command. `python bench/faults/run_all.py` runs the full W1 (1,000 runs
+each)."""
 
 from __future__ import annotations
 
