@@ -607,15 +607,16 @@ class CompiledAgent:
                 good.append((index, dict(item) if isinstance(item, Mapping) else item))
                 continue
             logger.warning("%s: input %d refused: %s", self.name, index, problem)
-            results[index] = RunResult(
+            refused = RunResult(
                 status="failed",
                 run_id=uuid.uuid4().hex,
                 run_key="",
                 tenant=tenant,
                 error=f"InputError: {problem}",
             )
+            results[index] = refused
             if on_result is not None:
-                on_result(index, results[index])  # type: ignore[arg-type]
+                on_result(index, refused)
         for chunk in batches([item for _, item in good]):
             where = [index for index, _ in good[: len(chunk)]]
             good = good[len(chunk) :]
