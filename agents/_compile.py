@@ -59,7 +59,7 @@ from agents._declare import (
     resolve_hints,
     returns_decision,
 )
-from agents._errors import ActionInProgress, DeclarationError, InputError
+from agents._errors import ActionInProgress, DeclarationError, InputError, ProviderUnavailable
 from agents._inputs import batches, input_problem
 from agents._run import RunContext, RunResult, RunStatus, StepStatus
 from agents._settings import get_current_settings
@@ -848,13 +848,45 @@ class CompiledAgent:
             task_run_id = str(state.state_details.task_run_id or "") or None
             if step.layer == "action" and state.is_completed() and state.name == "Cached":
                 await self._check_twin(call)
-            if state.is_completed() and call.conflict is None:
-                if not found:
+            failure: BaseException | None = None
+            rescued: LadderOutcome | None = None
+            if not state.is_completed() and call.conflict is None:
+                failure = await _state_exception(state)
+                capture_failure(
+                    failure,
+                    agent=self.name,
+                    step=step.name,
+                    layer=step.layer,
+                    tenant=result.tenant,
+                    flow_run_id=result.flow_run_id,
+                    attempt=call.attempts,
+                    extra={"run_id": result.run_id, "subject": result.subject},
+                )
+                if step.layer == "reasoning" and isinstance(failure, ProviderUnavailable):
+                    rescued = await self._without_model(step, args, result, prefect_tasks)
+            if (state.is_completed() and call.conflict is None) or rescued is not None:
+                if not found and rescued is None:
                     value = await state.aresult()
                 cached = state.name == "Cached"
                 status: StepStatus = "cached" if cached else "completed"
                 llm_calls = list(call.llm_calls)
-                if step.layer == "reasoning" and isinstance(value, Decision):
+                if rescued is not None:
+                    assert failure is not None  # rescued only from a failure
+                    outcome = rescued
+                    value = outcome.decision
+                    llm_calls += outcome.llm_calls
+                    result.paths[step.name] = outcome.path
+                    result.notes.append(
+                        f"{step.name}: no decision from the model ({_describe(failure)}); "
+                        f"took the {outcome.path.replace('_', ' ')}"
+                    )
+                    if outcome.held:
+                        status = "held"
+                    row = self._decision_row(step, result, args, outcome, llm_calls, call.attempts)
+                    row.error_class = type(failure).__name__
+                    decisions.append(row)
+                    run_decisions[step.name] = row
+                elif step.layer == "reasoning" and isinstance(value, Decision):
                     refusal = self._refusal(value)
                     if refusal is not None:
                         outcome = LadderOutcome(decision=value, path="rejected", held=True)
@@ -920,18 +952,8 @@ class CompiledAgent:
                     )
                 )
             else:
-                exc = await _state_exception(state)
-                capture_failure(
-                    exc,
-                    agent=self.name,
-                    step=step.name,
-                    layer=step.layer,
-                    tenant=result.tenant,
-                    flow_run_id=result.flow_run_id,
-                    attempt=call.attempts,
-                    extra={"run_id": result.run_id, "subject": result.subject},
-                )
-                error = _describe(exc)
+                assert failure is not None  # neither completed nor a conflict
+                error = _describe(failure)
                 statuses[step.name] = "failed"
                 if result.error is None:
                     result.error = f"{step.name}: {error}"
@@ -1151,17 +1173,38 @@ class CompiledAgent:
                     proposed=proposed,
                 )
         if options.default is not None:
-            default = options.default
-            if callable(default) and not isinstance(default, BaseModel):
-                default = default()
-            return LadderOutcome(
-                decision=default,
-                path="default",
-                llm_calls=extra_calls,
-                held=not isinstance(default, Decision) or default.confidence < threshold,
-                proposed=proposed,
-            )
+            return _default_outcome(options.default, threshold, extra_calls, proposed)
         return LadderOutcome(decision=proposed, path="held", llm_calls=extra_calls, held=True)
+
+    async def _without_model(
+        self,
+        step: Step[Any, Any],
+        args: dict[str, Any],
+        result: RunResult,
+        prefect_tasks: dict[str, Task[Any, Any]],
+    ) -> LadderOutcome | None:
+        """The model stayed unreachable through every retry: the fallback model's decision if
+        it clears the threshold, else the step's safe default; None when it has neither (the
+        step fails). No person is asked: there is no proposal to review.
+        """
+        options = step.options
+        threshold = _thresholds.get().get(step.name, options.threshold)
+        extra_calls: list[LLMCall] = []
+        if options.fallback_model:
+            call = self._call(step, result, args, model=options.fallback_model)
+            state = await prefect_tasks[step.name](call=call, args=quote(args), return_state=True)
+            extra_calls += call.llm_calls
+            if state.is_completed():
+                second = await state.aresult()
+                if isinstance(second, Decision) and (
+                    threshold is None or second.confidence >= threshold
+                ):
+                    return LadderOutcome(
+                        decision=second, path="fallback_model", llm_calls=extra_calls
+                    )
+        if options.default is None:
+            return None
+        return _default_outcome(options.default, threshold, extra_calls, None)
 
     def _refusal(self, decision: Decision) -> str | None:
         """Why a decision may not be acted on (an action it names is not allowed), or None.
@@ -1445,6 +1488,20 @@ _thresholds: contextvars.ContextVar[Mapping[str, float]] = contextvars.ContextVa
 _on_result: contextvars.ContextVar[Callable[[int, RunResult], None] | None] = (
     contextvars.ContextVar("stalwart_on_result", default=None)
 )
+
+
+def _default_outcome(
+    default: Any, threshold: float | None, llm_calls: list[LLMCall], proposed: Decision | None
+) -> LadderOutcome:
+    """The step's safe default as the decision (held when it does not clear the threshold)."""
+    if callable(default) and not isinstance(default, BaseModel):
+        default = default()
+    held = not isinstance(default, Decision) or (
+        threshold is not None and default.confidence < threshold
+    )
+    return LadderOutcome(
+        decision=default, path="default", llm_calls=llm_calls, held=held, proposed=proposed
+    )
 
 
 def _report_at(

@@ -184,3 +184,43 @@ def test_a_learning_step_records_the_outcome_of_its_runs_decision(
     assert logged.outcome == {"routed_to": "billing", "reopened": False}
     assert logged.outcome_at is not None and logged.prompt_version
     assert logged.agent_run_id == result.run_id and logged.tokens_in > 0
+
+
+@pytest.mark.parametrize("with_default", [True, False])
+def test_a_model_down_through_every_retry_takes_the_safe_default_or_fails_the_run(
+    sqlite_url: str, model_server: ModelServer, with_default: bool
+) -> None:
+    """Transient failures that outlast the retries (`ProviderUnavailable`) are no decision:
+    the step's safe default is taken and logged with the error, so the input is not lost; a
+    step without a default fails its run, as before."""
+    from agents import decisions
+
+    model_server.faults.update(status_code=503)
+    actions: Counter[str] = Counter()
+    name = f"gov-down-{with_default}"
+    agent = Agent(name)
+    escalate = Routing(category="other", confidence=1.0, rationale="model unavailable")
+
+    @agent.reasoning(threshold=0.5, default=escalate if with_default else None)
+    def route(raw: str, llm: LLM) -> Routing:
+        return llm.decide(Routing, f"Route this ticket: {raw}")
+
+    @agent.action
+    def send(route: Routing, idempotency_key: str) -> str:
+        actions[idempotency_key] += 1
+        return route.category
+
+    result = agent.run(tenant="acme", raw="my parcel is late")
+    logged = decisions.query(tenant="acme", agent=name)
+    if not with_default:
+        assert result.status == "failed" and "ProviderUnavailable" in (result.error or "")
+        assert not actions and logged == []
+        return
+    assert result.status == "completed", result.error
+    assert result.paths["route"] == "default" and result.outputs["send"] == "other"
+    assert any("no decision from the model" in note for note in result.notes)
+    assert list(actions.values()) == [1]
+    assert [(d.path, d.error_class, d.output["category"]) for d in logged] == [
+        ("default", "ProviderUnavailable", "other")
+    ]
+    assert model_server.stats.requests_total >= 10  # every retry was spent first
