@@ -257,3 +257,20 @@ def test_agent_batch_refuses_unsafe_inputs_alone_and_splits_what_prefect_would_r
     assert results[5].outputs["echo"].text.endswith("C")
     assert sorted(seen) == list(range(len(inputs)))
     assert len({r.flow_run_id for r in results if r.flow_run_id}) >= 2
+
+
+def test_a_bare_carriage_return_stays_inside_its_line() -> None:
+    """The loader numbers lines by b"\\n" only: a \\r (a file edited on an old Mac, or binary
+    junk) neither splits a line nor hides the next one (found by the full fuzzing run)."""
+    lines = [b"\x00\r\x01", b'{"raw":\r{"id": 1, "body": "b"}}', b"\r"]  # \r: JSON whitespace
+    assert check_loader(lines, COMPILED, 4096) == []
+    assert [n for n, _ in read_inputs_of(lines)[0]] == [2]
+
+
+def read_inputs_of(lines: list[bytes]) -> tuple[list[tuple[int, Any]], list[Any]]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "in.jsonl"
+        path.write_bytes(b"\n".join(lines) + b"\n")
+        return read_inputs(path, COMPILED, 4096)

@@ -220,9 +220,15 @@ def check_loader(lines: Sequence[bytes], compiled: Any, max_bytes: int) -> list[
 
 
 def path_lines(lines: Sequence[bytes]) -> list[bytes]:
-    """The lines as the loader numbers them (bytes split on newlines)."""
+    """The lines as the loader numbers them: split on b"\\n" only, as iterating a binary file
+    does (`bytes.splitlines` also splits on a bare \\r, which the loader keeps in its line).
+
+    Example:
+        >>> path_lines([b"a\\rb", b"c"])
+        [b'a\\rb\\n', b'c\\n']
+    """
     data = b"".join(x if x.endswith(b"\n") else x + b"\n" for x in lines)
-    return data.splitlines(keepends=True)
+    return [line + b"\n" for line in data.split(b"\n")[:-1]]
 
 
 # -- a hostile model ---------------------------------------------------------------------------
