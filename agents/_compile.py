@@ -75,7 +75,7 @@ from agents.store.decisions import cost_of, logged_decision, record_decisions
 from agents.store.memory import Memory
 from agents.store.records import RecordWriter
 from agents.store.results import SQLResultStorage
-from agents.store.tables import AgentRun, DecisionRecord, StepRun
+from agents.store.tables import AgentRun, DecisionRecord, StepRun, new_id
 
 if TYPE_CHECKING:
     from agents._declare import Agent
@@ -778,8 +778,11 @@ class CompiledAgent:
 
         rows: list[StepRun] = []
         decisions: list[DecisionRecord] = []
+        recovered: list[DecisionRecord] = []
         try:
-            await self._walk(inputs, result, prefect_tasks, rows, decisions, run_row.started_at)
+            await self._walk(
+                inputs, result, prefect_tasks, rows, decisions, recovered, run_row.started_at
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a runtime bug must fail this input only
@@ -792,7 +795,7 @@ class CompiledAgent:
                 f"another execution of run {run_key[:16]} holds its action; "
                 f"{len(decisions)} decision(s) of this execution not logged"
             )
-            decisions = []
+            decisions, recovered = [], []
         writer.end_run(
             run_id,
             status=result.status,
@@ -800,6 +803,7 @@ class CompiledAgent:
             duration_ms=(time.perf_counter() - started) * 1000,
             steps=rows,
             decisions=decisions,
+            recovered=recovered,
         )
         return result
 
@@ -810,6 +814,7 @@ class CompiledAgent:
         prefect_tasks: dict[str, Task[Any, Any]],
         rows: list[StepRun],
         decisions: list[DecisionRecord],
+        recovered: list[DecisionRecord],
         started_at: datetime | None = None,
     ) -> None:
         statuses: dict[str, StepStatus] = {}
@@ -900,7 +905,13 @@ class CompiledAgent:
                         status = "held"
                     if not cached:
                         row = self._decision_row(
-                            step, result, args, outcome, llm_calls, call.attempts
+                            step,
+                            result,
+                            args,
+                            outcome,
+                            llm_calls,
+                            call.attempts,
+                            _decision_id(call) if step.options.cache else None,
                         )
                         decisions.append(row)
                         run_decisions[step.name] = row
@@ -908,9 +919,10 @@ class CompiledAgent:
                         if shadow_row is not None:
                             decisions.append(shadow_row)
                     else:
-                        row = await self._logged_decision(step, result, args, outcome, call)
-                        # Logged again at the run's end: a new row, or only its outcome.
-                        decisions.append(row)
+                        row, logged = await self._logged_decision(step, result, args, outcome, call)
+                        # Written again at the run's end: the logged row with its outcome, or
+                        # the recovered one unless the row it stands in for arrives first.
+                        (decisions if logged else recovered).append(row)
                         run_decisions[step.name] = row
                 result.outputs[step.name] = value
                 statuses[step.name] = status
@@ -1026,12 +1038,14 @@ class CompiledAgent:
         args: dict[str, Any],
         outcome: LadderOutcome,
         call: StepCall,
-    ) -> DecisionRecord:
-        """The decision behind a cached reasoning result, so learning steps can set its outcome.
+    ) -> tuple[DecisionRecord, bool]:
+        """The decision behind a cached reasoning result, so learning steps can set its outcome;
+        and whether it was found logged.
 
         An earlier execution logged it, unless that execution died between persisting the
-        step's result and writing its run records: then it is logged now from the cached
-        result (no model call, so no tokens or cost; the run's notes say so).
+        step's result and writing its run records (or is a twin still running): then a row
+        is recovered from the cached result, under the id the original has (`_decision_id`),
+        with no model call, so no tokens or cost; the run's notes say so.
         """
         found = await in_thread(
             logged_decision,
@@ -1042,12 +1056,13 @@ class CompiledAgent:
             input_digest=digest(args, 64),
         )
         if found is not None:
-            return found
+            return found, True
         result.notes.append(
-            f"{step.name}: decision logged from its cached result (the execution that made it "
-            "ended before logging it)"
+            f"{step.name}: decision recovered from its cached result (the execution that made "
+            "it had not logged it)"
         )
-        return self._decision_row(step, result, args, outcome, [], call.attempts)
+        row = self._decision_row(step, result, args, outcome, [], 0, _decision_id(call))
+        return row, False
 
     async def _stored_result(self, step: Step[Any, Any], call: StepCall) -> tuple[bool, Any]:
         """The persisted result of this exact step call, if a previous run stored one."""
@@ -1301,6 +1316,7 @@ class CompiledAgent:
         outcome: LadderOutcome,
         llm_calls: Sequence[LLMCall],
         attempts: int,
+        decision_id: str | None = None,
     ) -> DecisionRecord:
         from agents.observe import scrub_text
 
@@ -1314,6 +1330,7 @@ class CompiledAgent:
             snapshot = json.loads(snapshot)
         output = decision.model_dump(mode="json") if isinstance(decision, BaseModel) else decision
         return DecisionRecord(
+            id=decision_id or new_id(),
             tenant=result.tenant,
             agent=self.name,
             step=step.name,
@@ -1488,6 +1505,12 @@ _thresholds: contextvars.ContextVar[Mapping[str, float]] = contextvars.ContextVa
 _on_result: contextvars.ContextVar[Callable[[int, RunResult], None] | None] = (
     contextvars.ContextVar("stalwart_on_result", default=None)
 )
+
+
+def _decision_id(call: StepCall) -> str:
+    """The id of the decision a cached reasoning call makes: the same in every execution of
+    the run, so a twin's or a rerun's row for it is the same row."""
+    return digest({"decision": call.cache_key}, 32)
 
 
 def _default_outcome(

@@ -27,7 +27,7 @@ from sqlmodel import Session, SQLModel, col, select
 
 from agents._settings import get_current_settings
 from agents.store._convert import as_utc, require_tenant, to_json_value
-from agents.store._writes import upsert
+from agents.store._writes import insert_ignoring, upsert
 from agents.store.engine import reconnecting, retrying, session
 from agents.store.tables import (
     ActionRecord,
@@ -128,13 +128,23 @@ def record_decisions(rows: list[DecisionRecord], url: str | None = None) -> None
     retrying(write, what="decision log write")
 
 
-def record_decisions_in(s: Session, rows: list[DecisionRecord]) -> None:
-    """Insert decisions within an open session (a batched record flush); a decision whose id
-    is already stored (a retried write, or one logged by an earlier execution of the run) only
-    gets the row's outcome."""
-    for row in rows:
+def record_decisions_in(
+    s: Session, rows: list[DecisionRecord], *, recovered: list[DecisionRecord] | None = None
+) -> None:
+    """Write decisions within an open session (a batched record flush).
+
+    A row whose id is stored already (a retried write, the same decision logged by a twin
+    execution, a row recovered by a rerun) is overwritten: what the execution that made the
+    decision logs is the record. `recovered` rows only fill a gap: inserted where no row with
+    their id is stored, else dropped.
+    """
+    for row in [*rows, *(recovered or ())]:
         require_tenant(row.tenant)
-    upsert(s, DecisionRecord, [_row(row) for row in rows], ("outcome", "outcome_at"))
+    upsert(s, DecisionRecord, [_row(row) for row in rows], _UPDATED_COLUMNS)
+    insert_ignoring(s, DecisionRecord, [_row(row) for row in recovered or ()])
+
+
+_UPDATED_COLUMNS = tuple(name for name in DecisionRecord.model_fields if name != "id")
 
 
 @reconnecting

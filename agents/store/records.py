@@ -42,9 +42,16 @@ class _Pending:
     ends: list[dict[str, Any]] = field(default_factory=list)
     steps: list[StepRun] = field(default_factory=list)
     decisions: list[DecisionRecord] = field(default_factory=list)
+    recovered: list[DecisionRecord] = field(default_factory=list)
 
     def size(self) -> int:
-        return len(self.runs) + len(self.ends) + len(self.steps) + len(self.decisions)
+        return (
+            len(self.runs)
+            + len(self.ends)
+            + len(self.steps)
+            + len(self.decisions)
+            + len(self.recovered)
+        )
 
 
 class RecordWriter:
@@ -73,8 +80,13 @@ class RecordWriter:
         duration_ms: float | None = None,
         steps: list[StepRun] | None = None,
         decisions: list[DecisionRecord] | None = None,
+        recovered: list[DecisionRecord] | None = None,
     ) -> None:
-        """Queue how a run ended, with its step and decision rows."""
+        """Queue how a run ended, with its step and decision rows.
+
+        `recovered` decisions stand in for rows another execution may still write (see
+        `CompiledAgent._logged_decision`): they are inserted only where no row is stored.
+        """
         finished = utcnow()
         with self._lock:
             pending = self._pending
@@ -94,6 +106,7 @@ class RecordWriter:
                 )
             pending.steps.extend(steps or ())
             pending.decisions.extend(decisions or ())
+            pending.recovered.extend(recovered or ())
             self.decisions_seen.extend(decisions or ())
 
     def due(self) -> bool:
@@ -120,6 +133,7 @@ class RecordWriter:
                     self._pending.ends[:0] = pending.ends
                     self._pending.steps[:0] = pending.steps
                     self._pending.decisions[:0] = pending.decisions
+                    self._pending.recovered[:0] = pending.recovered
                 raise
             return count
 
@@ -144,10 +158,10 @@ class RecordWriter:
                 )
             if pending.steps:
                 insert_ignoring(s, StepRun, [_row(r) for r in pending.steps])
-            if pending.decisions:
+            if pending.decisions or pending.recovered:
                 from agents.store.decisions import record_decisions_in
 
-                record_decisions_in(s, pending.decisions)
+                record_decisions_in(s, pending.decisions, recovered=pending.recovered)
 
 
 _RUN_END_COLUMNS = ("status", "error", "finished_at", "duration_ms")
