@@ -588,7 +588,7 @@ def test_breaker_keys_hold_no_credentials() -> None:
 def test_settings_defaults() -> None:
     settings = get_current_settings()
     assert settings.model_max_attempts == 4
-    assert settings.breaker_failure_threshold == 5
+    assert settings.breaker_failure_threshold == 20
     assert settings.breaker_reset_seconds == 30
     assert settings.model_retry_max_wait_seconds == 30
     assert settings.llm_cache_enabled
