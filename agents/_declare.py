@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import inspect
+import tokenize
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -300,7 +301,9 @@ class Step(Generic[P, R]):
 def _source_digest(fn: Callable[..., Any]) -> str:
     try:
         source = inspect.getsource(fn)
-    except (OSError, TypeError):
+    except (OSError, TypeError, SyntaxError, tokenize.TokenError):
+        # No readable source (a REPL, exec'd text whose file name points at something else):
+        # the name still keys the cache, never a crash at declaration.
         source = getattr(fn, "__qualname__", repr(fn))
     return hashlib.sha256(source.encode()).hexdigest()[:16]
 

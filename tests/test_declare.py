@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -284,3 +285,20 @@ def test_graph_shows_layers_inputs_and_edges() -> None:
     assert "route --> send" in text
     plain = triage_agent().compile().text()
     assert "reasoning  route ← ticket using memory, llm [threshold=0.7]" in plain
+
+
+def test_a_step_whose_source_cannot_be_read_still_declares(tmp_path: Path) -> None:
+    """Code exec'd under the name of a file that holds something else (a README's text) made
+    `inspect.getsource` raise TokenError at declaration; the step falls back to its name."""
+    text = tmp_path / "notes.md"
+    text.write_text("Some prose (with an unclosed parenthesis\n" * 5)
+    namespace: dict[str, Any] = {"Agent": Agent, "Decision": Decision}
+    code = (
+        'agent = Agent("opaque")\n'
+        "class Echo(Decision):\n    text: str\n"
+        "@agent.perception\ndef words(raw: str) -> str:\n    return raw\n"
+        "@agent.reasoning\ndef echo(words: str) -> Echo:\n"
+        "    return Echo(text=words, confidence=1.0, rationale='echo')\n"
+    )
+    exec(compile(code, str(text), "exec"), namespace)
+    assert [s.name for s in namespace["agent"].steps] == ["words", "echo"]
