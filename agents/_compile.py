@@ -1159,18 +1159,14 @@ class CompiledAgent:
         extra_calls: list[LLMCall] = []
         proposed = decision
         if options.fallback_model:
-            call = self._call(step, result, args, model=options.fallback_model)
-            state = await prefect_tasks[step.name](call=call, args=quote(args), return_state=True)
-            extra_calls += call.llm_calls
-            if state.is_completed():
-                second = await state.aresult()
-                if isinstance(second, Decision):
-                    if second.confidence >= threshold:
-                        return LadderOutcome(
-                            decision=second, path="fallback_model", llm_calls=extra_calls
-                        )
-                    if second.confidence > proposed.confidence:
-                        proposed = second
+            second = await self._ask_fallback(step, result, args, prefect_tasks, extra_calls)
+            if second is not None:
+                if second.confidence >= threshold:
+                    return LadderOutcome(
+                        decision=second, path="fallback_model", llm_calls=extra_calls
+                    )
+                if second.confidence > proposed.confidence:
+                    proposed = second
         if options.review is not None:
             verdict = await self._review(step, proposed, args, result, options.review)
             if verdict is not None and verdict.verdict in ("approve", "correct"):
@@ -1206,20 +1202,30 @@ class CompiledAgent:
         threshold = _thresholds.get().get(step.name, options.threshold)
         extra_calls: list[LLMCall] = []
         if options.fallback_model:
-            call = self._call(step, result, args, model=options.fallback_model)
-            state = await prefect_tasks[step.name](call=call, args=quote(args), return_state=True)
-            extra_calls += call.llm_calls
-            if state.is_completed():
-                second = await state.aresult()
-                if isinstance(second, Decision) and (
-                    threshold is None or second.confidence >= threshold
-                ):
-                    return LadderOutcome(
-                        decision=second, path="fallback_model", llm_calls=extra_calls
-                    )
+            second = await self._ask_fallback(step, result, args, prefect_tasks, extra_calls)
+            if second is not None and (threshold is None or second.confidence >= threshold):
+                return LadderOutcome(decision=second, path="fallback_model", llm_calls=extra_calls)
         if options.default is None:
             return None
         return _default_outcome(options.default, threshold, extra_calls, None)
+
+    async def _ask_fallback(
+        self,
+        step: Step[Any, Any],
+        result: RunResult,
+        args: dict[str, Any],
+        prefect_tasks: dict[str, Task[Any, Any]],
+        calls: list[LLMCall],
+    ) -> Decision | None:
+        """Run the step again on its fallback model; its decision, or None (`calls` gets the
+        model calls it made either way)."""
+        call = self._call(step, result, args, model=step.options.fallback_model)
+        state = await prefect_tasks[step.name](call=call, args=quote(args), return_state=True)
+        calls += call.llm_calls
+        if not state.is_completed():
+            return None
+        second = await state.aresult()
+        return second if isinstance(second, Decision) else None
 
     def _refusal(self, decision: Decision) -> str | None:
         """Why a decision may not be acted on (an action it names is not allowed), or None.
