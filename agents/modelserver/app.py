@@ -171,11 +171,12 @@ class _Handlers:
         if problem is not None:
             return error_response(400, problem)
         state.stats.record_request(body["model"])
-        state.stats.begin()
+        port = request.client.port if request.client is not None else None
+        state.stats.begin(port)
         try:
             return await self._answer(request, body)
         finally:
-            state.stats.end()
+            state.stats.end(port)
 
     async def _answer(self, request: Request, body: dict[str, Any]) -> Response:
         state = self.state

@@ -4,7 +4,8 @@ This module owns `Stats`, updated by the HTTP handlers (in the server's thread) 
 and `GET /_stalwart/stats` (anywhere); every method takes a lock. Besides totals it keeps, per
 prompt (a hash of model + messages), how many times a request was answered successfully, so the
 reliability suite can count model calls that were paid for twice (`remade`), and how many
-requests are being served right now (`in_flight`).
+requests are being served right now (`in_flight`) and from which client ports
+(`in_flight_ports`, so a test can tell which process is waiting on an answer).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Stats:
         completion_tokens: Estimated completion tokens served.
         tokens_served: prompt_tokens + completion_tokens.
         in_flight: Chat-completion requests being served now (received, not yet answered).
+        in_flight_ports: Client (peer) ports of those requests, with how many each.
         answers_by_prompt: Successful answers (no fault) per `prompt_hash` of model + messages.
 
     Example:
@@ -57,6 +59,7 @@ class Stats:
     completion_tokens: int = 0
     tokens_served: int = 0
     in_flight: int = 0
+    in_flight_ports: Counter[int] = field(default_factory=Counter)
     answers_by_prompt: Counter[str] = field(default_factory=Counter)
     _lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
@@ -93,25 +96,41 @@ class Stats:
             self.completion_tokens += completion
             self.tokens_served += prompt + completion
 
-    def begin(self) -> None:
-        """One more request in flight (pair with `end`).
+    def begin(self, port: int | None = None) -> None:
+        """One more request in flight, from client `port` if known (pair with `end`).
 
         Example:
-            >>> stats = Stats(); stats.begin(); stats.in_flight
-            1
+            >>> stats = Stats(); stats.begin(50123); stats.in_flight, stats.ports_in_flight()
+            (1, {50123})
         """
         with self._lock:
             self.in_flight += 1
+            if port is not None:
+                self.in_flight_ports[port] += 1
 
-    def end(self) -> None:
-        """One request fewer in flight.
+    def end(self, port: int | None = None) -> None:
+        """One request fewer in flight (the same `port` as its `begin`).
 
         Example:
-            >>> stats = Stats(); stats.begin(); stats.end(); stats.in_flight
+            >>> stats = Stats(); stats.begin(50123); stats.end(50123); stats.in_flight
             0
         """
         with self._lock:
             self.in_flight -= 1
+            if port is not None:
+                self.in_flight_ports[port] -= 1
+                if self.in_flight_ports[port] <= 0:
+                    del self.in_flight_ports[port]
+
+    def ports_in_flight(self) -> set[int]:
+        """The client ports with a request in flight now.
+
+        Example:
+            >>> Stats().ports_in_flight()
+            set()
+        """
+        with self._lock:
+            return set(self.in_flight_ports)
 
     def record_answer(self, model: str, messages: Any) -> None:
         """Count one successful answer to (model, messages).

@@ -13,6 +13,8 @@ deduplicates.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -33,32 +35,101 @@ NAME = "2 worker SIGKILL"
 
 
 class KillWorker(Fault):
-    """SIGKILL the busiest worker and every process below it; start it again `hold_s` later.
+    """SIGKILL a worker that has a model call in flight, and every process below it; start it
+    again `hold_s` later.
 
-    The busiest (most processes below it) so the kill always takes flow runs with it: with few
-    flow runs one worker may have picked them all up.
+    `ready` waits for a moment when one of a worker's flow-run processes is waiting on the model
+    server (its socket's port is among the server's in-flight requests): that worker is the
+    victim, so the kill always lands mid-batch. Choosing by process count alone once killed two
+    flow runs that were only writing their last records, and the scenario proved nothing.
     """
 
     name = "worker kill"
     hold_s = 3.0
-    victim = 0
+    victim: int | None = None
+    _answered = 0
+    _cached = 0
+
+    def ready(self, stack: Stack) -> bool:
+        waiting = processes_on_ports(stack.model.stats.ports_in_flight())
+        busy = [i for i, w in enumerate(stack.workers) if waiting & set(descendants(w.pid))]
+        self.victim = busy[0] if busy else None
+        return self.victim is not None
+
+    def begin(self, stack: Stack) -> None:
+        self._answered = answered(stack)
+        self._cached = cached(stack)
 
     def inject(self, stack: Stack) -> None:
-        self.victim = max(
-            range(len(stack.workers)), key=lambda i: len(descendants(stack.workers[i].pid))
-        )
-        in_flight = stack.model.stats.in_flight  # read just before: these may be re-made
+        if self.victim is None:  # run without `ready`: the busiest worker
+            self.victim = max(
+                range(len(stack.workers)), key=lambda i: len(descendants(stack.workers[i].pid))
+            )
+        waiting = stack.model.stats.in_flight
         killed = stack.workers[self.victim].kill()
-        self.note(in_flight=in_flight, killed=len(killed))
+        # In flight = asked and not yet durable: waiting on the server (just before or just
+        # after the kill, whichever is more), or answered and not yet in the LLM cache (the
+        # rerun asks again only when the cache misses). Answers first, then the cache: a row
+        # written in between makes the count smaller, never larger.
+        waiting = max(waiting, stack.model.stats.in_flight)
+        unsaved = (answered(stack) - self._answered) - (cached(stack) - self._cached)
+        self.note(in_flight=waiting + max(0, unsaved), waiting=waiting, killed=len(killed))
 
     def clear(self, stack: Stack) -> None:
-        stack.workers[self.victim].start()
+        if self.victim is not None:
+            stack.workers[self.victim].start()
+
+
+def answered(stack: Stack) -> int:
+    """Model answers the stack's model server has sent so far."""
+    return int(stack.model.stats.snapshot()["answers"])
+
+
+def cached(stack: Stack) -> int:
+    """Rows in the state database's LLM cache."""
+    import psycopg
+
+    with psycopg.connect(stack.state_dsn, connect_timeout=10) as conn:
+        row = conn.execute("SELECT count(*) FROM llm_cache").fetchone()
+    return int(row[0]) if row else 0
+
+
+def processes_on_ports(ports: set[int]) -> set[int]:
+    """Pids of this user's processes holding a TCP socket bound locally to one of `ports`.
+
+    Reads /proc/net/tcp and tcp6 (port to socket inode) and /proc/<pid>/fd (inode to process).
+
+    Example:
+        >>> processes_on_ports(set())
+        set()
+    """
+    if not ports:
+        return set()
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if len(fields) > 9 and int(fields[1].rsplit(":", 1)[1], 16) in ports:
+                    inodes.add(f"socket:[{fields[9]}]")
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (entry / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in inodes:
+                        found.add(int(entry.name))
+                        break
+    return found
 
 
 def run(
     short: bool = False, *, runs: int | None = None, stack: Stack | None = None
 ) -> ScenarioResult:
-    """Run W1 (or its short version) and kill a worker once 30% (short: 5%) of it is done.
+    """Run W1 (or its short version); once 30% (short: 5%) of it is done, kill a worker that is
+    waiting on the model.
 
     Example:
         >>> run(short=True).llm_recalls  # doctest: +SKIP
@@ -67,16 +138,22 @@ def run(
     fault = KillWorker()
     with stack_for(stack) as s:
         # Short: four flow runs of ten tickets finish almost at once, so 30% can come too late
-        # to catch one mid-batch; the first finished ticket means they are all under way.
+        # to catch one mid-batch.
         at = 0.05 if short else 0.3
         outcome = run_w1(s, fault=fault, at=at, short=short, batches=batches_for(short, runs))
     in_flight = int(fault.notes.get("in_flight", 0))
     failures = []
     if fault.notes.get("killed", 0) < 2:
         failures.append("the worker had no flow-run process to kill")
+    elif not outcome.resubmitted:
+        failures.append("the kill left no flow run to re-submit: it hit no batch mid-way")
     if outcome.llm_recalls > in_flight:
         failures.append(f"{outcome.llm_recalls} LLM calls re-made > {in_flight} in flight")
-    extra = f"{fault.notes.get('killed', 0)} processes killed, {in_flight} model calls in flight"
+    extra = (
+        f"{fault.notes.get('killed', 0)} processes killed, {in_flight} model calls in flight"
+        f" ({fault.notes.get('waiting', 0)} waiting on the server, the rest answered and not"
+        " yet cached)"
+    )
     return outcome.result(NAME, failures, extra)
 
 
