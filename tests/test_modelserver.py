@@ -737,3 +737,37 @@ def test_faults_validation() -> None:
     faults.update(seed=3)  # the same seed again restarts the sequence
     assert [faults.draw() for _ in range(20)] == first
     assert None in first and "500" in first and "drop" in first
+
+
+# -- who is waiting ------------------------------------------------------------------------------
+
+
+def test_in_flight_requests_are_known_by_client_port_and_map_to_their_process(
+    server: ModelServer,
+) -> None:
+    from bench.faults.s2_worker_kill import processes_on_ports
+
+    server.faults.update(latency_ms_range=(2000.0, 2000.0))
+    asker = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import openai, sys; openai.OpenAI(base_url=sys.argv[1], api_key='k', max_retries=0)"
+            ".chat.completions.create(model='m', messages=[{'role': 'user', 'content': 'hi'}])",
+            server.url,
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 20
+        ports: set[int] = set()
+        while not ports and time.monotonic() < deadline and asker.poll() is None:
+            ports = server.stats.ports_in_flight()
+            time.sleep(0.02)
+        assert len(ports) == 1, "the request never showed as in flight"
+        assert processes_on_ports(ports) == {asker.pid}
+        assert asker.wait(timeout=20) == 0
+    finally:
+        asker.kill()
+    assert server.stats.ports_in_flight() == set()
+    assert server.stats.in_flight == 0
+    assert processes_on_ports(ports) == set()
