@@ -7,21 +7,66 @@ Example:
 Everything a user types is importable from here; the rest lives in `_`-prefixed modules.
 """
 
-from agents._decision import Decision
-from agents._declare import Agent, Layer, Review, Shadow, Step, StepInfo, StepOptions
-from agents._errors import (
-    ActionInProgress,
-    ConfigurationError,
-    DeclarationError,
-    InputError,
-    MemoryConflict,
-    StalwartError,
-    StepRunError,
-    UserError,
-)
-from agents._run import RunContext, RunResult
-from agents.resources.llm import LLM, Endpoint
-from agents.store.memory import Memory
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agents._decision import Decision
+    from agents._declare import Agent, Layer, Review, Shadow, Step, StepInfo, StepOptions
+    from agents._errors import (
+        ActionInProgress,
+        ConfigurationError,
+        DeclarationError,
+        InputError,
+        MemoryConflict,
+        StalwartError,
+        StepRunError,
+        UserError,
+    )
+    from agents._run import RunContext, RunResult
+    from agents.resources.llm import LLM, Endpoint
+    from agents.store.memory import Memory
+
+# Imported on first use (PEP 562), so a process that needs one small module (`stalwart worker`
+# runs `agents.worker` inside Prefect's worker) does not load the runtime: 64 MB of RSS.
+_HOMES = {
+    "Decision": "agents._decision",
+    **dict.fromkeys(
+        ["Agent", "Layer", "Review", "Shadow", "Step", "StepInfo", "StepOptions"], "agents._declare"
+    ),
+    **dict.fromkeys(
+        [
+            "ActionInProgress",
+            "ConfigurationError",
+            "DeclarationError",
+            "InputError",
+            "MemoryConflict",
+            "StalwartError",
+            "StepRunError",
+            "UserError",
+        ],
+        "agents._errors",
+    ),
+    "RunContext": "agents._run",
+    "RunResult": "agents._run",
+    "LLM": "agents.resources.llm",
+    "Endpoint": "agents.resources.llm",
+    "Memory": "agents.store.memory",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'agents' has no attribute {name!r}")
+    value = getattr(import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])
+
 
 __all__ = (
     "LLM",

@@ -98,6 +98,21 @@ def recover_command(
         time.sleep(watch)
 
 
+@app.command(
+    "worker",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def worker_command(ctx: typer.Context) -> None:
+    """`prefect worker start` (same options) with its heap trimmed: RSS stays bounded.
+
+    `stalwart worker [--trim-every 60] --pool stalwart [--limit 5]`; `--help` for the rest.
+    """
+    from agents.worker import main as worker_main
+
+    worker_main(ctx.args)
+
+
 @app.command("runs")
 def runs_command(
     tenant: str = typer.Option("default", "--tenant", "-t"),

@@ -262,6 +262,9 @@ class PrefectServer:
 class Worker:
     """`prefect worker start --pool POOL` against a `PrefectServer`, stopped by PID.
 
+    With `trim_every_s`, `stalwart worker --trim-every S --pool POOL` instead: the same worker,
+    with its freed heap given back to the OS every S seconds (`agents.worker`).
+
     Args:
         server: The server to poll.
         pool: The work pool's name.
@@ -270,6 +273,7 @@ class Worker:
         name: The worker's name.
         limit: Flow runs the worker runs at once.
         unset: Variables of this process the worker must not inherit.
+        trim_every_s: Run `stalwart worker` with this heap-trim period (None: plain Prefect).
     """
 
     def __init__(
@@ -282,8 +286,10 @@ class Worker:
         name: str | None = None,
         limit: int | None = None,
         unset: tuple[str, ...] = (),
+        trim_every_s: float | None = None,
     ) -> None:
         self.server = server
+        self.trim_every_s = trim_every_s
         self.unset = unset
         self.pool = pool
         self.cwd = cwd
@@ -298,7 +304,12 @@ class Worker:
         env = self.server.client_env(PREFECT_WORKER_QUERY_SECONDS="1", **self.env)
         for name in self.unset:
             env.pop(name, None)
-        args = [sys.executable, "-m", "prefect", "worker", "start", "--type", "process"]
+        if self.trim_every_s is None:
+            args = [sys.executable, "-m", "prefect", "worker", "start"]
+        else:
+            args = [sys.executable, "-c", "from agents.cli import main; main()", "worker"]
+            args += ["--trim-every", str(self.trim_every_s)]
+        args += ["--type", "process"]
         args += ["--pool", self.pool, "--name", self.name]
         if self.limit is not None:
             args += ["--limit", str(self.limit)]
