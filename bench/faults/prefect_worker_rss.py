@@ -1,0 +1,152 @@
+"""The Prefect process worker's RSS over many trivial flow runs: `prefect worker start` beside
+`stalwart worker` (the same worker, its freed heap trimmed), with no Stalwart code in the flows.
+
+    python bench/faults/prefect_worker_rss.py [--runs 100] [--wave 20] [--trim-every 10]
+
+Scenario 9 (soak) saw the two workers of the W1 stack grow by tens of MB per wave. This script
+takes Stalwart out of the picture: a `prefect server` on PostgreSQL (loopback, a fresh database;
+`--postgres`, as in W1: on SQLite the server answered 503 under this load), two work pools
+with one worker each (one plain, one `stalwart worker --trim-every S`), and a deployment per pool
+of a flow that maps a trivial task over 20 numbers. Waves of `--wave` flow runs go to each pool at
+once; after each wave it prints both workers' RSS and glibc `[heap]` RSS (from `/proc`). If the
+plain worker grows about linearly with flow runs, the growth is Prefect's; the trimmed worker
+shows what `malloc_trim` gives back.
+
+The figures of 2026-12-05 are in the README (*9: soak*).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from agents.testing.prefect_server import PrefectServer, Worker
+
+FLOW = """
+from prefect import flow, task
+
+
+@task
+def double(i: int) -> int:
+    return i * 2
+
+
+@flow(log_prints=True)
+def trivial(n: int = 20) -> int:
+    total = sum(double.map(range(n)).result())
+    print("total", total)
+    return total
+"""
+
+
+def memory_mb(pid: int) -> tuple[int, int]:
+    """(RSS, RSS of the glibc `[heap]` mapping) of a process, in MB.
+
+    Example:
+        >>> import os
+        >>> memory_mb(os.getpid())[0] > 0
+        True
+    """
+    heap_kb, mapping = 0, ""
+    with open(f"/proc/{pid}/smaps") as smaps:
+        for line in smaps:
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                fields = line.split()
+                mapping = fields[5] if len(fields) > 5 else ""
+            elif line.startswith("Rss:") and mapping == "[heap]":
+                heap_kb += int(line.split()[1])
+    with open(f"/proc/{pid}/status") as status:
+        rss_kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    return rss_kb // 1024, heap_kb // 1024
+
+
+async def run_wave(deployments: list[str], size: int, timeout_s: float) -> int:
+    """Start `size` flow runs of each deployment; wait until all are final; return completed."""
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        ids = []
+        for name in deployments:
+            deployment = await client.read_deployment_by_name(name)
+            for _ in range(size):
+                ids.append((await client.create_flow_run_from_deployment(deployment.id)).id)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            runs = [await client.read_flow_run(i) for i in ids]
+            if all(r.state is not None and r.state.is_final() for r in runs):
+                return sum(1 for r in runs if r.state is not None and r.state.is_completed())
+            await asyncio.sleep(3)
+    raise TimeoutError(f"a wave of {len(ids)} flow runs did not finish in {timeout_s:g} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=100, help="flow runs per worker in all")
+    parser.add_argument("--wave", type=int, default=20, help="flow runs per worker per wave")
+    parser.add_argument("--trim-every", type=float, default=10.0, help="stalwart worker's trim")
+    parser.add_argument("--wave-timeout", type=float, default=900.0)
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    args = parser.parse_args(argv)
+
+    project = Path(tempfile.mkdtemp(prefix="stalwart-worker-rss-"))
+    (project / "trivial.py").write_text(FLOW)
+    with PrefectServer(postgres=args.postgres) as server:
+        env = server.client_env()
+        for pool in ("plain", "trimmed"):
+            server.cli("work-pool", "create", pool, "--type", "process")
+        deploy = (
+            "from prefect import flow\n"
+            "f = flow.from_source(source='.', entrypoint='trivial.py:trivial')\n"
+            "for pool in ('plain', 'trimmed'):\n"
+            "    f.deploy(name=pool, work_pool_name=pool, build=False, push=False,\n"
+            "             ignore_warnings=True)\n"
+        )
+        subprocess.run(
+            [sys.executable, "-c", deploy], env=env, cwd=project, check=True, capture_output=True
+        )
+        import os
+
+        os.environ.update(env)  # the client in this process talks to this server
+        plain = Worker(server, pool="plain", name="plain", limit=4).start()
+        trimmed = Worker(
+            server, pool="trimmed", name="trimmed", limit=4, trim_every_s=args.trim_every
+        ).start()
+        try:
+            time.sleep(20)
+            print(f"{'flow runs':>9} | plain RSS / heap MB | trimmed RSS / heap MB | completed")
+            p, t = memory_mb(plain.pid), memory_mb(trimmed.pid)
+            print(f"{0:>9} | {p[0]:>8} / {p[1]:<8} | {t[0]:>10} / {t[1]:<8} |", flush=True)
+            first = (p[0], t[0])
+            done = 0
+            while done < args.runs:
+                completed = asyncio.run(
+                    run_wave(["trivial/plain", "trivial/trimmed"], args.wave, args.wave_timeout)
+                )
+                done += args.wave
+                time.sleep(args.trim_every + 2)  # let a trim happen before looking
+                p, t = memory_mb(plain.pid), memory_mb(trimmed.pid)
+                print(
+                    f"{done:>9} | {p[0]:>8} / {p[1]:<8} | {t[0]:>10} / {t[1]:<8} | "
+                    f"{completed}/{2 * args.wave}",
+                    flush=True,
+                )
+            print(
+                f"growth per flow run: plain {(p[0] - first[0]) / done:.2f} MB, "
+                f"trimmed {(t[0] - first[1]) / done:.2f} MB"
+            )
+        finally:
+            plain.stop()
+            trimmed.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
