@@ -35,17 +35,23 @@ FRAGMENT = textwrap.dedent(
 )
 
 
-@glibc
-def test_trimming_gives_a_fragmented_heap_back() -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", FRAGMENT],
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    """Run `code` in a fresh interpreter at the project root; its output as text."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
-        check=True,
-    ).stdout.split()
+    )
+
+
+@glibc
+def test_trimming_gives_a_fragmented_heap_back() -> None:
+    done = run_python(FRAGMENT)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.split()
     before, after = float(out[0]), float(out[1])
     assert before - after > 30, (before, after)
 
@@ -68,13 +74,6 @@ def test_the_worker_command_loads_neither_the_cli_nor_the_runtime() -> None:
         " if m in sys.modules]\n"
         "print(code, heavy)"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    out = run_python(probe)
     assert out.stdout.strip() == "2 []", out.stdout + out.stderr
     assert "--trim-every must be 0 or more" in out.stderr
