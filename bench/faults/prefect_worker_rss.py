@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from agents.testing.prefect_server import PrefectServer, Worker
+from bench.faults.s9_soak import rss_mb
 
 FLOW = """
 from prefect import flow, task
@@ -63,9 +65,7 @@ def memory_mb(pid: int) -> tuple[int, int]:
                 mapping = fields[5] if len(fields) > 5 else ""
             elif line.startswith("Rss:") and mapping == "[heap]":
                 heap_kb += int(line.split()[1])
-    with open(f"/proc/{pid}/status") as status:
-        rss_kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
-    return rss_kb // 1024, heap_kb // 1024
+    return round(rss_mb(pid)), heap_kb // 1024
 
 
 async def run_wave(deployments: list[str], size: int, timeout_s: float) -> int:
@@ -96,9 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args(argv)
 
-    project = Path(tempfile.mkdtemp(prefix="stalwart-worker-rss-"))
-    (project / "trivial.py").write_text(FLOW)
-    with PrefectServer(postgres=args.postgres) as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="stalwart-worker-rss-") as project,
+        PrefectServer(postgres=args.postgres) as server,
+    ):
+        Path(project, "trivial.py").write_text(FLOW)
         env = server.client_env()
         for pool in ("plain", "trimmed"):
             server.cli("work-pool", "create", pool, "--type", "process")
@@ -112,8 +114,6 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(
             [sys.executable, "-c", deploy], env=env, cwd=project, check=True, capture_output=True
         )
-        import os
-
         os.environ.update(env)  # the client in this process talks to this server
         plain = Worker(server, pool="plain", name="plain", limit=4).start()
         trimmed = Worker(
