@@ -122,9 +122,17 @@ def main(argv: list[str] | None = None) -> int:
         try:
             time.sleep(20)
             print(f"{'flow runs':>9} | plain RSS / heap MB | trimmed RSS / heap MB | completed")
-            p, t = memory_mb(plain.pid), memory_mb(trimmed.pid)
-            print(f"{0:>9} | {p[0]:>8} / {p[1]:<8} | {t[0]:>10} / {t[1]:<8} |", flush=True)
-            first = (p[0], t[0])
+
+            def row(done: int, completed: str) -> tuple[int, int]:
+                """Print one line of both workers' memory; return their RSS."""
+                p, t = memory_mb(plain.pid), memory_mb(trimmed.pid)
+                print(
+                    f"{done:>9} | {p[0]:>8} / {p[1]:<8} | {t[0]:>10} / {t[1]:<8} | {completed}",
+                    flush=True,
+                )
+                return p[0], t[0]
+
+            first = last = row(0, "")
             done = 0
             while done < args.runs:
                 completed = asyncio.run(
@@ -132,16 +140,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 done += args.wave
                 time.sleep(args.trim_every + 2)  # let a trim happen before looking
-                p, t = memory_mb(plain.pid), memory_mb(trimmed.pid)
-                print(
-                    f"{done:>9} | {p[0]:>8} / {p[1]:<8} | {t[0]:>10} / {t[1]:<8} | "
-                    f"{completed}/{2 * args.wave}",
-                    flush=True,
-                )
-            print(
-                f"growth per flow run: plain {(p[0] - first[0]) / done:.2f} MB, "
-                f"trimmed {(t[0] - first[1]) / done:.2f} MB"
-            )
+                last = row(done, f"{completed}/{2 * args.wave}")
+            per_run = [(b - a) / max(done, 1) for a, b in zip(first, last, strict=True)]
+            print(f"growth per flow run: plain {per_run[0]:.2f} MB, trimmed {per_run[1]:.2f} MB")
         finally:
             plain.stop()
             trimmed.stop()
