@@ -104,9 +104,9 @@ def recover_command(
     add_help_option=False,
 )
 def worker_command(ctx: typer.Context) -> None:
-    """`prefect worker start` (same options) with its heap trimmed: RSS stays bounded.
+    """`prefect worker start` (same options) that reclaims its memory: RSS stays flat.
 
-    `stalwart worker [--trim-every 60] --pool stalwart [--limit 5]`; `--help` for the rest.
+    `stalwart worker [--reclaim-every 60] --pool stalwart [--limit 5]`; `--help` for the rest.
     """
     from agents.worker import main as worker_main
 

@@ -262,8 +262,8 @@ class PrefectServer:
 class Worker:
     """`prefect worker start --pool POOL` against a `PrefectServer`, stopped by PID.
 
-    With `trim_every_s`, `stalwart worker --trim-every S --pool POOL` instead: the same worker,
-    with its freed heap given back to the OS every S seconds (`agents.worker`).
+    With `reclaim_every_s`, `stalwart worker --reclaim-every S --pool POOL` instead: the same
+    worker, collecting its garbage and trimming its heap every S seconds (`agents.worker`).
 
     Args:
         server: The server to poll.
@@ -273,7 +273,7 @@ class Worker:
         name: The worker's name.
         limit: Flow runs the worker runs at once.
         unset: Variables of this process the worker must not inherit.
-        trim_every_s: Run `stalwart worker` with this heap-trim period (None: plain Prefect).
+        reclaim_every_s: Run `stalwart worker` with this reclaim period (None: plain Prefect).
     """
 
     def __init__(
@@ -286,10 +286,10 @@ class Worker:
         name: str | None = None,
         limit: int | None = None,
         unset: tuple[str, ...] = (),
-        trim_every_s: float | None = None,
+        reclaim_every_s: float | None = None,
     ) -> None:
         self.server = server
-        self.trim_every_s = trim_every_s
+        self.reclaim_every_s = reclaim_every_s
         self.unset = unset
         self.pool = pool
         self.cwd = cwd
@@ -304,11 +304,11 @@ class Worker:
         env = self.server.client_env(PREFECT_WORKER_QUERY_SECONDS="1", **self.env)
         for name in self.unset:
             env.pop(name, None)
-        if self.trim_every_s is None:
+        if self.reclaim_every_s is None:
             args = [sys.executable, "-m", "prefect", "worker", "start"]
         else:
             args = [sys.executable, "-c", "from agents.cli import main; main()", "worker"]
-            args += ["--trim-every", str(self.trim_every_s)]
+            args += ["--reclaim-every", str(self.reclaim_every_s)]
         args += ["--type", "process"]
         args += ["--pool", self.pool, "--name", self.name]
         if self.limit is not None:

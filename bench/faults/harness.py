@@ -177,7 +177,7 @@ class Stack:
         helpdesk: The simulated helpdesk every action goes to.
         server: The Prefect server (its database on PostgreSQL).
         workers: The process workers polling pool `stalwart`: `stalwart worker` (Prefect's
-            process worker with its heap trimmed every `heap_trim_s` seconds; None: plain
+            process worker reclaiming its memory every `reclaim_every_s` seconds; None: plain
             `prefect worker start`).
         state_url: The state database (PostgreSQL, fresh, migrated).
 
@@ -194,10 +194,10 @@ class Stack:
         worker_limit: int = 5,
         concurrency: int = 16,
         model_timeout_s: float = 3.0,
-        heap_trim_s: float | None = 60.0,
+        reclaim_every_s: float | None = 60.0,
     ) -> None:
         self.latency_ms = latency_ms
-        self.heap_trim_s = heap_trim_s
+        self.reclaim_every_s = reclaim_every_s
         self.worker_count = workers
         self.worker_limit = worker_limit
         self.concurrency = concurrency
@@ -252,7 +252,7 @@ class Stack:
                     name=f"w1-{i}",
                     limit=self.worker_limit,
                     unset=("SENTRY_DSN", "STALWART_DATABASE_BLOCK", "STALWART_MODEL_BLOCK"),
-                    trim_every_s=self.heap_trim_s,
+                    reclaim_every_s=self.reclaim_every_s,
                 )
                 self.workers.append(worker)
                 self._stack.callback(worker.stop)

@@ -1,16 +1,17 @@
 """The Prefect process worker's RSS over many trivial flow runs: `prefect worker start` beside
-`stalwart worker` (the same worker, its freed heap trimmed), with no Stalwart code in the flows.
+`stalwart worker` (the same worker, reclaiming its memory), with no Stalwart code in the flows.
 
-    python bench/faults/prefect_worker_rss.py [--runs 100] [--wave 20] [--trim-every 10]
+    python bench/faults/prefect_worker_rss.py [--runs 100] [--wave 20] [--reclaim-every 10]
 
 Scenario 9 (soak) saw the two workers of the W1 stack grow by tens of MB per wave. This script
 takes Stalwart out of the picture: a `prefect server` on PostgreSQL (loopback, a fresh database;
 `--postgres`, as in W1: on SQLite the server answered 503 under this load), two work pools
-with one worker each (one plain, one `stalwart worker --trim-every S`), and a deployment per pool
-of a flow that maps a trivial task over 20 numbers. Waves of `--wave` flow runs go to each pool at
-once; after each wave it prints both workers' RSS and glibc `[heap]` RSS (from `/proc`). If the
-plain worker grows about linearly with flow runs, the growth is Prefect's; the trimmed worker
-shows what `malloc_trim` gives back.
+with one worker each (one plain, one `stalwart worker --reclaim-every S`), and a deployment per
+pool of a flow that maps a trivial task over 20 numbers. Waves of `--wave` flow runs go to each
+pool at once; after each wave it prints both workers' RSS and glibc `[heap]` RSS (from `/proc`).
+The plain worker grows about linearly with flow runs: the growth is Prefect's (dead clients
+waiting for a full garbage collection, see `agents.worker`); the other worker shows what
+collecting and trimming every S seconds leaves.
 
 The figures of 2026-12-05 are in the README (*9: soak*).
 """
@@ -91,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=100, help="flow runs per worker in all")
     parser.add_argument("--wave", type=int, default=20, help="flow runs per worker per wave")
-    parser.add_argument("--trim-every", type=float, default=10.0, help="stalwart worker's trim")
+    parser.add_argument(
+        "--reclaim-every", type=float, default=10.0, help="stalwart worker's reclaim period"
+    )
     parser.add_argument("--wave-timeout", type=float, default=900.0)
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args(argv)
@@ -102,12 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     ):
         Path(project, "trivial.py").write_text(FLOW)
         env = server.client_env()
-        for pool in ("plain", "trimmed"):
+        for pool in ("plain", "reclaiming"):
             server.cli("work-pool", "create", pool, "--type", "process")
         deploy = (
             "from prefect import flow\n"
             "f = flow.from_source(source='.', entrypoint='trivial.py:trivial')\n"
-            "for pool in ('plain', 'trimmed'):\n"
+            "for pool in ('plain', 'reclaiming'):\n"
             "    f.deploy(name=pool, work_pool_name=pool, build=False, push=False,\n"
             "             ignore_warnings=True)\n"
         )
@@ -116,18 +119,22 @@ def main(argv: list[str] | None = None) -> int:
         )
         os.environ.update(env)  # the client in this process talks to this server
         plain = Worker(server, pool="plain", name="plain", limit=4).start()
-        trimmed = Worker(
-            server, pool="trimmed", name="trimmed", limit=4, trim_every_s=args.trim_every
+        reclaiming = Worker(
+            server,
+            pool="reclaiming",
+            name="reclaiming",
+            limit=4,
+            reclaim_every_s=args.reclaim_every,
         ).start()
         try:
             time.sleep(20)
-            print(f"{'flow runs':>9} | plain RSS / heap MB | trimmed RSS / heap MB | completed")
+            print(f"{'flow runs':>9} | plain RSS / heap MB | reclaiming RSS / heap MB | completed")
 
             def row(done: int, completed: str) -> tuple[int, int]:
                 """Print one line of both workers' memory; return their RSS."""
-                p, t = memory_mb(plain.pid), memory_mb(trimmed.pid)
+                p, t = memory_mb(plain.pid), memory_mb(reclaiming.pid)
                 print(
-                    f"{done:>9} | {p[0]:>8} / {p[1]:<8} | {t[0]:>10} / {t[1]:<8} | {completed}",
+                    f"{done:>9} | {p[0]:>8} / {p[1]:<8} | {t[0]:>13} / {t[1]:<8} | {completed}",
                     flush=True,
                 )
                 return p[0], t[0]
@@ -136,16 +143,16 @@ def main(argv: list[str] | None = None) -> int:
             done = 0
             while done < args.runs:
                 completed = asyncio.run(
-                    run_wave(["trivial/plain", "trivial/trimmed"], args.wave, args.wave_timeout)
+                    run_wave(["trivial/plain", "trivial/reclaiming"], args.wave, args.wave_timeout)
                 )
                 done += args.wave
-                time.sleep(args.trim_every + 2)  # let a trim happen before looking
+                time.sleep(args.reclaim_every + 2)  # let a reclaim happen before looking
                 last = row(done, f"{completed}/{2 * args.wave}")
             per_run = [(b - a) / max(done, 1) for a, b in zip(first, last, strict=True)]
-            print(f"growth per flow run: plain {per_run[0]:.2f} MB, trimmed {per_run[1]:.2f} MB")
+            print(f"growth per flow run: plain {per_run[0]:.2f} MB, reclaiming {per_run[1]:.2f} MB")
         finally:
             plain.stop()
-            trimmed.stop()
+            reclaiming.stop()
     return 0
 
 
