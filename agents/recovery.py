@@ -52,6 +52,8 @@ ATTEMPT_TAG = "stalwart:attempt:"
 DEAD_STATES = ("CRASHED", "FAILED")
 #: States that mean "a process is working on it", true only while that process lives.
 LIVE_STATES = ("RUNNING", "PENDING", "CANCELLING")
+#: `Recovery.reason` of a live-state run whose process is gone.
+PROCESS_GONE = "Its process is gone"
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ class Recovery:
     attempt: int
     """The attempt the dead run was (1 for the original)."""
     new_flow_run_id: str | None = None
+    reason: str = ""
+    """Why it is dead: its final state's message, or that its process is gone."""
 
 
 def process_alive(infrastructure_pid: str | None) -> bool | None:
@@ -152,12 +156,15 @@ def recover(
             if alive is not False:
                 continue
             _mark_crashed(client, run.id)
+            reason = PROCESS_GONE
         elif state not in DEAD_STATES:
             continue
+        else:
+            reason = _short(run.state.message if run.state else None)
         attempt = _attempt(tags)
         name = str(run.name)
         if attempt >= max_attempts:
-            found.append(Recovery(str(run.id), name, state, "gave up", attempt))
+            found.append(Recovery(str(run.id), name, state, "gave up", attempt, reason=reason))
             continue
         kept = [t for t in tags if t != RETRIED and not t.startswith((RETRY_TAG, ATTEMPT_TAG))]
         new = client.create_flow_run_from_deployment(
@@ -165,8 +172,16 @@ def recover(
             parameters=run.parameters,
             tags=[*kept, RETRIED, f"{RETRY_TAG}{run.id}", f"{ATTEMPT_TAG}{attempt + 1}"],
         )
-        found.append(Recovery(str(run.id), name, state, "resubmitted", attempt, str(new.id)))
+        found.append(
+            Recovery(str(run.id), name, state, "resubmitted", attempt, str(new.id), reason)
+        )
     return found
+
+
+def _short(message: str | None, limit: int = 300) -> str:
+    """A state message on one line, cut to `limit` characters."""
+    text = " ".join((message or "").split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _read_all(client: Any, flow_filter: Any) -> list[Any]:
@@ -228,5 +243,5 @@ def _mark_crashed(client: Any, flow_run_id: Any) -> None:
     from prefect.states import Crashed
 
     client.set_flow_run_state(
-        flow_run_id, Crashed(message="Its process is gone (stalwart recover)"), force=True
+        flow_run_id, Crashed(message=f"{PROCESS_GONE} (stalwart recover)"), force=True
     )

@@ -129,6 +129,7 @@ def test_stalwart_recover_resubmits_a_run_whose_machine_died_once(stack: Stack) 
 
         rows = about_this_run(first.output)
         assert [(r["state"], r["action"]) for r in rows] == [("RUNNING", "resubmitted")]
+        assert rows[0]["reason"] == "Its process is gone"
         assert about_this_run(again.output) == []
         assert client.read_flow_run(run.id).state.is_crashed()
 

@@ -51,10 +51,11 @@ def test_a_crashed_run_is_resubmitted_once_per_attempt_up_to_the_limit(
 
     params = {"inputs": [{"raw": {"id": 1}}], "tenant": "acme"}
     run = client.create_flow_run_from_deployment(deployment, parameters=params)
-    _set(client, run.id, Crashed())
+    _set(client, run.id, Crashed(message="Flow run infrastructure exited\nwith status -9"))
 
     first = _ours(recover(since=timedelta(hours=1), max_attempts=3, client=client), run.id)
     assert [(r.state, r.action, r.attempt) for r in first] == [("CRASHED", "resubmitted", 1)]
+    assert first[0].reason == "Flow run infrastructure exited with status -9"  # one line
     assert _ours(recover(since=timedelta(hours=1), max_attempts=3, client=client), run.id) == []
 
     second = client.read_flow_run(first[0].new_flow_run_id)
@@ -90,8 +91,8 @@ def test_a_running_run_without_its_process_is_marked_crashed_and_resubmitted(
         assert process_alive(str(alive.pid)) is True
 
         found = recover(since=timedelta(hours=1), client=client)
-        assert [(r.state, r.action) for r in _ours(found, runs["dead"].id)] == [
-            ("RUNNING", "resubmitted")
+        assert [(r.state, r.action, r.reason) for r in _ours(found, runs["dead"].id)] == [
+            ("RUNNING", "resubmitted", "Its process is gone")
         ]
         assert _ours(found, runs["alive"].id) == []
         assert client.read_flow_run(runs["dead"].id).state.is_crashed()

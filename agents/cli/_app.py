@@ -91,7 +91,7 @@ def recover_command(
         found = recover(since=window, max_attempts=max_attempts, pending_grace_s=pending_grace)
         rows = [dataclasses.asdict(r) for r in found]
         if rows or not watch:
-            columns = ["flow_run_name", "state", "action", "attempt", "new_flow_run_id"]
+            columns = ["flow_run_name", "state", "action", "attempt", "new_flow_run_id", "reason"]
             _print_rows(rows, columns, "Dead agent flow runs", as_json)
         if not watch:
             return

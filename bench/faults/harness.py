@@ -540,11 +540,16 @@ class _Operator:
             batch = current[found.flow_run_id]
             if found.new_flow_run_id is None:
                 batch.done = True
-                self.log(f"batch {batch.index}: gave up after {found.attempt} flow runs")
+                self.log(
+                    f"batch {batch.index}: gave up after {found.attempt} flow runs"
+                    f" ({found.reason[:160]})"
+                )
                 continue
             if found.state in LIVE_STATES:
                 self.marked_crashed += 1
-            self.log(f"batch {batch.index}: flow run {found.state}, re-submitted")
+            self.log(
+                f"batch {batch.index}: flow run {found.state}, re-submitted ({found.reason[:160]})"
+            )
             batch.flow_runs.append(found.new_flow_run_id)
             self.resubmitted += 1
             self.resubmitted_at.setdefault(batch.index, time.time())
