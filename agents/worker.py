@@ -7,12 +7,14 @@ collection and then glibc's `malloc_trim(0)`.
 Why: Prefect 3.9's process worker builds two `httpx.AsyncClient`s for every flow run, and each
 loads certifi's CA bundle into a fresh `ssl.SSLContext` (OpenSSL memory that tracemalloc does not
 see). The clients end up in reference cycles, so they are freed only by a full (generation 2)
-collection, which CPython runs rarely in a process holding Prefect's half-million long-lived
-objects: 25 to 40 dead clients were alive at any time, glibc's in-use heap grew about 0.7 MB per
-flow run, and what a late collection freed stayed in the heap. In the reliability suite's soak
-(`bench/faults/s9_soak.py`) the workers grew by tens of MB per wave. Collecting and trimming
-every 10 s kept a worker at 97 MB over 140 flow runs (`bench/faults/prefect_worker_rss.py`);
-trimming alone took only 40% off the growth. Off glibc (macOS, musl) only the collection runs.
+collection, which CPython runs only after tens of thousands of objects have survived into the
+oldest generation: 25 to 40 dead clients were alive at any time, glibc's in-use heap grew about
+0.7 MB per flow run, and what a late collection freed mostly stayed in the heap. A full
+collection of the worker's ~130,000 tracked objects takes about 50 ms. In the reliability
+suite's soak (`bench/faults/s9_soak.py`) the workers grew by tens of MB per wave. Collecting and
+trimming every 10 s kept a worker at 97 MB over 140 flow runs
+(`bench/faults/prefect_worker_rss.py`); trimming alone took only 40% off the growth. Off glibc
+(macOS, musl) only the collection runs.
 
 Example:
     >>> reclaim_memory() >= 0
