@@ -59,3 +59,12 @@ def test_postgres_no_read_path_crosses_tenants(
 ) -> None:
     a, b = pair
     check_isolation(a, b, subject, key, value, postgres_url)
+
+
+@settings(SETTINGS, max_examples=500)
+@given(tenant_pairs())
+def test_generated_pairs_are_distinct_tenants_stalwart_accepts(pair: tuple[str, str]) -> None:
+    # A blank name is refused before any query (`require_tenant`): as a "pair" it would turn a
+    # run of the properties into a ValueError instead of a check (the full s7 once drew "\r").
+    a, b = pair
+    assert a != b and a.strip() and b.strip()

@@ -643,6 +643,7 @@ def test_no_query_crosses_tenants(db_url: str, new_tenant: str) -> None:
     "call",
     [
         lambda: runs(tenant=""),
+        lambda: runs(tenant=" \r\n\t"),  # blank is no tenant either
         lambda: steps(tenant="", agent_run_id="x"),
         lambda: memory(tenant=""),
         lambda: actions(tenant=""),

@@ -48,8 +48,9 @@ _runner = CliRunner()
 
 #: Characters of generated names: no NUL (PostgreSQL text cannot hold it) and no lone surrogates.
 _name_chars = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
+#: Tenant names Stalwart accepts: a blank one (`"\r"`) is refused before any query runs.
 _base_names = st.one_of(
-    st.text(_name_chars, min_size=1, max_size=12),
+    st.text(_name_chars, min_size=1, max_size=12).filter(str.strip),
     st.sampled_from(["acme", "Acme", "tenant-a", "t", "%", "_", "a%", "a_c", "é", "ß", "İ"]),
 )
 
@@ -86,7 +87,7 @@ def _variant(name: str, how: str, extra: str) -> str:
 
 @st.composite
 def tenant_pairs(draw: st.DrawFn) -> tuple[str, str]:
-    """(A, B): B is a confusable variant of A, never equal to it.
+    """(A, B): B is a confusable variant of A, never equal to it; neither is blank.
 
     Example:
         >>> a, b = tenant_pairs().example()  # doctest: +SKIP
@@ -112,7 +113,7 @@ def tenant_pairs(draw: st.DrawFn) -> tuple[str, str]:
         )
     )
     b = _variant(a, how, draw(st.text(_name_chars, max_size=3)))
-    if b == a:
+    if b == a or not b.strip():  # "\rx" -> prefix "\r": blank, refused as a tenant
         b = a + "_"
     if draw(st.booleans()):
         a, b = b, a  # either may be the longer, upper-case or wildcard one
