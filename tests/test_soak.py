@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from agents._settings import reload_settings
-from bench.faults.s9_soak import fresh_postgres, judge, run_inprocess
+from bench.faults.s9_soak import Pruned, Wave, fresh_postgres, judge, run_inprocess
 
 pytestmark = [pytest.mark.faults, pytest.mark.postgres, pytest.mark.slow]
 
@@ -77,3 +77,20 @@ def test_prune_with_caches_deletes_old_cached_answers_only(sqlite_url: str) -> N
     with Session(get_engine(sqlite_url)) as s:
         assert [e.key for e in s.exec(select(LLMCacheEntry)).all()] == ["k2"]
         assert len(s.exec(select(ExampleUse)).all()) == 1
+
+
+def test_a_worker_exit_makes_the_rss_criterion_fail_not_pass() -> None:
+    # Seen in a full soak: one worker died (the Prefect server answered 500 to its
+    # read_deployment), the summed RSS fell by a worker's worth and the slope said -96 MB.
+    flat = [Wave(i, 10, 10, 0, 1.0, 220.0, 200.0, 1000 + 100 * i) for i in range(3)]
+    pruned = Pruned(30, {"agent_run": 30}, 0, 10, 5, 1, 1300, 1000)
+    assert judge(flat, pruned, 1000)[0] == []
+    dropped = [
+        Wave(i, 10, 10, 0, 1.0, rss, 200.0, 1000 + 100 * i)
+        for i, rss in enumerate((220.0, 120.0, 120.0))
+    ]
+    dropped[0].worker_exits = 1
+    failures = judge(dropped, pruned, 1000)[0]
+    assert failures == [
+        "1 worker exit(s) during the soak (waves [0]): worker RSS not comparable across waves"
+    ]

@@ -235,6 +235,8 @@ class Wave:
     flow_run_rss_mb: float
     db_bytes: int
     rows: dict[str, int] = field(default_factory=dict)
+    worker_exits: int = 0
+    """Worker processes that exited during the wave (restarted before the next one)."""
 
     @property
     def runs_per_s(self) -> float:
@@ -304,6 +306,9 @@ def judge(
         >>> p = Pruned(30, {"agent_run": 30}, 0, 10, 5, 1, 1300, 1000)
         >>> judge(w, p, 1000)[0]
         []
+        >>> w[1].worker_exits = 1
+        >>> judge(w, p, 1000)[0]
+        ['1 worker exit(s) during the soak (waves [1]): worker RSS not comparable across waves']
     """
     failures: list[str] = []
     n = len(waves)
@@ -313,6 +318,14 @@ def judge(
     drift = (last - first) / first if first else 0.0
     if abs(drift) > rate_tolerance:
         failures.append(f"runs/s drifted {drift:+.0%} (first third {first:.1f}, last {last:.1f})")
+    exits = [w.index for w in waves for _ in range(w.worker_exits)]
+    if exits:
+        # The workers' RSS is summed over their processes: a missing or fresh one is not
+        # comparable with the waves before it, so the RSS criterion cannot be judged.
+        failures.append(
+            f"{len(exits)} worker exit(s) during the soak (waves {sorted(set(exits))}): "
+            "worker RSS not comparable across waves"
+        )
     idx = [float(w.index) for w in waves]
     growth = {}
     for what, values in (
@@ -430,6 +443,11 @@ def run_harness(
         while time.monotonic() < deadline or len(waves) < 3:
             with PeakRss(workers) as peak:
                 outcome = run_w1(s, batches=batches_for(short, runs))
+            exited = [w for w in s.workers if w.process is None or w.process.poll() is not None]
+            for worker in exited:
+                last = " ".join(worker.log_tail(2).split())[-240:]
+                notes.append(f"worker {worker.name} exited in wave {len(waves)}: {last}")
+            s.ensure_workers()  # what a supervisor (systemd, Kubernetes) does in production
             waves.append(
                 Wave(
                     index=len(waves),
@@ -441,13 +459,15 @@ def run_harness(
                     flow_run_rss_mb=peak.child_mb,
                     db_bytes=database_bytes(dsn),
                     rows=row_counts(dsn),
+                    worker_exits=len(exited),
                 )
             )
             w = waves[-1]
             print(
                 f"wave {w.index}: {w.completed}/{w.runs} in {w.wall_s:.0f} s "
                 f"({w.runs_per_s:.1f} runs/s), workers {w.worker_rss_mb:.0f} MB, "
-                f"flow run {w.flow_run_rss_mb:.0f} MB, DB {w.db_bytes / 2**20:.1f} MB",
+                f"flow run {w.flow_run_rss_mb:.0f} MB, DB {w.db_bytes / 2**20:.1f} MB"
+                + (f", {w.worker_exits} worker exit(s)" if w.worker_exits else ""),
                 file=sys.stderr,
                 flush=True,
             )
