@@ -541,15 +541,12 @@ class _Operator:
             if found.new_flow_run_id is None:
                 batch.done = True
                 self.log(
-                    f"batch {batch.index}: gave up after {found.attempt} flow runs"
-                    f" ({found.reason[:160]})"
+                    f"batch {batch.index}: gave up after {found.attempt} flow runs ({found.reason})"
                 )
                 continue
             if found.state in LIVE_STATES:
                 self.marked_crashed += 1
-            self.log(
-                f"batch {batch.index}: flow run {found.state}, re-submitted ({found.reason[:160]})"
-            )
+            self.log(f"batch {batch.index}: flow run {found.state}, re-submitted ({found.reason})")
             batch.flow_runs.append(found.new_flow_run_id)
             self.resubmitted += 1
             self.resubmitted_at.setdefault(batch.index, time.time())
