@@ -16,14 +16,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 glibc = pytest.mark.skipif(_malloc_trim() is None, reason="no malloc_trim (not glibc)")
 
-# A heap left fragmented: 60 MB of 2 KB blocks (malloc, not pymalloc, and below the mmap
-# threshold), every 64th kept alive so glibc cannot shrink the heap from its top.
-FRAGMENT = textwrap.dedent(
+# The snippets' own RSS (they run in a fresh interpreter, which imports nothing else).
+RSS_MB = textwrap.dedent(
     """
-    import sys
     def rss_mb():
         with open("/proc/self/status") as f:
             return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
+    """
+)
+
+# A heap left fragmented: 60 MB of 2 KB blocks (malloc, not pymalloc, and below the mmap
+# threshold), every 64th kept alive so glibc cannot shrink the heap from its top.
+FRAGMENT = RSS_MB + textwrap.dedent(
+    """
+    import sys
     blocks = [bytes(2048) for _ in range(30_000)]
     kept = blocks[::64]
     del blocks
@@ -37,12 +43,9 @@ FRAGMENT = textwrap.dedent(
 # What Prefect's process worker leaves behind per flow run: clients in reference cycles, each
 # holding an SSL context with certifi's CA bundle loaded (OpenSSL memory, about 0.7 MB each),
 # not yet found by a full collection (here: automatic collection off).
-DEAD_CLIENTS = textwrap.dedent(
+DEAD_CLIENTS = RSS_MB + textwrap.dedent(
     """
     import gc, ssl, certifi
-    def rss_mb():
-        with open("/proc/self/status") as f:
-            return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
     gc.disable()
     class Client:
         def __init__(self):

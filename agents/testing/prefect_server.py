@@ -339,6 +339,11 @@ class Worker:
         if self.process is not None:
             _stop(self.process, grace=10)
 
+    @property
+    def running(self) -> bool:
+        """Whether the worker's process is started and has not exited."""
+        return self.process is not None and self.process.poll() is None
+
     def kill(self) -> list[int]:
         """SIGKILL the worker and every process below it at once, as a lost machine would.
 
@@ -348,7 +353,7 @@ class Worker:
             >>> worker.kill()  # doctest: +SKIP
             [4242, 4250, 4251]
         """
-        if self.process is None or self.process.poll() is not None:
+        if not self.running or self.process is None:
             return []
         victims = [self.process.pid, *descendants(self.process.pid)]
         groups = set()

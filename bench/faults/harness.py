@@ -277,7 +277,7 @@ class Stack:
         """Start again any worker whose process has exited; return their names."""
         restarted = []
         for worker in self.workers:
-            if worker.process is None or worker.process.poll() is not None:
+            if not worker.running:
                 worker.start()
                 restarted.append(worker.name)
         return restarted

@@ -318,13 +318,13 @@ def judge(
     drift = (last - first) / first if first else 0.0
     if abs(drift) > rate_tolerance:
         failures.append(f"runs/s drifted {drift:+.0%} (first third {first:.1f}, last {last:.1f})")
-    exits = [w.index for w in waves for _ in range(w.worker_exits)]
+    exits = sum(w.worker_exits for w in waves)
     if exits:
         # The workers' RSS is summed over their processes: a missing or fresh one is not
         # comparable with the waves before it, so the RSS criterion cannot be judged.
         failures.append(
-            f"{len(exits)} worker exit(s) during the soak (waves {sorted(set(exits))}): "
-            "worker RSS not comparable across waves"
+            f"{exits} worker exit(s) during the soak (waves "
+            f"{[w.index for w in waves if w.worker_exits]}): worker RSS not comparable across waves"
         )
     idx = [float(w.index) for w in waves]
     growth = {}
@@ -443,7 +443,7 @@ def run_harness(
         while time.monotonic() < deadline or len(waves) < 3:
             with PeakRss(workers) as peak:
                 outcome = run_w1(s, batches=batches_for(short, runs))
-            exited = [w for w in s.workers if w.process is None or w.process.poll() is not None]
+            exited = [w for w in s.workers if not w.running]
             for worker in exited:
                 last = " ".join(worker.log_tail(2).split())[-240:]
                 notes.append(f"worker {worker.name} exited in wave {len(waves)}: {last}")
