@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+from agents._text import one_line
 from agents.observe.sentry import scrub_text
 from agents.store._convert import as_utc
 from agents.store.decisions import find_decisions, get_decision, set_outcome
@@ -255,11 +256,6 @@ def _cell(value: Any) -> str:
     return "" if value is None else scrub_text(str(value))
 
 
-def _truncate(text: str, width: int = RATIONALE_WIDTH) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def summary_rows(rows: Iterable[DecisionRecord]) -> list[dict[str, str]]:
     """Decisions as display rows: one string per `SUMMARY_COLUMNS`, secrets scrubbed.
 
@@ -285,7 +281,7 @@ def summary_rows(rows: Iterable[DecisionRecord]) -> list[dict[str, str]]:
                 "tokens": f"{row.tokens_in}/{row.tokens_out}",
                 "cost": f"{row.cost:.4f}",
                 "latency ms": "" if row.latency_ms is None else f"{row.latency_ms:.0f}",
-                "rationale": _truncate(_cell(row.rationale)),
+                "rationale": one_line(_cell(row.rationale), RATIONALE_WIDTH),
             }
         )
     return result

@@ -31,6 +31,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from agents._text import one_line
+
 __all__ = [
     "AGENT_TAG",
     "ATTEMPT_TAG",
@@ -54,6 +56,8 @@ DEAD_STATES = ("CRASHED", "FAILED")
 LIVE_STATES = ("RUNNING", "PENDING", "CANCELLING")
 #: `Recovery.reason` of a live-state run whose process is gone.
 PROCESS_GONE = "Its process is gone"
+#: `Recovery.reason` is a state message on one line, cut to this many characters.
+REASON_WIDTH = 300
 
 
 @dataclass(frozen=True)
@@ -160,7 +164,7 @@ def recover(
         elif state not in DEAD_STATES:
             continue
         else:
-            reason = _short(run.state.message if run.state else None)
+            reason = one_line((run.state.message if run.state else None) or "", REASON_WIDTH)
         attempt = _attempt(tags)
         name = str(run.name)
         if attempt >= max_attempts:
@@ -176,12 +180,6 @@ def recover(
             Recovery(str(run.id), name, state, "resubmitted", attempt, str(new.id), reason)
         )
     return found
-
-
-def _short(message: str | None, limit: int = 300) -> str:
-    """A state message on one line, cut to `limit` characters."""
-    text = " ".join((message or "").split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _read_all(client: Any, flow_filter: Any) -> list[Any]:
