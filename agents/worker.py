@@ -1,8 +1,15 @@
-"""A Prefect worker whose memory stays flat: it collects its garbage and gives freed heap back.
+"""A Prefect worker that stays up and stays flat: it outlives a failed submission, and it collects
+its garbage and gives freed heap back.
 
-`stalwart worker --pool stalwart` is `prefect worker start --pool stalwart` (same options, same
-worker, in this process) plus a thread that, every `reclaim_every_s` seconds, runs a full garbage
-collection and then glibc's `malloc_trim(0)`.
+`stalwart worker --pool stalwart` is `prefect worker start --pool stalwart` (same options, in this
+process) with two changes:
+
+- For process pools it runs `ResilientProcessWorker`: a flow run whose submission fails before
+  it starts (the server answered 500 to the worker's `read_deployment`) is logged and left
+  Scheduled for the next poll. Prefect 3.9's process worker lets that one error end the worker,
+  and with it every flow-run process it had started.
+- A thread, every `reclaim_every_s` seconds, runs a full garbage collection and then glibc's
+  `malloc_trim(0)`.
 
 Why: Prefect 3.9's process worker builds two `httpx.AsyncClient`s for every flow run, and each
 loads certifi's CA bundle into a fresh `ssl.SSLContext` (OpenSSL memory that tracemalloc does not
@@ -17,6 +24,8 @@ trimming every 10 s kept a worker at 97 MB over 140 flow runs
 (macOS, musl) only the collection runs.
 
 Example:
+    >>> resilient_process_worker().type
+    'process'
     >>> reclaim_memory() >= 0
     True
     >>> reclaimer = start_memory_reclaimer(every_s=60.0)
@@ -33,10 +42,22 @@ import functools
 import gc
 import sys
 import threading
+import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["main", "reclaim_memory", "run_worker", "start_memory_reclaimer", "trim_heap"]
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.workers.process import ProcessWorker
+
+__all__ = [
+    "main",
+    "reclaim_memory",
+    "resilient_process_worker",
+    "run_worker",
+    "start_memory_reclaimer",
+    "trim_heap",
+]
 
 
 @functools.cache
@@ -103,6 +124,52 @@ def start_memory_reclaimer(every_s: float = 60.0) -> threading.Thread | None:
     return thread
 
 
+@functools.cache
+def resilient_process_worker() -> type[ProcessWorker]:
+    """Prefect's process worker, made the `process` worker type here, outliving failed submissions.
+
+    Defined on first call, not at import: defining it replaces Prefect's `process` type in this
+    process, which only `stalwart worker` wants.
+
+    Example:
+        >>> resilient_process_worker().__name__
+        'ResilientProcessWorker'
+    """
+    from prefect.workers.process import ProcessWorker
+
+    with warnings.catch_warnings():
+        # Prefect's type registry warns that the `process` type is overridden: that is the point.
+        warnings.filterwarnings("ignore", message=".*will be overridden", category=UserWarning)
+
+        class ResilientProcessWorker(ProcessWorker):
+            """A process worker for which a failed submission fails that submission only.
+
+            Prefect 3.9.1's `_submit_run` catches a missing deployment but lets any other error
+            of `read_deployment` (a 500 from a server short of database connections) escape into
+            the worker's task group, which ends the worker and cancels its running flow runs.
+            Here the error is logged and the submission undone (slot released, run no longer
+            in flight), so the run, still Scheduled, is picked up by the next poll.
+            """
+
+            type = "process"
+
+            async def _submit_run(self, flow_run: FlowRun) -> None:
+                try:
+                    await super()._submit_run(flow_run)
+                except Exception:  # not cancellation: that must still stop the worker
+                    self._logger.exception(
+                        "Submitting flow run %s failed before it started; it stays Scheduled "
+                        "for the next poll",
+                        flow_run.id,
+                    )
+                    self._submitting_flow_run_ids.discard(flow_run.id)
+                    if self._cancelling_observer is not None:
+                        self._cancelling_observer.remove_in_flight_flow_run_id(flow_run.id)
+                    self._release_limit_slot(flow_run.id)
+
+    return ResilientProcessWorker
+
+
 def run_worker(prefect_args: Sequence[str], *, reclaim_every_s: float = 60.0) -> None:
     """Run `prefect worker start <prefect_args>` in this process, reclaiming memory meanwhile.
 
@@ -113,6 +180,7 @@ def run_worker(prefect_args: Sequence[str], *, reclaim_every_s: float = 60.0) ->
     """
     from prefect.cli import app
 
+    resilient_process_worker()
     start_memory_reclaimer(reclaim_every_s)
     sys.argv = ["prefect", "worker", "start", *prefect_args]
     app()

@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
+import http.server
 import os
 import subprocess
 import sys
 import textwrap
+import threading
+import uuid
 from pathlib import Path
 
+import anyio
 import pytest
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.objects import FlowRun
+from prefect.exceptions import PrefectHTTPStatusError
+from prefect.settings import (
+    PREFECT_API_URL,
+    PREFECT_CLIENT_MAX_RETRIES,
+    PREFECT_LOGGING_TO_API_ENABLED,
+    temporary_settings,
+)
+from prefect.workers.process import ProcessWorker
 
-from agents.worker import _malloc_trim, reclaim_memory, start_memory_reclaimer
+from agents.worker import (
+    _malloc_trim,
+    reclaim_memory,
+    resilient_process_worker,
+    start_memory_reclaimer,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,3 +134,68 @@ def test_the_worker_command_loads_neither_the_cli_nor_the_runtime() -> None:
     out = run_python(probe)
     assert out.stdout.strip() == "2 []", out.stdout + out.stderr
     assert "--reclaim-every must be 0 or more" in out.stderr
+
+
+class _Answers500(http.server.BaseHTTPRequestHandler):
+    """A Prefect API short of database connections: every request gets a 500."""
+
+    def do_GET(self) -> None:
+        body = b'{"exception_message": "Internal Server Error"}'
+        self.send_response(500)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+async def _submit_against_a_failing_server(worker_cls: type[ProcessWorker]) -> ProcessWorker:
+    """What the worker's poll loop does for one Scheduled run, against a server answering 500."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answers500)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    api = f"http://127.0.0.1:{server.server_address[1]}/api"
+    worker = worker_cls(work_pool_name="stalwart", limit=2)
+    flow_run = FlowRun(flow_id=uuid.uuid4(), deployment_id=uuid.uuid4(), name="batch-1")
+    try:
+        quiet = {PREFECT_CLIENT_MAX_RETRIES: 0, PREFECT_LOGGING_TO_API_ENABLED: False}
+        with temporary_settings({PREFECT_API_URL: api, **quiet}):
+            async with PrefectClient(api) as client:
+                worker._client = client
+                worker._limiter = anyio.CapacityLimiter(2)
+                worker._limiter.acquire_on_behalf_of_nowait(flow_run.id)
+                worker._submitting_flow_run_ids.add(flow_run.id)
+                await worker._submit_run(flow_run)
+    finally:
+        server.shutdown()
+        server.server_close()
+    return worker
+
+
+def test_a_failed_submission_does_not_end_the_worker() -> None:
+    worker = asyncio.run(_submit_against_a_failing_server(resilient_process_worker()))
+    # Undone: no longer in flight (the next poll may submit it again), its slot free.
+    assert worker._submitting_flow_run_ids == set()
+    assert worker._limiter is not None and worker._limiter.borrowed_tokens == 0
+
+
+def test_prefects_own_process_worker_is_ended_by_that_failure() -> None:
+    # Why `stalwart worker` has its own: the same 500 escapes Prefect 3.9's `_submit_run`.
+    with pytest.raises(PrefectHTTPStatusError, match="500"):
+        asyncio.run(_submit_against_a_failing_server(ProcessWorker))
+
+
+def test_the_worker_command_runs_the_resilient_worker_for_process_pools() -> None:
+    probe = (
+        "from agents.worker import resilient_process_worker\n"
+        "from prefect.workers.base import BaseWorker\n"
+        "from prefect.utilities.dispatch import lookup_type\n"
+        "before = lookup_type(BaseWorker, 'process').__name__\n"
+        "resilient_process_worker()\n"
+        "print(before, lookup_type(BaseWorker, 'process').__name__)"
+    )
+    out = run_python(probe)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["ProcessWorker", "ResilientProcessWorker"]
+    assert "overridden" not in out.stderr
