@@ -102,6 +102,18 @@ FULL = (1000, 10, 50)
 SHORT = (40, 4, 10)
 
 
+#: The Prefect server's database settings for W1's load, as the README advises for production.
+#: Prefect's defaults (a pool of 5 plus 10 overflow connections, 5 s to connect) made the server
+#: open a connection for most requests under W1 on two cores; connecting then timed out now and
+#: then and the request answered 500 (4,000-run soaks: a few flow-run re-submissions each, and a
+#: worker ended by a 500 before `stalwart worker` caught that). Prefect's own test mode raises the
+#: connect timeout to 30 s for the same reason.
+SERVER_SIZING = {
+    "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": "20",
+    "PREFECT_SERVER_DATABASE_CONNECTION_TIMEOUT": "30",
+}
+
+
 def pg_admin_url() -> str:
     """The PostgreSQL admin URL the suite uses (`STALWART_TEST_PG` or the local default).
 
@@ -210,7 +222,7 @@ class Stack:
         self.model = ModelServer(port=0)
         self.helpdesk = SimulatedHelpdesk()
         # Generous: on a loaded two-core machine the server once took over 90 s to answer.
-        self.server = PrefectServer(postgres=PG, startup_timeout=240.0)
+        self.server = PrefectServer(postgres=PG, startup_timeout=240.0, env=dict(SERVER_SIZING))
         self.workers: list[Worker] = []
         self._stack = contextlib.ExitStack()
         self.deployment_id: str | None = None
