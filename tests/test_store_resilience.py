@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -314,3 +317,86 @@ def test_a_run_ended_during_a_flush_is_recorded_ended(db_url: str, new_tenant: s
     with session(db_url) as s:
         stored = s.exec(select(AgentRun).where(col(AgentRun.tenant) == new_tenant)).all()
     assert [(r.id, r.status) for r in stored] == [(run.id, "completed")]
+
+
+@contextlib.contextmanager
+def _role_out_of_connections(db: str) -> Iterator[tuple[str, Any]]:
+    """A login role with no connection slot left (`CONNECTION LIMIT 0`) that may read `db`'s
+    schema version: (its URL for `db`, a function giving it slots again)."""
+    role = f"stalwart_busy_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 0')
+    db_admin = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{db}"
+    with psycopg.connect(db_admin, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f'GRANT SELECT ON alembic_version TO "{role}"')
+
+    def give_slots() -> None:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(f'ALTER ROLE "{role}" CONNECTION LIMIT -1')
+
+    host = PG_ADMIN_URL.split("@", 1)[1].rsplit("/", 1)[0]
+    try:
+        yield f"postgresql+psycopg://{role}@{host}/{db}", give_slots
+    finally:
+        with psycopg.connect(db_admin, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,)
+            )
+            admin.execute(f'DROP OWNED BY "{role}"')
+            admin.execute(f'DROP ROLE "{role}"')
+
+
+# A fresh process (the engine module remembers which URLs it has reached): the first use of a
+# database, timed.
+_FIRST_USE = (
+    "import sys, time\n"
+    "from agents.store.engine import get_engine\n"
+    "started = time.monotonic()\n"
+    "get_engine(sys.argv[1])\n"
+    "print(round(time.monotonic() - started, 1))\n"
+)
+
+
+def _first_use(url: str, retry_s: float) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _FIRST_USE, url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "STALWART_DATABASE_RETRY_SECONDS": str(retry_s)},
+    )
+
+
+@pytest.mark.postgres
+def test_a_first_connect_refused_for_want_of_slots_waits_for_one(pg_db: tuple[str, str]) -> None:
+    # Seen in the soak: with every connection slot of the server taken, a flow-run process's
+    # first use of the state database was refused ("too many clients already") and taken for
+    # a wrong URL, failing its agent runs. Such a server is there; the first use now waits.
+    _, name = pg_db
+    with _role_out_of_connections(name) as (url, give_slots):
+        waiting = _first_use(url, retry_s=30)
+        time.sleep(3)
+        assert waiting.poll() is None, waiting.communicate()  # still waiting for a slot
+        give_slots()
+        out, err = waiting.communicate(timeout=60)
+        assert waiting.returncode == 0, err
+        assert float(out.strip()) >= 2.5
+        assert "refused a connection for now" in err
+
+        gave_up = _first_use(url.replace(name, f"{name}_nope"), retry_s=30)
+        out, err = gave_up.communicate(timeout=60)
+        assert gave_up.returncode != 0
+        assert "does not exist" in err and "refused a connection for now" not in err
+
+
+@pytest.mark.postgres
+def test_a_server_out_of_slots_for_longer_than_the_retry_budget_is_an_error(
+    pg_db: tuple[str, str],
+) -> None:
+    _, name = pg_db
+    with _role_out_of_connections(name) as (url, _):
+        proc = _first_use(url, retry_s=2)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "ConfigurationError: Cannot connect to the state database" in err
+    assert "too many connections for role" in err

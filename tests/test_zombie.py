@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -178,3 +180,23 @@ def _run_key() -> str:
     item = s8_zombie.inputs(1)[0]
     inputs = {k: v for k, v in item.items() if k != "subject"}
     return digest({"inputs": inputs, "subject": item["subject"]})
+
+
+def test_a_hung_worker_is_reported_with_where_it_hung() -> None:
+    # What `collect` does with a worker that outlives its timeout: the stacks, then a kill.
+    code = (
+        "import faulthandler, signal, time\n"
+        "faulthandler.register(signal.SIGUSR1, all_threads=True)\n"
+        "def wait_for_twin():\n"
+        "    time.sleep(60)\n"
+        "wait_for_twin()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(1)  # the handler is registered
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"still running after 1 s: <string>:4 wait_for_twin"):
+        s8_zombie.collect([proc], timeout=1)
+    assert proc.poll() is not None
+    assert time.monotonic() - started < 20

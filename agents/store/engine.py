@@ -40,6 +40,7 @@ from sqlmodel import Session
 import migrations
 from agents._errors import ConfigurationError
 from agents._settings import get_current_settings
+from agents._text import one_line
 from agents.store import _convert
 
 __all__ = [
@@ -232,13 +233,57 @@ def get_engine(url: str | None = None) -> Engine:
     return engine
 
 
+#: What PostgreSQL says, at connect time (no SQLSTATE reaches the client then), when it is there
+#: but cannot take this connection now: out of connection slots, or starting or stopping.
+_SERVER_BUSY = (
+    "too many clients already",
+    "too many connections for",
+    "connection slots are reserved",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "the database system is not yet accepting connections",
+)
+
+
+def server_busy(exc: BaseException) -> bool:
+    """Whether a failed connect reached a PostgreSQL server that refused it for now.
+
+    Such a server is there (the URL is right) and will take connections again: out of
+    connection slots (`max_connections`, a role's or database's limit), or starting or stopping.
+
+    Example:
+        >>> server_busy(Exception('failed: FATAL:  sorry, too many clients already'))
+        True
+        >>> server_busy(Exception('failed: FATAL:  database "x" does not exist'))
+        False
+    """
+    text = str(getattr(exc, "orig", None) or exc)
+    return any(sign in text for sign in _SERVER_BUSY)
+
+
 def _ensure_schema(engine: Engine, url: str) -> None:
     head = head_revision()
+
+    def check(_retry: bool) -> str | None:
+        return _current_revision(engine)
+
     try:
         if url in _reached:  # reached before (then dropped): a restart, wait for it
-            current = retrying(lambda _retry: _current_revision(engine), what="schema check")
-        else:  # never reached: more likely a wrong URL than a restart; fail at once
-            current = _current_revision(engine)
+            current = retrying(check, what="schema check")
+        else:  # never reached: more likely a wrong URL than a restart; fail at once...
+            try:
+                current = check(False)
+            except sa.exc.OperationalError as exc:
+                if not server_busy(exc):
+                    raise
+                # ...unless the server answered that it is busy: wait, as for a restart.
+                logger.warning(
+                    "The state database %s refused a connection for now, retrying: %s",
+                    redact_url(url),
+                    one_line(str(exc.orig or exc), 200),
+                )
+                current = retrying(check, what="schema check")
         _reached.add(url)
     except sa.exc.OperationalError as exc:
         raise ConfigurationError(
@@ -288,11 +333,11 @@ def head_revision() -> str:
     """The newest schema revision this version of Stalwart ships.
 
     Returns:
-        The Alembic head revision id, e.g. `"0001"`.
+        The Alembic head revision id, e.g. `"0005"`.
 
     Example:
-        >>> head_revision()
-        '0001'
+        >>> head_revision().isdigit()
+        True
     """
     heads = _script_directory().get_heads()
     if len(heads) != 1:

@@ -107,9 +107,12 @@ SHORT = (40, 4, 10)
 #: open a connection for most requests under W1 on two cores; connecting then timed out now and
 #: then and the request answered 500 (4,000-run soaks: a few flow-run re-submissions each, and a
 #: worker ended by a 500 before `stalwart worker` caught that). Prefect's own test mode raises the
-#: connect timeout to 30 s for the same reason.
+#: connect timeout to 30 s for the same reason. The ceiling stays Prefect's 15 connections: a
+#: pool of 20 plus 10 took the server's share of PostgreSQL's 100 slots (`max_connections`) to
+#: 30, and the flow runs' own connections were then refused ("too many clients already").
 SERVER_SIZING = {
-    "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": "20",
+    "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": "10",
+    "PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW": "5",
     "PREFECT_SERVER_DATABASE_CONNECTION_TIMEOUT": "30",
 }
 

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -117,6 +119,9 @@ def inputs(count: int) -> list[dict[str, Any]]:
 
 
 def _worker(count: int, concurrency: int, tenant: str) -> None:
+    # A worker that outlives `collect`'s timeout is sent SIGUSR1 first: every thread's stack goes
+    # to stderr, which `collect` reports (a rare hang was seen once a day, with nothing to show).
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     # Both processes start their batch together (their start-up times differ by seconds), and
     # each run waits for its twin in `route` (long enough for a loaded machine).
     _barrier("start", wait=60)
@@ -208,7 +213,15 @@ def collect(procs: list[subprocess.Popen[str]], timeout: float = 300.0) -> list[
             try:
                 stdout, stderr = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired as exc:
-                raise RuntimeError(f"worker {proc.pid} still running after {timeout} s") from exc
+                proc.send_signal(signal.SIGUSR1)  # its threads' stacks, then it is killed
+                time.sleep(2)
+                proc.kill()
+                _, stderr = proc.communicate(timeout=10)
+                stacks = stderr[stderr.find("Thread 0x") :] if "Thread 0x" in stderr else stderr
+                print(f"worker {proc.pid} hung; its threads:\n{stacks}", file=sys.stderr)
+                raise RuntimeError(
+                    f"worker {proc.pid} still running after {timeout} s: {_hung_in(stacks)}"
+                ) from exc
             if proc.returncode != 0:
                 raise RuntimeError(f"worker {proc.pid} exited {proc.returncode}: {stderr[-3000:]}")
             reports.append(json.loads(stdout.strip().splitlines()[-1]))
@@ -218,6 +231,26 @@ def collect(procs: list[subprocess.Popen[str]], timeout: float = 300.0) -> list[
                 proc.kill()
                 proc.wait(timeout=10)
     return reports
+
+
+def _hung_in(stacks: str) -> str:
+    """Where a hung worker's main thread was, from faulthandler's dump (its innermost frames).
+
+    Example:
+        >>> dump = 'Current thread 0x1 (most recent call first):\\n  File "a.py", line 3 in f\\n'
+        >>> _hung_in(dump)
+        'a.py:3 f'
+    """
+    blocks = stacks.split("\n\n")
+    main = next((b for b in blocks if b.startswith("Current thread")), blocks[-1] if blocks else "")
+    frames = []
+    for line in main.splitlines()[1:4]:
+        line = line.strip()
+        if line.startswith("File "):
+            path, _, rest = line[len('File "') :].partition('", line ')
+            number, _, func = rest.partition(" in ")
+            frames.append(f"{Path(path).name}:{number} {func}")
+    return " < ".join(frames) or "no stack dumped"
 
 
 def run_twice(
