@@ -154,6 +154,18 @@ class Settings(BaseSettings):
         "ActionInProgress while the lease is alive, and takes the action over (in doubt, same "
         "key) once it has expired (the holder crashed).",
     )
+    database_pool_size: int = Field(
+        default=10,
+        ge=1,
+        description="PostgreSQL connections each process keeps open to the state database.",
+    )
+    database_max_overflow: int = Field(
+        default=20,
+        ge=0,
+        description="Extra PostgreSQL connections a process may open at a peak (closed after use). "
+        "Count pool size plus overflow, times the processes (one per flow run), against the "
+        "server's max_connections: past it, PostgreSQL refuses connections.",
+    )
     database_retry_seconds: float = Field(
         default=30.0,
         ge=0,

@@ -139,6 +139,22 @@ def test_postgres_is_never_created_implicitly(fresh_pg_url: str) -> None:
     assert Memory("t", "a", url=url).get("k", default=0) == 0
 
 
+@pytest.mark.postgres
+def test_postgres_pool_is_sized_by_the_settings(fresh_pg_url: str) -> None:
+    upgrade(fresh_pg_url)
+    dispose_engines()
+    with temporary_settings(database_pool_size=2, database_max_overflow=1):
+        engine = get_engine(fresh_pg_url)
+    connections = [engine.connect() for _ in range(3)]
+    try:
+        assert engine.pool.size() == 2  # type: ignore[attr-defined]
+        assert engine.pool.overflow() == 1  # type: ignore[attr-defined]
+    finally:
+        for connection in connections:
+            connection.close()
+        dispose_engines()
+
+
 def test_unknown_revision_is_a_configuration_error(fresh_db_url: str) -> None:
     url = fresh_db_url
     upgrade(url)

@@ -64,8 +64,6 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-POSTGRES_POOL_SIZE = 10
-POSTGRES_MAX_OVERFLOW = 20
 # Arbitrary constant: the PostgreSQL advisory lock that serialises concurrent schema upgrades.
 _UPGRADE_LOCK_ID = 0x5354_4C57
 
@@ -177,11 +175,12 @@ def _create_engine(url: str) -> Engine:
         connect_args = (
             {} if "application_name" in parsed.query else {"application_name": "stalwart"}
         )
+        settings = get_current_settings()
         return sa.create_engine(
             parsed,
             pool_pre_ping=True,
-            pool_size=POSTGRES_POOL_SIZE,
-            max_overflow=POSTGRES_MAX_OVERFLOW,
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_max_overflow,
             pool_recycle=1800,
             connect_args=connect_args,
         )
