@@ -256,6 +256,11 @@ class Stack:
                 "STALWART_MODEL_TIMEOUT_SECONDS": str(self.model_timeout_s),
                 "STALWART_HELPDESK_URL": self.helpdesk.url,
                 "STALWART_MONITOR": "off",
+                # 10 flow-run processes at most (2 workers x 5), 6 state connections each: 60,
+                # plus the Prefect server's 15, within PostgreSQL's 100. The defaults (10 + 20
+                # each) peaked at 84 and had the server refuse connections in a soak.
+                "STALWART_DATABASE_POOL_SIZE": "6",
+                "STALWART_DATABASE_MAX_OVERFLOW": "0",
                 "PYTHONPATH": str(ROOT),
             }
             for i in range(self.worker_count):

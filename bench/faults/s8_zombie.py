@@ -29,7 +29,9 @@ import signal
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
@@ -51,6 +53,8 @@ ROOT = Path(__file__).resolve().parents[2]
 NAME = "8 zombie execution"
 ACTION_SECONDS = 0.5
 LEASE_SECONDS = 3.0
+#: A run waiting this long for its twin asks the twin where it is (`_ask_twin_for_stacks`).
+STALL_SECONDS = 20.0
 agent = Agent("zombie", description="Scenario 8: one action per ticket, run twice at once.")
 
 
@@ -76,9 +80,29 @@ def _barrier(name: str, wait: float | None = None) -> None:
     (here / f"{name}.{os.getpid()}").touch()
     if wait is None:
         wait = float(os.environ.get("STALWART_ZOMBIE_BARRIER_WAIT", "10"))
-    deadline = time.monotonic() + wait
+    started = time.monotonic()
+    deadline = started + wait
     while len(list(here.glob(f"{name}.*"))) < 2 and time.monotonic() < deadline:
+        if time.monotonic() - started > STALL_SECONDS:
+            _ask_twin_for_stacks(here)
         time.sleep(0.01)
+
+
+_stacks_asked: list[float] = []
+
+
+def _ask_twin_for_stacks(barrier: Path) -> None:
+    """The twin has kept a run waiting for over STALL_SECONDS: have it dump its threads' stacks
+    to stalls.<pid>.log (SIGUSR2), at most once per STALL_SECONDS, so a stall says where it was."""
+    now = time.monotonic()
+    if _stacks_asked and now - _stacks_asked[-1] < STALL_SECONDS:
+        return
+    _stacks_asked.append(now)
+    for entry in barrier.glob("start.*"):
+        pid = int(entry.suffix[1:])
+        if pid != os.getpid():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGUSR2)
 
 
 @agent.perception
@@ -122,6 +146,9 @@ def _worker(count: int, concurrency: int, tenant: str) -> None:
     # A worker that outlives `collect`'s timeout is sent SIGUSR1 first: every thread's stack goes
     # to stderr, which `collect` reports (a rare hang was seen once a day, with nothing to show).
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    out = Path(os.environ.get("STALWART_ZOMBIE_OUT", "."))
+    stalls = (out / f"stalls.{os.getpid()}.log").open("a")  # open for the process's lifetime
+    faulthandler.register(signal.SIGUSR2, file=stalls, all_threads=True)
     # Both processes start their batch together (their start-up times differ by seconds), and
     # each run waits for its twin in `route` (long enough for a loaded machine).
     _barrier("start", wait=60)
@@ -203,25 +230,38 @@ def spawn(
 def collect(procs: list[subprocess.Popen[str]], timeout: float = 300.0) -> list[dict[str, Any]]:
     """Wait for workers and return their JSON reports; kill any still running at the end.
 
+    Every worker's pipes are drained at once, each by its own thread: waiting on the first
+    worker while the second's stderr filled its 64 KB pipe blocked the second in a log write,
+    which stalled its twin at the barrier and, on a full batch, outlived the timeout.
+
     Raises:
         RuntimeError: a worker failed or outlived `timeout`.
     """
+    output: dict[int, tuple[str, str]] = {}
+
+    def drain(proc: subprocess.Popen[str]) -> None:
+        output[proc.pid] = proc.communicate()
+
+    readers = [threading.Thread(target=drain, args=(proc,), daemon=True) for proc in procs]
+    for reader in readers:
+        reader.start()
     reports: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout
     try:
-        for proc in procs:
-            try:
-                stdout, stderr = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired as exc:
+        for proc, reader in zip(procs, readers, strict=True):
+            reader.join(max(0.0, deadline - time.monotonic()))
+            if reader.is_alive():
                 proc.send_signal(signal.SIGUSR1)  # its threads' stacks, then it is killed
                 time.sleep(2)
                 proc.kill()
-                _, stderr = proc.communicate(timeout=10)
+                reader.join(10)
+                stderr = output.get(proc.pid, ("", ""))[1]
                 stacks = stderr[stderr.find("Thread 0x") :] if "Thread 0x" in stderr else stderr
                 print(f"worker {proc.pid} hung; its threads:\n{stacks}", file=sys.stderr)
                 raise RuntimeError(
-                    f"worker {proc.pid} still running after {timeout} s: {_hung_in(stacks)}"
-                ) from exc
+                    f"worker {proc.pid} still running after {timeout:g} s: {_hung_in(stacks)}"
+                )
+            stdout, stderr = output[proc.pid]
             if proc.returncode != 0:
                 raise RuntimeError(f"worker {proc.pid} exited {proc.returncode}: {stderr[-3000:]}")
             reports.append(json.loads(stdout.strip().splitlines()[-1]))
@@ -243,14 +283,36 @@ def _hung_in(stacks: str) -> str:
     """
     blocks = stacks.split("\n\n")
     main = next((b for b in blocks if b.startswith("Current thread")), blocks[-1] if blocks else "")
-    frames = []
-    for line in main.splitlines()[1:4]:
-        line = line.strip()
-        if line.startswith("File "):
-            path, _, rest = line[len('File "') :].partition('", line ')
-            number, _, func = rest.partition(" in ")
-            frames.append(f"{Path(path).name}:{number} {func}")
+    frames = [_frame(line) for line in main.splitlines()[1:4] if line.strip().startswith("File ")]
     return " < ".join(frames) or "no stack dumped"
+
+
+def _frame(line: str) -> str:
+    """`file:line function` from one faulthandler line (`  File "/a/b.py", line 3 in f`)."""
+    path, _, rest = line.strip()[len('File "') :].partition('", line ')
+    number, _, func = rest.partition(" in ")
+    return f"{Path(path).name}:{number} {func}"
+
+
+def stall_frames(out: Path) -> Counter[str]:
+    """Where each thread was in the twins' stall dumps (stalls.<pid>.log), counted: its innermost
+    frame outside the standard library (idle pool threads, all standard library, are left out).
+
+    Example:
+        >>> stall_frames(Path("/nonexistent"))
+        Counter()
+    """
+    stdlib = sysconfig.get_paths()["stdlib"]
+    frames: Counter[str] = Counter()
+    for log in out.glob("stalls.*.log"):
+        for block in log.read_text().split("\n\n"):
+            for line in block.splitlines():
+                path = line.strip()[len('File "') :].partition('"')[0]
+                library = path.startswith(stdlib) and "site-packages" not in path
+                if line.strip().startswith("File ") and not library:
+                    frames[_frame(line)] += 1
+                    break
+    return frames
 
 
 def run_twice(
@@ -368,6 +430,9 @@ def run(short: bool = False, *, runs: int | None = None) -> ScenarioResult:
             failures.append(str(exc)[:300])
         elapsed = time.monotonic() - started
         found = analyse(out, count=count, db_url=db_url, tenant=tenant)
+        stalls = stall_frames(out)
+        for log in out.glob("stalls.*.log"):
+            print(f"== {log.name}\n{log.read_text()}", file=sys.stderr)
     lost = count - found["keys_with_effect"]
     conflicts = found["statuses"].get("conflict", 0)
     if found["outcomes_recorded_twice"]:
@@ -388,6 +453,12 @@ def run(short: bool = False, *, runs: int | None = None) -> ScenarioResult:
         f"conflict detected in {detect / 1000 if detect is not None else float('nan'):.1f} s "
         f"median (lease {LEASE_SECONDS:.0f} s, renewed every {LEASE_SECONDS / 3:.0f} s); "
         f"{elapsed:.0f} s wall"
+        + (
+            f"; twins stalled over {STALL_SECONDS:.0f} s: threads' innermost frames "
+            f"{dict(stalls.most_common(4))}"
+            if stalls
+            else ""
+        )
     )
     return ScenarioResult(
         NAME,
