@@ -188,12 +188,12 @@ def test_prefects_own_process_worker_is_ended_by_that_failure() -> None:
 
 def test_the_worker_command_runs_the_resilient_worker_for_process_pools() -> None:
     probe = (
+        # How `prefect worker start --type process` finds its worker class.
         "from agents.worker import resilient_process_worker\n"
-        "from prefect.workers.base import BaseWorker\n"
-        "from prefect.utilities.dispatch import lookup_type\n"
-        "before = lookup_type(BaseWorker, 'process').__name__\n"
+        "from prefect.cli._worker_utils import _load_worker_class\n"
+        "before = _load_worker_class('process').__name__\n"
         "resilient_process_worker()\n"
-        "print(before, lookup_type(BaseWorker, 'process').__name__)"
+        "print(before, _load_worker_class('process').__name__)"
     )
     out = run_python(probe)
     assert out.returncode == 0, out.stderr
