@@ -144,7 +144,7 @@ def inputs(count: int) -> list[dict[str, Any]]:
 
 def _worker(count: int, concurrency: int, tenant: str) -> None:
     # A worker that outlives `collect`'s timeout is sent SIGUSR1 first: every thread's stack goes
-    # to stderr, which `collect` reports (a rare hang was seen once a day, with nothing to show).
+    # to stderr, which `collect` reports. SIGUSR2 (a twin kept waiting) goes to stalls.<pid>.log.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     out = Path(os.environ.get("STALWART_ZOMBIE_OUT", "."))
     stalls = (out / f"stalls.{os.getpid()}.log").open("a")  # open for the process's lifetime
