@@ -283,14 +283,20 @@ def _hung_in(stacks: str) -> str:
     """
     blocks = stacks.split("\n\n")
     main = next((b for b in blocks if b.startswith("Current thread")), blocks[-1] if blocks else "")
-    frames = [_frame(line) for line in main.splitlines()[1:4] if line.strip().startswith("File ")]
+    frames = [_frame(*f) for f in map(_parse_frame, main.splitlines()[1:4]) if f]
     return " < ".join(frames) or "no stack dumped"
 
 
-def _frame(line: str) -> str:
-    """`file:line function` from one faulthandler line (`  File "/a/b.py", line 3 in f`)."""
+def _parse_frame(line: str) -> tuple[str, str, str] | None:
+    """(path, line, function) of one faulthandler line (`  File "/a/b.py", line 3 in f`)."""
+    if not line.strip().startswith("File "):
+        return None
     path, _, rest = line.strip()[len('File "') :].partition('", line ')
     number, _, func = rest.partition(" in ")
+    return path, number, func
+
+
+def _frame(path: str, number: str, func: str) -> str:
     return f"{Path(path).name}:{number} {func}"
 
 
@@ -306,11 +312,10 @@ def stall_frames(out: Path) -> Counter[str]:
     frames: Counter[str] = Counter()
     for log in out.glob("stalls.*.log"):
         for block in log.read_text().split("\n\n"):
-            for line in block.splitlines():
-                path = line.strip()[len('File "') :].partition('"')[0]
-                library = path.startswith(stdlib) and "site-packages" not in path
-                if line.strip().startswith("File ") and not library:
-                    frames[_frame(line)] += 1
+            for frame in filter(None, map(_parse_frame, block.splitlines())):
+                path = frame[0]
+                if not path.startswith(stdlib) or "site-packages" in path:
+                    frames[_frame(*frame)] += 1
                     break
     return frames
 
