@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from agents._decision import Decision
     from agents._declare import Agent, Layer, Review, Shadow, Step, StepInfo, StepOptions
-    from agents._errors import (
+    from agents.context import RunContext
+    from agents.errors import (
         ActionInProgress,
         ConfigurationError,
         DeclarationError,
@@ -23,8 +24,8 @@ if TYPE_CHECKING:
         StepRunError,
         UserError,
     )
-    from agents._run import RunContext, RunResult
     from agents.resources.llm import LLM, Endpoint
+    from agents.result import RunResult
     from agents.store.memory import Memory
 
 # Imported on first use (PEP 562), so a process that needs one small module (`stalwart worker`
@@ -45,10 +46,10 @@ _HOMES = {
             "StepRunError",
             "UserError",
         ],
-        "agents._errors",
+        "agents.errors",
     ),
-    "RunContext": "agents._run",
-    "RunResult": "agents._run",
+    "RunContext": "agents.context",
+    "RunResult": "agents.result",
     "LLM": "agents.resources.llm",
     "Endpoint": "agents.resources.llm",
     "Memory": "agents.store.memory",

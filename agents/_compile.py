@@ -59,16 +59,17 @@ from agents._declare import (
     resolve_hints,
     returns_decision,
 )
-from agents._errors import ActionInProgress, DeclarationError, InputError, ProviderUnavailable
-from agents._inputs import batches, input_problem
-from agents._run import RunContext, RunResult, RunStatus, StepStatus
-from agents._settings import get_current_settings
+from agents.context import RunContext
 from agents.decisions import publish_artifact as publish_decisions
+from agents.errors import ActionInProgress, DeclarationError, InputError, ProviderUnavailable
+from agents.inputs import batches, input_problem
 from agents.observe import capture_failure, flow_failure_hook, init_sentry
 from agents.observe.logs import install_log_scrubbing
 from agents.policy.retry import is_retryable_by_step
 from agents.policy.tenants import run_slot, server_limit_name
 from agents.resources.llm import LLM, LLMCall, resolve_endpoint
+from agents.result import RunResult, RunStatus, StepStatus
+from agents.settings import get_current_settings
 from agents.store import ledger
 from agents.store._convert import as_utc
 from agents.store.decisions import cost_of, logged_decision, record_decisions
@@ -594,7 +595,7 @@ class CompiledAgent:
     ) -> list[RunResult]:
         """Async twin of `run_batch`.
 
-        An input that cannot travel as a flow-run parameter (`agents._inputs.input_problem`)
+        An input that cannot travel as a flow-run parameter (`agents.inputs.input_problem`)
         fails alone, before any flow run; the others run in as many flow runs as Prefect's
         parameter limit needs, one after the other.
         """

@@ -11,7 +11,7 @@ Register them with `PYTHONPATH=. prefect block register -m blocks`. When a block
 `agents.resources.llm.resolve_endpoint`, `agents.store.engine` and `agents.observe.init_sentry`
 load that block (once per process) and its values replace the matching environment variables;
 when it is unset they read the environment exactly as before. What the environment variables
-mean stays in `agents._settings`; how each value is used stays with its consumer.
+mean stays in `agents.settings`; how each value is used stays with its consumer.
 
 Every credential is a `SecretStr`: Prefect stores it as a secret field and shows `********`, reprs
 hide it, and the values of loaded blocks are scrubbed from Sentry events, logs and artifacts
@@ -36,9 +36,9 @@ from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 from sqlalchemy.engine import make_url
 
-from agents._errors import ConfigurationError
-from agents._settings import DEFAULT_MODEL, get_current_settings
+from agents.errors import ConfigurationError
 from agents.resources.llm import Endpoint
+from agents.settings import DEFAULT_MODEL, get_current_settings
 
 __all__ = [
     "ModelEndpoint",

@@ -28,7 +28,7 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 
 from agents._declare import Agent, resolve_hints
-from agents._run import RunContext
+from agents.context import RunContext
 from agents.decisions import parse_since, query
 from agents.learning.feedback import answer, is_correct, latest
 from agents.resources.llm import LLM, resolve_endpoint

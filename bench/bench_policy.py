@@ -36,7 +36,7 @@ def main() -> None:
 
     from agents import Agent, Decision
     from agents._compile import LadderOutcome
-    from agents._run import RunResult
+    from agents.result import RunResult
     from agents.policy import llm_cache
     from agents.store.records import RecordWriter
     from agents.store.tables import AgentRun

@@ -70,7 +70,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     with ModelServer(port=0) as server:
         os.environ["STALWART_MODEL_URL"] = server.url
-        from agents._settings import reload_settings
+        from agents.settings import reload_settings
 
         reload_settings()
         run_phase(lines[0:60], "healthy")

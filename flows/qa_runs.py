@@ -24,8 +24,8 @@ from typing import Any
 from prefect import flow, task
 
 from agents import LLM, Agent, Memory, RunContext
-from agents._errors import InputError
-from agents._settings import get_current_settings
+from agents.errors import InputError
+from agents.settings import get_current_settings
 from flows.qa import report as reports
 from flows.qa.models import (
     FailureVerdict,

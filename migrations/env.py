@@ -34,7 +34,7 @@ target_metadata = SQLModel.metadata
 def _database_url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if not url:
-        from agents._settings import get_current_settings
+        from agents.settings import get_current_settings
 
         url = get_current_settings().resolved_database_url()
     from agents.store.engine import normalize_url

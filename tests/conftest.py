@@ -39,7 +39,7 @@ def prefect_api() -> Iterator[None]:
 
 
 def _use_database(monkeypatch: pytest.MonkeyPatch, url: str) -> str:
-    from agents._settings import reload_settings
+    from agents.settings import reload_settings
 
     monkeypatch.setenv("STALWART_DATABASE_URL", url)
     reload_settings()
@@ -50,7 +50,7 @@ def _use_database(monkeypatch: pytest.MonkeyPatch, url: str) -> str:
 def sqlite_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A fresh SQLite state database for one test, made the one in force."""
     yield _use_database(monkeypatch, f"sqlite:///{tmp_path / 'state.db'}")
-    from agents._settings import reload_settings
+    from agents.settings import reload_settings
     from agents.store.engine import dispose_engines
 
     dispose_engines()
@@ -87,7 +87,7 @@ def postgres_server_url() -> Iterator[str]:
 @pytest.fixture
 def postgres_url(postgres_server_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     yield _use_database(monkeypatch, postgres_server_url)
-    from agents._settings import reload_settings
+    from agents.settings import reload_settings
 
     monkeypatch.delenv("STALWART_DATABASE_URL")
     reload_settings()
@@ -125,7 +125,7 @@ def state_db(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def model_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """The bundled model server on an ephemeral loopback port, made the endpoint in force."""
-    from agents._settings import reload_settings
+    from agents.settings import reload_settings
     from agents.modelserver import ModelServer
 
     with ModelServer(port=0) as server:

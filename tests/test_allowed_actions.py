@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel
 
 from agents import LLM, Agent, Decision
-from agents._settings import reload_settings
+from agents.settings import reload_settings
 from agents.modelserver import ModelServer
 
 pytestmark = pytest.mark.usefixtures("prefect_api")

@@ -26,7 +26,7 @@ import sentry_sdk
 from pydantic import BaseModel, SecretStr
 
 from agents import LLM, Agent, ConfigurationError, Decision
-from agents._settings import reload_settings
+from agents.settings import reload_settings
 from agents.blocks import ModelEndpoint, SentryConfig, StateDatabase, forget_loaded_blocks
 from agents.modelserver import ModelServer
 from agents.observe import flush, shutdown_sentry

@@ -17,7 +17,7 @@ runner = CliRunner()
 def test_run_quarantines_bad_lines_runs_the_rest_and_exits_non_zero(
     sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from agents._settings import reload_settings
+    from agents.settings import reload_settings
 
     monkeypatch.setenv("STALWART_MAX_INPUT_BYTES", "300")
     reload_settings()

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from agents import decisions
-from agents._settings import reload_settings, temporary_settings
+from agents.settings import reload_settings, temporary_settings
 from agents.cli import app
 from agents.store import (
     ActionRecord,

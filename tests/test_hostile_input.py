@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from agents._errors import ModelOutputError
-from agents._inputs import BATCH_PARAMETER_BYTES, batches, parameter_bytes
-from agents._settings import reload_settings
+from agents.errors import ModelOutputError
+from agents.inputs import BATCH_PARAMETER_BYTES, batches, parameter_bytes
+from agents.settings import reload_settings
 from agents.cli import app
 from agents.cli._run import read_inputs
 from bench.faults.s5_hostile_input import (

@@ -117,7 +117,7 @@ def test_a_fallback_decision_costs_each_call_at_its_own_model_price(
     state_db: str, model_server: ModelServer
 ) -> None:
     from agents import decisions
-    from agents._settings import temporary_settings
+    from agents.settings import temporary_settings
     from agents.store.decisions import cost_of
 
     tenant = f"acme-{uuid.uuid4().hex[:8]}"

@@ -9,7 +9,7 @@ import pytest
 from pydantic import BaseModel
 
 from agents import LLM, Agent, Decision
-from agents._settings import reload_settings
+from agents.settings import reload_settings
 from agents.modelserver import ModelServer
 from agents.testing.sentry import SentryReceiver
 

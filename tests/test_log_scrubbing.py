@@ -22,7 +22,7 @@ class Verdict(Decision):
 def test_a_secret_in_a_failing_steps_message_is_scrubbed_from_every_log(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from agents._settings import reload_settings
+    from agents.settings import reload_settings
 
     monkeypatch.setenv("STALWART_API_KEY", PLANTED)
     reload_settings()

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from typer.testing import CliRunner
 
 from agents import LLM, Agent, Decision, decisions
-from agents._settings import reload_settings
+from agents.settings import reload_settings
 from agents.cli._stats import report_command, stats_command
 from agents.modelserver import ModelServer
 from agents.observe import drift

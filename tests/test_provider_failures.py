@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from sqlmodel import select
 
 from agents import LLM, Decision, UserError
-from agents._settings import get_current_settings, reload_settings
+from agents.settings import get_current_settings, reload_settings
 from agents.modelserver import ModelServer
 from agents.policy import (
     ModelOutputError,

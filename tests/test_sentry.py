@@ -26,8 +26,8 @@ import sentry_sdk
 from prefect import flow, task
 from prefect.testing.utilities import prefect_test_harness
 
-from agents._errors import ConfigurationError
-from agents._settings import temporary_settings
+from agents.errors import ConfigurationError
+from agents.settings import temporary_settings
 from agents.observe import (
     capture_failure,
     flow_failure_hook,

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agents import decisions
-from agents._settings import temporary_settings
+from agents.settings import temporary_settings
 from agents.cli import app
 from agents.modelserver import ModelServer
 from agents.shadow import shadow

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from agents._settings import reload_settings
+from agents.settings import reload_settings
 from bench.faults.s9_soak import Pruned, Wave, fresh_postgres, judge, run_inprocess
 
 pytestmark = [pytest.mark.faults, pytest.mark.postgres, pytest.mark.slow]

@@ -21,8 +21,8 @@ import pytest
 import sqlalchemy as sa
 from pydantic import BaseModel
 
-from agents._errors import ConfigurationError, MemoryConflict
-from agents._settings import temporary_settings
+from agents.errors import ConfigurationError, MemoryConflict
+from agents.settings import temporary_settings
 from agents.store import (
     ActionRecord,
     AgentRun,
@@ -488,7 +488,7 @@ def test_ledger_claim_complete_and_in_doubt(db_url: str, new_tenant: str) -> Non
 
 
 def test_ledger_live_lease_is_a_conflict(db_url: str, new_tenant: str) -> None:
-    from agents._errors import ActionInProgress
+    from agents.errors import ActionInProgress
 
     key = ledger.idempotency_key(new_tenant, "a", "s", "rk", "live")
     _claim(key, new_tenant, db_url, run_id="winner", lease=1.5)

@@ -18,7 +18,7 @@ import conftest_store  # noqa: F401  (puts the repository on sys.path first)
 import pytest
 import sqlalchemy as sa
 
-from agents._settings import temporary_settings
+from agents.settings import temporary_settings
 from agents.store import SQLResultStorage, get_engine
 from agents.store.tables import StepResult
 

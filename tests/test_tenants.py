@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from agents import Agent, RunContext, RunResult
-from agents._settings import temporary_settings
+from agents.settings import temporary_settings
 from agents.policy.tenants import TenantScheduler, reset_schedulers
 
 # -- the scheduler alone --------------------------------------------------------------------

@@ -11,8 +11,8 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from agents._errors import ConfigurationError
 from agents.cli._utilities import console, err_console, exit_with_error
+from agents.errors import ConfigurationError
 from agents.observe.sentry import scrub_text
 from agents.store.tables import DecisionRecord
 

@@ -31,8 +31,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from agents._compile import CompiledAgent
-from agents._run import RunResult
-from agents._settings import get_current_settings
 from agents.cli._run import (
     _let_prefect_settle,
     read_inputs,
@@ -40,6 +38,8 @@ from agents.cli._run import (
     write_quarantine,
 )
 from agents.cli._utilities import console, err_console, exit_with_error, load_agent
+from agents.result import RunResult
+from agents.settings import get_current_settings
 from agents.store.tables import AgentRun, DecisionRecord
 
 #: The rungs of the fallback ladder, in the order a decision walks them; `no decision` is a
@@ -271,8 +271,8 @@ def model_faults(spec: str | None) -> Iterator[None]:
     if not spec:
         yield
         return
-    from agents._settings import reload_settings
     from agents.modelserver import ModelServer
+    from agents.settings import reload_settings
 
     if get_current_settings().model_url:
         exit_with_error("--model-faults needs the bundled model server; unset STALWART_MODEL_URL")

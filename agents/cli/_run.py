@@ -13,10 +13,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from agents._compile import CompiledAgent
-from agents._inputs import input_problem
-from agents._run import RunResult
-from agents._settings import get_current_settings
 from agents.cli._utilities import console, err_console, exit_with_error, load_agent
+from agents.inputs import input_problem
+from agents.result import RunResult
+from agents.settings import get_current_settings
 
 #: The key of a JSONL line holding its labels (`{"route": {"category": "billing"}}`: step →
 #: field → expected value). `stalwart eval` scores them; no run ever receives them.

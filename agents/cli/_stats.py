@@ -23,8 +23,8 @@ import typer
 from rich import box
 from rich.table import Table
 
-from agents._errors import ConfigurationError
 from agents.cli._utilities import console, exit_with_error
+from agents.errors import ConfigurationError
 from agents.observe.metrics import LADDER_PATHS, StepMetrics
 from agents.observe.sentry import scrub_text
 

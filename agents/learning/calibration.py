@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, select
 
-from agents._errors import UserError
+from agents.errors import UserError
 from agents.learning._options import Calibration
 from agents.learning.feedback import latest, verdict
 from agents.store._convert import require_tenant

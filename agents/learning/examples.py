@@ -36,7 +36,7 @@ from agents.store.engine import get_engine, session
 from agents.store.tables import DecisionRecord, ExampleUse, Feedback
 
 if TYPE_CHECKING:
-    from agents._run import RunContext
+    from agents.context import RunContext
 
 __all__ = [
     "BM25",

@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import col, select
 
-from agents._errors import UserError
+from agents.errors import UserError
 from agents.store._convert import as_utc, require_tenant, to_json_value
 from agents.store._writes import insert_once
 from agents.store.decisions import get_decision
@@ -39,7 +39,7 @@ from agents.store.engine import session
 from agents.store.tables import DecisionRecord, ExampleUse, Feedback, ThresholdChange
 
 if TYPE_CHECKING:
-    from agents._run import RunContext
+    from agents.context import RunContext
 
 __all__ = [
     "Feedback",

@@ -31,11 +31,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from agents._settings import DEFAULT_MODEL
 from agents.modelserver.completions import complete
 from agents.modelserver.faults import Faults, is_status_kind
 from agents.modelserver.rules import Rules
 from agents.modelserver.stats import Stats
+from agents.settings import DEFAULT_MODEL
 
 OWNER = "stalwart"
 _POLL_S = 0.05

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agents._errors import ConfigurationError
+from agents.errors import ConfigurationError
 
 DEFAULT_RULES_PATH = Path(__file__).with_name("default_rules.json")
 EXTRA_RULES_DIR = Path(__file__).with_name("rules.d")

@@ -37,8 +37,8 @@ import sentry_sdk
 from sentry_sdk.consts import ClientConstructor
 from sentry_sdk.integrations.logging import LoggingIntegration
 
-from agents._errors import ConfigurationError
-from agents._settings import get_current_settings
+from agents.errors import ConfigurationError
+from agents.settings import get_current_settings
 
 if TYPE_CHECKING:
     from prefect import Flow, Task

@@ -18,7 +18,7 @@ Example:
 
 from __future__ import annotations
 
-from agents._errors import ModelOutputError, ProviderRejected, ProviderUnavailable
+from agents.errors import ModelOutputError, ProviderRejected, ProviderUnavailable
 from agents.policy.breaker import (
     BreakerState,
     CircuitBreaker,

@@ -40,7 +40,7 @@ from urllib.parse import urlsplit, urlunsplit
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col, delete
 
-from agents._settings import get_current_settings
+from agents.settings import get_current_settings
 from agents.store._convert import as_utc
 from agents.store.engine import session
 from agents.store.tables import CircuitState
@@ -144,7 +144,7 @@ class CircuitBreaker:
     `reload_settings` apply at once.
 
     Example:
-        >>> from agents._settings import temporary_settings
+        >>> from agents.settings import temporary_settings
         >>> reset_breakers()
         >>> breaker = get_breaker("http://127.0.0.1:9/v1#doc-model")
         >>> with temporary_settings(breaker_failure_threshold=2, database_url="sqlite://"):

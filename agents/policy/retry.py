@@ -36,7 +36,7 @@ from typing import Any, Literal
 import openai
 from pydantic import ValidationError
 
-from agents._errors import ModelOutputError, ProviderUnavailable, UserError
+from agents.errors import ModelOutputError, ProviderUnavailable, UserError
 
 __all__ = [
     "FATAL_STATUS_CODES",
@@ -240,7 +240,7 @@ def is_retryable_by_step(exc: BaseException) -> bool:
     retries live in one layer). True for everything else, which follows the step's `retries`.
 
     Example:
-        >>> from agents._errors import ProviderUnavailable, UserError
+        >>> from agents.errors import ProviderUnavailable, UserError
         >>> is_retryable_by_step(UserError("bad")), is_retryable_by_step(ValueError("flaky"))
         (False, True)
         >>> is_retryable_by_step(ProviderUnavailable("down"))

@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
-from agents._settings import get_current_settings
+from agents.settings import get_current_settings
 
 #: Prefix of the Prefect global concurrency limit that caps a tenant across workers.
 SERVER_LIMIT_PREFIX = "tenant:"

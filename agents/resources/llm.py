@@ -41,8 +41,7 @@ import openai
 from instructor.core.hooks import Hooks
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from agents._errors import ModelOutputError, ProviderRejected, ProviderUnavailable
-from agents._settings import Settings, get_current_settings
+from agents.errors import ModelOutputError, ProviderRejected, ProviderUnavailable
 from agents.policy import llm_cache
 from agents.policy.breaker import Permit, breaker_key, get_breaker, public_url
 from agents.policy.retry import (
@@ -52,6 +51,7 @@ from agents.policy.retry import (
     status_code_of,
     unwrap,
 )
+from agents.settings import Settings, get_current_settings
 
 __all__ = ["LLM", "Endpoint", "LLMCall", "bundled_model_url", "resolve_endpoint"]
 

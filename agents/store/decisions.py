@@ -25,7 +25,7 @@ from sqlalchemy import ColumnElement, delete, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, SQLModel, col, select
 
-from agents._settings import get_current_settings
+from agents.settings import get_current_settings
 from agents.store._convert import as_utc, require_tenant, to_json_value
 from agents.store._writes import insert_ignoring, upsert
 from agents.store.engine import reconnecting, retrying, session
@@ -197,7 +197,7 @@ def cost_of(model: str | None, tokens_in: int, tokens_out: int) -> float:
         tokens_out: completion tokens.
 
     Example:
-        >>> from agents._settings import temporary_settings
+        >>> from agents.settings import temporary_settings
         >>> with temporary_settings(model_prices={"gpt-4o": (0.0025, 0.01)}):
         ...     round(cost_of("gpt-4o", 2000, 500), 6)
         0.01

@@ -38,9 +38,9 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import Session
 
 import migrations
-from agents._errors import ConfigurationError
-from agents._settings import get_current_settings
 from agents._text import one_line
+from agents.errors import ConfigurationError
+from agents.settings import get_current_settings
 from agents.store import _convert
 
 __all__ = [
@@ -87,7 +87,7 @@ def database_url() -> str:
         ConfigurationError: `STALWART_DATABASE_BLOCK` names a block that cannot be loaded.
 
     Example:
-        >>> from agents._settings import temporary_settings
+        >>> from agents.settings import temporary_settings
         >>> with temporary_settings(database_url="sqlite://"):
         ...     database_url()
         'sqlite://'

@@ -50,8 +50,8 @@ from sqlalchemy import or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
 
-from agents._errors import ActionInProgress
-from agents._settings import get_current_settings
+from agents.errors import ActionInProgress
+from agents.settings import get_current_settings
 from agents.store._convert import as_utc, require_tenant, to_json_value
 from agents.store.engine import reconnecting, retrying, session
 from agents.store.tables import ActionRecord, utcnow
@@ -79,7 +79,7 @@ def lease_seconds(step_timeout: float | None = None) -> float:
     timeout is longer (its timeout plus a tenth), so a stalled renewal cannot cut it short.
 
     Example:
-        >>> from agents._settings import temporary_settings
+        >>> from agents.settings import temporary_settings
         >>> with temporary_settings(action_lease_seconds=15):
         ...     lease_seconds(), lease_seconds(100)
         (15.0, 110.0)

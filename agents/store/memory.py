@@ -32,7 +32,7 @@ from sqlalchemy import delete, insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from agents._errors import MemoryConflict
+from agents.errors import MemoryConflict
 from agents.store._convert import require_tenant, to_json_value
 from agents.store.engine import reconnecting, retrying, session
 from agents.store.tables import MemoryItem, utcnow

@@ -256,8 +256,8 @@ class LogCapture(logging.Handler):
 @contextmanager
 def _environment(**variables: str) -> Iterator[None]:
     """Set environment variables (and reload settings) for the block; restore them after."""
-    from agents._settings import reload_settings
     from agents.blocks import forget_loaded_blocks
+    from agents.settings import reload_settings
 
     before = {name: os.environ.get(name) for name in variables}
     os.environ.update(variables)
@@ -310,8 +310,8 @@ def exercise(
         >>> [r.status for r in done.results]  # doctest: +SKIP
         ['completed', 'failed', 'failed', 'failed']
     """
-    from agents._errors import ProviderRejected, ProviderUnavailable
     from agents.blocks import ModelEndpoint, SentryConfig, StateDatabase, loaded_secrets
+    from agents.errors import ProviderRejected, ProviderUnavailable
     from agents.observe import flush, scrub_text, shutdown_sentry
 
     tag = tag or uuid.uuid4().hex[:12]

@@ -28,7 +28,7 @@ def check(data: bytes, compiled: Any) -> None:
     Example:
         >>> check(b"not json", compiled)  # doctest: +SKIP
     """
-    from agents._inputs import BATCH_PARAMETER_BYTES, input_problem
+    from agents.inputs import BATCH_PARAMETER_BYTES, input_problem
     from agents.cli._run import Rejected, parse_line
 
     parsed = parse_line(1, data, compiled, MAX_BYTES)

@@ -190,7 +190,7 @@ def check_loader(lines: Sequence[bytes], compiled: Any, max_bytes: int) -> list[
         >>> check_loader([b'{"raw": {}}', b"\\xff"], compiled, 1000)  # doctest: +SKIP
         []
     """
-    from agents._inputs import BATCH_PARAMETER_BYTES, input_problem
+    from agents.inputs import BATCH_PARAMETER_BYTES, input_problem
     from agents.cli._run import read_inputs
 
     problems: list[str] = []
@@ -412,7 +412,7 @@ def _cli_run(path: Path, tenant: str, env: dict[str, str]) -> list[dict[str, Any
     """`stalwart run ticket-triage --output json` in this process (settings from `env`)."""
     from typer.testing import CliRunner
 
-    from agents._settings import reload_settings
+    from agents.settings import reload_settings
     from agents.cli import app
 
     with _environment(**env):

@@ -324,7 +324,7 @@ def run(short: bool = False, *, runs: int | None = None) -> ScenarioResult:
     """
     import psycopg
 
-    from agents._settings import reload_settings
+    from agents.settings import reload_settings
     from agents.store import upgrade
     from agents.store.engine import dispose_engines
 

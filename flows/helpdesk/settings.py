@@ -1,6 +1,6 @@
 """Settings of the helpdesk adapter, read from `STALWART_HELPDESK_*` environment variables.
 
-It follows `agents._settings`: one pydantic-settings class, read through `helpdesk_settings()`,
+It follows `agents.settings`: one pydantic-settings class, read through `helpdesk_settings()`,
 so nothing else reads the environment.
 """
 

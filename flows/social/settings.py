@@ -1,7 +1,7 @@
 """Settings of the social adapters, read from `STALWART_SOCIAL_*` environment variables.
 
 This module owns the knobs of `flows.social` (which platform, how hard to retry, whether to pace
-posts through Prefect). It follows `agents._settings`: one pydantic-settings class, read through
+posts through Prefect). It follows `agents.settings`: one pydantic-settings class, read through
 `social_settings()`, so nothing else reads the environment.
 """
 

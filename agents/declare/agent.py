@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from agents._decision import Decision
-from agents._errors import DeclarationError
+from agents.errors import DeclarationError
 from agents.learning._options import Calibration
 
 if TYPE_CHECKING:
     from agents._compile import CompiledAgent
-    from agents._run import RunResult
+    from agents.result import RunResult
     from agents.store.tables import Feedback
 
 P = ParamSpec("P")

@@ -4,7 +4,7 @@ Every knob is a field of `Settings`, read from environment variables once and ca
 `get_current_settings()`; tests override with `temporary_settings(...)`.
 
 Example:
-    >>> from agents._settings import temporary_settings, get_current_settings
+    >>> from agents.settings import temporary_settings, get_current_settings
     >>> with temporary_settings(model="gpt-4o-mini"):
     ...     get_current_settings().model
     'gpt-4o-mini'
