@@ -1,5 +1,19 @@
-"""Shared fixtures: an isolated data directory, one Prefect test harness per session, a fresh
-state database per test (SQLite; PostgreSQL for tests marked `postgres`)."""
+"""The tests' fixtures, in one place (a tier's conftest.py only adds what is its own).
+
+* Environment: an isolated data directory and Prefect storage for the session; no Sentry DSN,
+  state database URL or API key from the caller's environment; model endpoints on loopback only.
+* Prefect: `prefect_api` (one test harness, a temporary API server, per session), `prefect_server`
+  (a real `prefect server` on the local PostgreSQL) and `on_prefect_server` (make it the API).
+* State database in force (settings): `sqlite_url`, `postgres_url` (one PostgreSQL database per
+  session), `state_db` (parametrised over both).
+* Database URLs not made the one in force (store tests): `db_url` (an upgraded database shared
+  by the session, one per backend), `fresh_db_url` (a new, empty database per test; both
+  backends), `fresh_pg_url` (PostgreSQL only), `new_tenant` (a unique tenant name).
+* `model_server`: the bundled model server, made the endpoint in force.
+
+PostgreSQL tests carry the `postgres` marker; an unreachable server skips them with the reason,
+or fails them when STALWART_REQUIRE_POSTGRES is set (CI). See tests/support/postgres.py.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +27,8 @@ from urllib.parse import urlparse
 
 import pytest
 
+from tests.support.postgres import PG_ADMIN_URL, create_pg_database, drop_pg_database
+
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="stalwart-tests-"))
 os.environ["STALWART_DATA_DIR"] = str(_SESSION_DIR / "data")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
@@ -24,8 +40,6 @@ for _name in ("SENTRY_DSN", "STALWART_DATABASE_URL", "STALWART_API_KEY"):
 _model_url = os.environ.get("STALWART_MODEL_URL")
 if _model_url and urlparse(_model_url).hostname not in {"127.0.0.1", "localhost", "::1"}:
     raise RuntimeError("tests only talk to model endpoints on loopback; unset STALWART_MODEL_URL")
-
-PG_ADMIN_URL = os.environ.get("STALWART_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 @pytest.fixture(scope="session")
@@ -61,27 +75,14 @@ def sqlite_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]
 @pytest.fixture(scope="session")
 def postgres_server_url() -> Iterator[str]:
     """A fresh PostgreSQL database for the session, upgraded with Alembic, dropped at the end."""
-    psycopg = pytest.importorskip("psycopg")
-    name = f"stalwart_test_{uuid.uuid4().hex[:10]}"
+    name, url = create_pg_database()
     try:
-        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:  # pragma: no cover - depends on the machine
-        if os.environ.get("STALWART_REQUIRE_POSTGRES"):
-            raise
-        pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    url = f"{url}/{name}"
-    from agents.store import upgrade
+        from agents.store import upgrade
 
-    upgrade(url)
-    yield url
-    from agents.store.engine import dispose_engines
-
-    dispose_engines()
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        upgrade(url)
+        yield url
+    finally:
+        drop_pg_database(name)
 
 
 @pytest.fixture
@@ -125,8 +126,8 @@ def state_db(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def model_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """The bundled model server on an ephemeral loopback port, made the endpoint in force."""
-    from agents.settings import reload_settings
     from agents.modelserver import ModelServer
+    from agents.settings import reload_settings
 
     with ModelServer(port=0) as server:
         monkeypatch.setenv("STALWART_MODEL_URL", server.url)
@@ -136,3 +137,72 @@ def model_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     monkeypatch.delenv("STALWART_MODEL_URL")
     monkeypatch.delenv("STALWART_API_KEY")
     reload_settings()
+
+
+# -- database URLs for the store tests (not made the one in force) ---------------------------
+
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+]
+
+
+@pytest.fixture(scope="session")
+def _sqlite_session_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from agents.store.engine import upgrade
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('store') / 'nested' / 'stalwart.db'}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def _pg_session_url() -> Iterator[str]:
+    from agents.store.engine import upgrade
+
+    name, url = create_pg_database()
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        drop_pg_database(name)
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest) -> str:
+    """An upgraded database URL shared by the session, one per backend."""
+    if request.param == "sqlite":
+        return str(request.getfixturevalue("_sqlite_session_url"))
+    return str(request.getfixturevalue("_pg_session_url"))
+
+
+@pytest.fixture(params=BACKENDS)
+def fresh_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A new, empty database (no schema) for this test only."""
+    if request.param == "sqlite":
+        from agents.store.engine import dispose_engines
+
+        yield f"sqlite:///{tmp_path / 'fresh' / 'stalwart.db'}"
+        dispose_engines()
+        return
+    name, url = create_pg_database()
+    try:
+        yield url
+    finally:
+        drop_pg_database(name)
+
+
+@pytest.fixture
+def fresh_pg_url() -> Iterator[str]:
+    """A new, empty PostgreSQL database for this test only (mark the test `postgres`)."""
+    name, url = create_pg_database()
+    try:
+        yield url
+    finally:
+        drop_pg_database(name)
+
+
+@pytest.fixture
+def new_tenant() -> str:
+    """A unique tenant name, so tests sharing a database never see each other's rows."""
+    return f"tenant-{uuid.uuid4().hex[:10]}"

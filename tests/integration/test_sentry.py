@@ -1,0 +1,438 @@
+"""Sentry reporting, end to end: a real `sentry_sdk` sends to an in-process `SentryReceiver`.
+
+Covers `agents.observe.sentry` (init, scrubbing, capture-once, Prefect hooks) and
+`agents.testing.sentry` (the receiver).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import logging
+import os
+import secrets
+import string
+import threading
+import time
+import urllib.request
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import prefect
+import pytest
+import sentry_sdk
+from prefect import flow, task
+from prefect.testing.utilities import prefect_test_harness
+
+from agents.errors import ConfigurationError
+from agents.observe import (
+    capture_failure,
+    flow_failure_hook,
+    flush,
+    init_sentry,
+    scrub_event,
+    scrub_text,
+    shutdown_sentry,
+    task_failure_hook,
+)
+from agents.settings import temporary_settings
+from agents.testing.sentry import SentryReceiver, parse_envelope
+
+# -- fixtures --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[None]:
+    """One temporary Prefect server for the whole session (it takes seconds to start)."""
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@pytest.fixture
+def no_secrets_in_settings() -> Iterator[None]:
+    """Settings without a DSN, API key or database password from the developer's environment."""
+    with temporary_settings(sentry_dsn=None, api_key=None, database_url="sqlite://"):
+        yield
+
+
+@pytest.fixture
+def receiver(no_secrets_in_settings: None) -> Iterator[SentryReceiver]:
+    """A fresh receiver with `sentry_sdk` (re)initialised to send to it."""
+    with SentryReceiver() as rec:
+        assert init_sentry(rec.dsn, environment="test", force=True) is True
+        try:
+            yield rec
+        finally:
+            shutdown_sentry(timeout=1.0)
+
+
+def _raise(exc: BaseException) -> BaseException:
+    """Raise and catch `exc` so it carries a traceback, as a real failure does."""
+    try:
+        raise exc
+    except BaseException as caught:
+        return caught
+
+
+def _tags(event: dict[str, Any]) -> dict[str, str]:
+    tags = event.get("tags") or {}
+    return dict(tags) if isinstance(tags, dict) else {k: v for k, v in tags}
+
+
+def _exception_types(event: dict[str, Any]) -> list[str]:
+    return [value["type"] for value in event["exception"]["values"]]
+
+
+# -- capture ---------------------------------------------------------------------------------------
+
+
+def test_capture_failure_sends_one_event_with_all_tags(receiver: SentryReceiver) -> None:
+    exc = _raise(ValueError("classification failed"))
+
+    event_id = capture_failure(
+        exc,
+        agent="triage",
+        step="classify",
+        layer="reasoning",
+        tenant="acme",
+        flow_run_id="0f1e",
+        attempt=2,
+        extra={"ticket": "T-1"},
+    )
+    flush()
+
+    events = receiver.wait_for(1)
+    assert len(events) == 1
+    event = events[0]
+    assert event_id is not None and event["event_id"] == event_id
+    assert _tags(event) == {
+        "agent": "triage",
+        "step": "classify",
+        "layer": "reasoning",
+        "tenant": "acme",
+        "flow_run_id": "0f1e",
+        "attempt": "2",
+    }
+    assert event["extra"]["ticket"] == "T-1"
+    assert event["environment"] == "test"
+    assert _exception_types(event) == ["ValueError"]
+
+
+def test_the_same_exception_is_sent_once(receiver: SentryReceiver) -> None:
+    exc = _raise(RuntimeError("boom"))
+
+    first = capture_failure(
+        exc, agent="a", step="s", layer="action", tenant=None, flow_run_id=None, attempt=1
+    )
+    second = capture_failure(
+        exc, agent="a", step=None, layer=None, tenant=None, flow_run_id=None, attempt=1
+    )
+    # Another path (sys.excepthook, a thread) reporting the same exception is dropped as well.
+    thread = threading.Thread(target=sentry_sdk.capture_exception, args=(exc,))
+    thread.start()
+    thread.join()
+    flush()
+
+    assert first is not None and second == first
+    assert len(receiver.wait_for(2, timeout=0.5)) == 1
+
+
+def test_capture_without_dsn_does_nothing(no_secrets_in_settings: None) -> None:
+    shutdown_sentry(timeout=1.0)
+
+    assert init_sentry() is False
+    assert capture_failure(_raise(ValueError("x")), agent="a") is None
+
+
+def test_a_malformed_dsn_is_a_configuration_error(no_secrets_in_settings: None) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        init_sentry("nonsense-dsn-s3cr3t", force=True)
+    assert "s3cr3t" not in str(raised.value)
+
+
+def test_init_is_once_per_dsn(receiver: SentryReceiver, caplog: pytest.LogCaptureFixture) -> None:
+    client = sentry_sdk.get_client()
+    caplog.set_level(logging.DEBUG)
+
+    assert init_sentry(receiver.dsn, environment="test") is True
+    assert sentry_sdk.get_client() is client
+    with SentryReceiver() as other:
+        assert init_sentry(other.dsn, environment="test") is True
+        assert sentry_sdk.get_client() is not client
+        capture_failure(_raise(ValueError("to the other")), agent="a")
+        flush()
+        assert len(other.wait_for(1)) == 1
+        assert receiver.events() == []
+        assert other.dsn not in caplog.text
+    assert receiver.dsn not in caplog.text
+
+
+# -- scrubbing -------------------------------------------------------------------------------------
+
+
+def _random(n: int) -> str:
+    return "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(n))
+
+
+def _call_model(api_key: str, message: str) -> None:
+    raise PermissionError(message)
+
+
+def _report_model_failure(api_key: str, message: str) -> None:
+    try:
+        _call_model(api_key, message)
+    except PermissionError as exc:
+        capture_failure(
+            exc,
+            agent="triage",
+            step="call",
+            layer="action",
+            tenant="acme",
+            flow_run_id=None,
+            attempt=1,
+            extra={"password": "hunter2pass"},
+        )
+
+
+def test_secrets_never_reach_sentry(receiver: SentryReceiver) -> None:
+    openai_key = "sk-proj-" + _random(40)
+    local_key = "lk" + _random(30)  # matches no pattern: only its variable name gives it away
+    configured_key = "cfg" + _random(20)
+    secrets_ = [
+        openai_key,
+        "abc.def.ghi",
+        "hunter2pass",
+        "alice.smith@example.com",
+        local_key,
+        configured_key,
+    ]
+
+    message = (
+        f"model call failed: key {openai_key}, Authorization: Bearer abc.def.ghi, "
+        "db postgresql://user:hunter2pass@host/db, password=hunter2pass, "
+        f"user alice.smith@example.com, configured {configured_key}"
+    )
+    with temporary_settings(api_key=configured_key):
+        logging.getLogger("stalwart.test").warning("retrying with token=%s", configured_key)
+        # Only the frames below are in the traceback: their locals are `api_key` and `message`.
+        _report_model_failure(local_key, message)
+        flush()
+
+    events = receiver.wait_for(1)
+    assert len(events) == 1
+    assert _exception_types(events[0]) == ["PermissionError"]
+    raw = receiver.raw_text()
+    assert "model call failed" in raw
+    leaked = [s for s in secrets_ if s in raw]
+    assert leaked == []
+    frames = events[0]["exception"]["values"][0]["stacktrace"]["frames"]
+    assert any("api_key" in (frame.get("vars") or {}) for frame in frames)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("key sk-proj-AbCdEfGhIjKlMnOpQrStUv_wx-yz", "key sk-***"),
+        ("sk-" + "abcdefghijklmnopqrstuvwxyz012345", "sk-***"),  # split: no key-like literal
+        ("Authorization: Bearer abc.def.ghi", "Authorization: Bearer ***"),
+        ("Authorization: Basic dXNlcjpw", "Authorization: Basic ***"),
+        ("got bearer eyJhbGciOi.J9.abc", "got bearer ***"),
+        ("https://user:pa55@o1.ingest.sentry.io/42", "https://***@o1.ingest.sentry.io/42"),
+        ("https://0123abcd@o1.ingest.sentry.io/42", "https://***@o1.ingest.sentry.io/42"),
+        ("postgresql+psycopg://app:p%40ss@db:5432/x", "postgresql+psycopg://***@db:5432/x"),
+        ("password=hunter2 user=bob", "password=*** user=bob"),
+        ("API_KEY: 'abc def'", "API_KEY: ***"),
+        ('{"client_secret": "xyz"}', '{"client_secret": ***}'),
+        ("max_tokens=512 token=abc", "max_tokens=512 token=***"),
+        ("mail bob.smith+x@example.co.uk now", "mail [email] now"),
+        ("nothing secret here: task-1 done", "nothing secret here: task-1 done"),
+    ],
+)
+def test_scrub_text(text: str, expected: str, no_secrets_in_settings: None) -> None:
+    assert scrub_text(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a." * 50_000, "a-" * 50_000, "x@" + "a." * 50_000, "a=" * 50_000],
+    ids=["dots", "dashes", "email-domain", "equals"],
+)
+def test_scrub_text_is_linear_on_large_inputs(text: str, no_secrets_in_settings: None) -> None:
+    started = time.perf_counter()
+    scrub_text(text)
+    assert time.perf_counter() - started < 1.0
+
+
+def test_scrub_text_removes_configured_secrets() -> None:
+    with temporary_settings(
+        api_key="plainkey42",
+        database_url="postgresql://app:dbpass99@db/prod",
+        sentry_dsn="https://pubkey77@sentry.example/3",
+    ):
+        text = scrub_text("plainkey42 / dbpass99 / https://pubkey77@sentry.example/3")
+    assert "plainkey42" not in text and "dbpass99" not in text and "pubkey77" not in text
+
+
+def test_scrub_event_walks_everything(no_secrets_in_settings: None) -> None:
+    event: Any = {
+        "tags": {"tenant": "acme", "auth_token": "t0k"},
+        "contexts": {"db": {"Credentials": {"user": "u", "pw": "p"}, "dsn": "x"}},
+        "request": {"headers": {"Authorization": "Basic dXNlcjpw", "Accept": "json"}},
+        "breadcrumbs": {"values": [{"message": "login bob@example.com secret=s3"}]},
+        "usage": {"prompt_tokens": 12},
+        "flag": {"token": True},
+    }
+    assert scrub_event(event, {}) == {
+        "tags": {"tenant": "acme", "auth_token": "***"},
+        "contexts": {"db": {"Credentials": "***", "dsn": "***"}},
+        "request": {"headers": {"Authorization": "***", "Accept": "json"}},
+        "breadcrumbs": {"values": [{"message": "login [email] secret=***"}]},
+        "usage": {"prompt_tokens": 12},
+        "flag": {"token": True},
+    }
+
+
+# -- Prefect hooks ------------------------------------------------------------------------------
+
+
+@task(retries=2, retry_delay_seconds=0, on_failure=[task_failure_hook("demo", "step1", "action")])
+def failing_step() -> None:
+    raise RuntimeError("step1 exploded")
+
+
+@task(retries=2, retry_delay_seconds=0, on_failure=[task_failure_hook("demo", "step1", "action")])
+async def failing_async_step() -> None:
+    raise RuntimeError("async step1 exploded")
+
+
+@flow
+def sync_flow() -> None:
+    failing_step()
+
+
+@flow
+async def async_flow() -> None:
+    await failing_async_step()
+
+
+@flow(on_failure=[flow_failure_hook("demo")])
+def hooked_flow_with_failing_task() -> None:
+    failing_step()
+
+
+@flow(on_failure=[flow_failure_hook("demo")])
+def failing_flow() -> None:
+    raise LookupError("flow exploded")
+
+
+def _assert_task_event(receiver: SentryReceiver, state: Any, message: str) -> None:
+    assert state.is_failed()
+    flush()
+    events = receiver.events()
+    assert len(events) == 1, [e["exception"]["values"][0]["value"] for e in events]
+    event = events[0]
+    assert _tags(event) == {
+        "agent": "demo",
+        "step": "step1",
+        "layer": "action",
+        "tenant": "acme",
+        "flow_run_id": str(state.state_details.flow_run_id),
+        "attempt": "3",
+    }
+    assert event["exception"]["values"][-1]["value"] == message
+
+
+def test_task_hook_reports_once_after_the_last_retry(
+    prefect_server: None, receiver: SentryReceiver
+) -> None:
+    with prefect.tags("tenant:acme"):
+        state = sync_flow(return_state=True)
+    _assert_task_event(receiver, state, "step1 exploded")
+
+
+def test_task_hook_works_for_async_tasks(prefect_server: None, receiver: SentryReceiver) -> None:
+    async def main() -> Any:
+        with prefect.tags("tenant:acme"):
+            return await async_flow(return_state=True)
+
+    state = asyncio.run(main())
+    _assert_task_event(receiver, state, "async step1 exploded")
+
+
+def test_task_and_flow_hooks_report_one_failure_once(
+    prefect_server: None, receiver: SentryReceiver
+) -> None:
+    with prefect.tags("tenant:acme"):
+        state = hooked_flow_with_failing_task(return_state=True)
+    _assert_task_event(receiver, state, "step1 exploded")
+
+
+def test_flow_hook_reports_a_flow_failure(prefect_server: None, receiver: SentryReceiver) -> None:
+    with prefect.tags("tenant:acme"):
+        state = failing_flow(return_state=True)
+    assert state.is_failed()
+    flush()
+
+    events = receiver.events()
+    assert len(events) == 1
+    assert _tags(events[0]) == {
+        "agent": "demo",
+        "tenant": "acme",
+        "flow_run_id": str(state.state_details.flow_run_id),
+        "attempt": "1",
+    }
+    assert _exception_types(events[0]) == ["LookupError"]
+
+
+def test_hooks_never_raise(receiver: SentryReceiver) -> None:
+    task_failure_hook("a", "s", "action")(None, None, None)  # type: ignore[arg-type]
+    flow_failure_hook("a")(None, None, None)  # type: ignore[arg-type]
+
+
+# -- receiver --------------------------------------------------------------------------------------
+
+
+def test_parse_envelope_honours_item_lengths() -> None:
+    payload = b'{"message":"a\\nb"}'
+    body = (
+        b'{"event_id":"e1"}\n'
+        + json.dumps({"type": "event", "length": len(payload)}).encode()
+        + b"\n"
+        + payload
+        + b'\n{"type":"attachment","length":3}\nx\ny\n{"type":"session"}\n{"sid":"1"}\n'
+    )
+    envelope = parse_envelope(body, "1")
+    assert envelope.headers == {"event_id": "e1"}
+    assert [item.type for item in envelope.items] == ["event", "attachment", "session"]
+    assert envelope.items[0].json == {"message": "a\nb"}
+    assert envelope.items[1].payload == b"x\ny"
+    assert envelope.items[2].json == {"sid": "1"}
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", ""])
+def test_receiver_decodes_bodies(encoding: str) -> None:
+    body = b'{"event_id":"e2"}\n{"type":"event"}\n{"message":"hi"}\n'
+    compress: dict[str, Callable[[bytes], bytes]] = {
+        "gzip": gzip.compress,
+        "deflate": zlib.compress,
+        "": bytes,
+    }
+    data = compress[encoding](body)
+    with SentryReceiver() as rec:
+        headers = {"Content-Encoding": encoding} if encoding else {}
+        url = f"http://127.0.0.1:{rec.port}/api/1/envelope/"
+        request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 200
+        store = urllib.request.Request(
+            f"http://127.0.0.1:{rec.port}/api/1/store/", data=b'{"message":"legacy"}'
+        )
+        with urllib.request.urlopen(store, timeout=5) as response:
+            assert response.status == 200
+        assert [e["message"] for e in rec.wait_for(2)] == ["hi", "legacy"]
+        assert rec.raw_bodies[0] == body
+        rec.clear()
+        assert rec.events() == [] and rec.envelopes == []
