@@ -38,7 +38,7 @@ def load_rules(rules: RulesSpec) -> Rules:
 
     Example:
         >>> load_rules([{"when": {"contains": ["refund"]}, "set": {"category": "billing"}}])
-        Rules(rules=(Rule(contains=('refund',), values={'category': 'billing'}),))
+        Rules(rules=(Rule(contains=('refund',), values={'category': 'billing'}, schemas=()),))
     """
     if rules is None:
         return Rules.default()
