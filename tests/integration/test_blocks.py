@@ -19,13 +19,13 @@ import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pytest
 import sentry_sdk
-from pydantic import BaseModel, SecretStr
+from pydantic import SecretStr
 
-from agents import LLM, Agent, ConfigurationError, Decision
+from agents import LLM, Agent, ConfigurationError
 from agents.blocks import ModelEndpoint, SentryConfig, StateDatabase, forget_loaded_blocks
 from agents.endpoint import resolve_endpoint
 from agents.modelserver import ModelServer
@@ -33,6 +33,7 @@ from agents.observe import flush, shutdown_sentry
 from agents.settings import reload_settings
 from agents.store import find_decisions, queries
 from agents.testing.sentry import SentryReceiver
+from tests.support.models import Routing, Ticket
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -122,14 +123,6 @@ class RecordingProxy:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
-
-
-class Ticket(BaseModel):
-    text: str
-
-
-class Routing(Decision):
-    category: Literal["billing", "technical", "account", "shipping", "other"]
 
 
 def llm_agent(name: str, *, asynchronous: bool = False) -> Agent:

@@ -10,19 +10,14 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from agents import Agent, Decision, DeclarationError
+from agents import Agent, DeclarationError
 from agents.cli._feedback import calibrate_command
 from agents.learning import Calibration, calibration, feedback
 from agents.store.decisions import record_decisions
 from agents.store.tables import DecisionRecord
+from tests.support.models import Verdict
 
 CONFIDENCES = [round(0.50 + 0.01 * i, 2) for i in range(50)]  # 0.50 … 0.99
-
-
-class Verdict(Decision):
-    """A yes/no decision."""
-
-    ok: bool
 
 
 agent = Agent("calibrated")

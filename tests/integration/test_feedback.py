@@ -13,7 +13,7 @@ import typer
 from sqlmodel import select
 from typer.testing import CliRunner
 
-from agents import LLM, Agent, Decision, RunContext
+from agents import LLM, Agent, RunContext
 from agents.cli._feedback import feedback_command
 from agents.learning import examples, feedback
 from agents.learning.feedback import UnknownDecision
@@ -30,13 +30,7 @@ from flows.ticket_triage import (
     Routing,
     Ticket,
 )
-
-
-class Verdict(Decision):
-    """A yes/no decision."""
-
-    ok: bool
-
+from tests.support.models import Verdict
 
 judge = Agent("judge")
 

@@ -8,26 +8,17 @@ import asyncio
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from typing import Literal
 
 import pytest
-from pydantic import BaseModel
 
-from agents import LLM, Agent, Decision
+from agents import LLM, Agent
 from agents.modelserver import ModelServer
 from agents.settings import reload_settings
 from agents.testing.sentry import SentryReceiver
+from tests.support.models import Routing, Ticket
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 PLANTED_KEY = "sk-proj-" + "Q7" * 24
-
-
-class Ticket(BaseModel):
-    text: str
-
-
-class Routing(Decision):
-    category: Literal["billing", "technical", "account", "shipping", "other"]
 
 
 @pytest.fixture

@@ -8,23 +8,15 @@ import contextvars
 import threading
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any
 
 import pytest
-from pydantic import BaseModel
 
-from agents import LLM, Agent, Decision, Review
+from agents import LLM, Agent, Review
 from agents.modelserver import ModelServer
+from tests.support.models import Routing, Ticket
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
-
-
-class Ticket(BaseModel):
-    text: str
-
-
-class Routing(Decision):
-    category: Literal["billing", "technical", "account", "shipping", "other"]
 
 
 def ladder_agent(name: str, acted: list[str], **ladder: Any) -> Agent:

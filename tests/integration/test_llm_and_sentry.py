@@ -3,25 +3,15 @@ and failure reports received by a local Sentry endpoint."""
 
 from __future__ import annotations
 
-from typing import Literal
-
 import pytest
-from pydantic import BaseModel
 
-from agents import LLM, Agent, Decision
+from agents import LLM, Agent
 from agents.modelserver import ModelServer
 from agents.settings import reload_settings
 from agents.testing.sentry import SentryReceiver
+from tests.support.models import Routing, Ticket
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
-
-
-class Ticket(BaseModel):
-    text: str
-
-
-class Routing(Decision):
-    category: Literal["billing", "technical", "account", "shipping", "other"]
 
 
 def llm_agent(name: str, *, asynchronous: bool = False, retries: int = 0) -> Agent:

@@ -21,7 +21,6 @@ import pytest
 import typer
 from prefect.events.worker import EventsWorker
 from prefect.testing.fixtures import asserting_and_emitting_events_worker  # noqa: F401
-from pydantic import BaseModel
 from typer.testing import CliRunner
 
 from agents import LLM, Agent, Decision, decisions
@@ -33,6 +32,7 @@ from agents.observe.sentry import shutdown_sentry
 from agents.settings import reload_settings
 from agents.store import AgentRun, DecisionRecord, record_decisions, record_run_start
 from agents.testing.sentry import SentryReceiver
+from tests.support.models import Ticket
 
 TICKETS = [
     ("I want a refund for order {n}", "billing"),
@@ -52,10 +52,6 @@ GOOD_RULES = [
 DEGRADED_RULES = [{"when": {"schema": "Label"}, "set": {"category": "other", "confidence": 0.3}}]
 
 runner = CliRunner()
-
-
-class Ticket(BaseModel):
-    text: str
 
 
 class Label(Decision):

@@ -17,7 +17,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
 
 import httpx
 import openai
@@ -25,7 +24,7 @@ import pytest
 from pydantic import BaseModel
 from sqlmodel import select
 
-from agents import LLM, Decision, UserError
+from agents import LLM, UserError
 from agents.modelserver import ModelServer
 from agents.policy import (
     ModelOutputError,
@@ -43,6 +42,7 @@ from agents.resources.llm import LLMCall
 from agents.settings import get_current_settings, reload_settings
 from agents.store.engine import dispose_engines, session
 from agents.store.tables import CircuitState, LLMCacheEntry
+from tests.support.models import Routing
 
 PLANTED_KEY = "sk-test-" + "Q7" * 16  # 32 characters after the prefix
 _ENV = (
@@ -59,10 +59,6 @@ _ENV = (
     "STALWART_BREAKER_FAILURE_THRESHOLD",
     "STALWART_BREAKER_RESET_SECONDS",
 )
-
-
-class Routing(Decision):
-    category: Literal["billing", "technical", "account", "shipping", "other"]
 
 
 class Summary(BaseModel):

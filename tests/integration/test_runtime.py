@@ -13,12 +13,9 @@ from pydantic import BaseModel
 
 from agents import Agent, Decision, DeclarationError, Memory, RunContext
 from agents.store import queries
+from tests.support.models import Ticket
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
-
-
-class Ticket(BaseModel):
-    text: str
 
 
 class Routing(Decision):

@@ -9,10 +9,7 @@ import pytest
 from pydantic import BaseModel
 
 from agents import LLM, Agent, Decision, DeclarationError, Memory
-
-
-class Ticket(BaseModel):
-    text: str
+from tests.support.models import Ticket
 
 
 class Routing(Decision):
