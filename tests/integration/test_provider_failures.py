@@ -18,8 +18,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import httpx
-import openai
 import pytest
 from pydantic import BaseModel
 from sqlmodel import select
@@ -32,14 +30,11 @@ from agents.policy import (
     ProviderUnavailable,
     breaker_key,
     breaker_state,
-    classify,
     is_retryable_by_step,
     reset_breakers,
-    retry_after_seconds,
-    retry_wait_seconds,
 )
 from agents.resources.llm import LLMCall
-from agents.settings import get_current_settings, reload_settings
+from agents.settings import reload_settings
 from agents.store.engine import dispose_engines, session
 from agents.store.tables import CircuitState, LLMCacheEntry
 from tests.support.models import Routing
@@ -511,80 +506,3 @@ def test_a_cached_answer_needs_no_provider(state_db: str, provider: Provider) ->
     provider.server.faults.update(status_code=503)
     assert LLM(tenant=tenant).decide(Summary, "Summarise: outage").title
     assert provider.requests == 1
-
-
-# -- the policy, unit by unit -------------------------------------------------------------------
-
-_REQUEST = httpx.Request("POST", "http://127.0.0.1/v1/chat/completions")
-
-
-def status_error(status: int, headers: dict[str, str] | None = None) -> openai.APIStatusError:
-    response = httpx.Response(status, request=_REQUEST, headers=headers or {})
-    return openai.APIStatusError(f"HTTP {status}", response=response, body=None)
-
-
-@pytest.mark.parametrize(
-    ("status", "kind"),
-    [
-        (408, "transient"),
-        (409, "transient"),
-        (429, "transient"),
-        (500, "transient"),
-        (503, "transient"),
-        (400, "fatal"),
-        (401, "fatal"),
-        (403, "fatal"),
-        (404, "fatal"),
-        (422, "fatal"),
-    ],
-)
-def test_status_classification(status: int, kind: str) -> None:
-    assert classify(status_error(status)) == kind
-
-
-def test_connection_errors_are_transient_and_others_unknown() -> None:
-    assert classify(openai.APITimeoutError(_REQUEST)) == "transient"
-    assert classify(openai.APIConnectionError(request=_REQUEST)) == "transient"
-    assert classify(RuntimeError("a bug in a step")) == "unknown"
-
-
-def test_retry_after_headers() -> None:
-    assert retry_after_seconds(status_error(429, {"Retry-After": "3"})) == 3.0
-    both = {"Retry-After": "1", "retry-after-ms": "250"}
-    assert retry_after_seconds(status_error(429, both)) == 0.25
-    date = {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}
-    assert retry_after_seconds(status_error(429, date), now=1445412470.0) == 10.0
-    assert retry_after_seconds(status_error(429, {"Retry-After": "soon"})) is None
-    assert retry_after_seconds(status_error(500)) is None
-
-
-def test_backoff_is_full_jitter_and_capped() -> None:
-    waits = [retry_wait_seconds(3, base=0.5, cap=30.0) for _ in range(200)]
-    assert all(0.0 <= w <= 2.0 for w in waits) and max(waits) > 1.0
-    assert retry_wait_seconds(20, base=0.5, cap=1.5) <= 1.5
-    assert retry_wait_seconds(1, base=0.5, cap=1.5, retry_after=9.0) == 1.5
-
-
-def test_step_retry_predicate() -> None:
-    assert not is_retryable_by_step(ProviderRejected("401"))
-    assert not is_retryable_by_step(ProviderUnavailable("down"))
-    assert not is_retryable_by_step(ModelOutputError("bad json"))
-    assert not is_retryable_by_step(UserError("mistake"))
-    assert is_retryable_by_step(ConnectionError("a flaky action"))
-
-
-def test_breaker_keys_hold_no_credentials() -> None:
-    key = breaker_key(f"https://bob:{PLANTED_KEY}@api.example.com/v1/?api_key=x", "gpt")
-    assert key == "https://api.example.com/v1#gpt"
-    long_key = breaker_key("http://127.0.0.1:1/v1", "m" * 400)
-    assert len(long_key) <= 300
-    assert long_key != breaker_key("http://127.0.0.1:1/v1", "m" * 401)
-
-
-def test_settings_defaults() -> None:
-    settings = get_current_settings()
-    assert settings.model_max_attempts == 4
-    assert settings.breaker_failure_threshold == 20
-    assert settings.breaker_reset_seconds == 30
-    assert settings.model_retry_max_wait_seconds == 30
-    assert settings.llm_cache_enabled
