@@ -4,16 +4,18 @@ Example:
     >>> from agents import Agent, Decision
     >>> triage = Agent("ticket-triage")
 
-Everything a user types is importable from here; the rest lives in `_`-prefixed modules.
+Everything a user types is importable from here; `docs/architecture.md` maps the rest.
 """
 
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from agents._decision import Decision
-    from agents._declare import Agent, Layer, Review, Shadow, Step, StepInfo, StepOptions
     from agents.context import RunContext
+    from agents.declare.agent import Agent
+    from agents.declare.decision import Decision
+    from agents.declare.options import Review, Shadow, StepOptions
+    from agents.declare.step import Layer, Step, StepInfo
     from agents.errors import (
         ActionInProgress,
         ConfigurationError,
@@ -31,10 +33,10 @@ if TYPE_CHECKING:
 # Imported on first use (PEP 562), so a process that needs one small module (`stalwart worker`
 # runs `agents.worker` inside Prefect's worker) does not load the runtime: 64 MB of RSS.
 _HOMES = {
-    "Decision": "agents._decision",
-    **dict.fromkeys(
-        ["Agent", "Layer", "Review", "Shadow", "Step", "StepInfo", "StepOptions"], "agents._declare"
-    ),
+    "Agent": "agents.declare.agent",
+    "Decision": "agents.declare.decision",
+    **dict.fromkeys(["Review", "Shadow", "StepOptions"], "agents.declare.options"),
+    **dict.fromkeys(["Layer", "Step", "StepInfo"], "agents.declare.step"),
     **dict.fromkeys(
         [
             "ActionInProgress",

@@ -23,18 +23,23 @@ import statistics
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, TypeAdapter
 
-from agents._declare import Agent, resolve_hints
-from agents.context import RunContext
 from agents.decisions import parse_since, query
+from agents.declare.step import resolve_hints
+from agents.execution.call import StepCall
+from agents.execution.inject import inject
+from agents.execution.task import invoke
+from agents.graph import AgentGraph
 from agents.learning.feedback import answer, is_correct, latest
+from agents.pricing import cost_of
 from agents.resources.llm import LLM, resolve_endpoint
-from agents.store.decisions import cost_of
-from agents.store.memory import Memory
 from agents.store.tables import DecisionRecord, Feedback
+
+if TYPE_CHECKING:
+    from agents.declare.agent import Agent
 
 #: Decision fields that are not the decision itself: never compared.
 _META_FIELDS = frozenset({"confidence", "rationale"})
@@ -178,15 +183,14 @@ def _label(row: DecisionRecord, given: Feedback | None) -> dict[str, Any] | None
     return {k: v for k, v in found.items() if k not in _META_FIELDS} or None
 
 
-def _rebuild(agent: Agent, step_name: str, snapshot: Any) -> dict[str, Any]:
-    compiled = agent.compile()
-    step = compiled.steps[step_name]
-    hints, _ = resolve_hints(step)
+def _rebuild(graph: AgentGraph, step_name: str, snapshot: Any) -> dict[str, Any]:
+    node = graph.node(step_name)
+    hints, _ = resolve_hints(node.step)
     if not isinstance(snapshot, Mapping):
         raise ValueError("the logged input snapshot is not an object (it was cut at 20 kB)")
     kwargs: dict[str, Any] = {}
-    for param in step.params:
-        if param.name in ("llm", "memory", "context"):
+    for param in node.step.params:
+        if param.name in node.resources:
             continue
         if param.name not in snapshot:
             raise ValueError(f"the snapshot lacks {param.name!r}")
@@ -197,9 +201,9 @@ def _rebuild(agent: Agent, step_name: str, snapshot: Any) -> dict[str, Any]:
 
 
 async def _replay_one(
-    agent: Agent, step_name: str, row: DecisionRecord, model: str, given: Feedback | None
+    graph: AgentGraph, step_name: str, row: DecisionRecord, model: str, given: Feedback | None
 ) -> ShadowCase:
-    step = agent.compile().steps[step_name]
+    node = graph.node(step_name)
     logged = dict(row.output or {})
     case = ShadowCase(
         decision_id=row.id,
@@ -214,28 +218,23 @@ async def _replay_one(
         label=_label(row, given),
     )
     llm = LLM(endpoint=resolve_endpoint(model), tenant=row.tenant, cache=False)
+    # The logged run, as far as a step can see it; memory is today's, not the past's.
+    call = StepCall(
+        agent=graph.name,
+        step=step_name,
+        tenant=row.tenant,
+        subject=row.subject,
+        run_key=row.run_key or "",
+        run_id=row.agent_run_id or "",
+        flow_run_id=None,
+        cache_key="",
+        idempotency_key="",
+    )
     try:
-        kwargs = _rebuild(agent, step_name, row.input_snapshot)
-        for param in step.params:
-            if param.name == "llm":
-                kwargs["llm"] = llm
-            elif param.name == "memory":  # read-only in spirit: today's memory, not the past's
-                kwargs["memory"] = Memory(tenant=row.tenant, agent=agent.name, subject=row.subject)
-            elif param.name == "context":
-                kwargs["context"] = RunContext(
-                    agent=agent.name,
-                    tenant=row.tenant,
-                    subject=row.subject,
-                    run_key=row.run_key or "",
-                    run_id=row.agent_run_id or "",
-                    flow_run_id=None,
-                    step=step_name,
-                )
+        kwargs = _rebuild(graph, step_name, row.input_snapshot)
+        kwargs.update(inject(node.resources, call, llm=lambda: llm))
         started = time.perf_counter()
-        if step.is_async:
-            decision = await step.fn(**kwargs)
-        else:
-            decision = await asyncio.to_thread(step.fn, **kwargs)
+        decision = await invoke(node, kwargs)
         case.candidate_latency_ms = (time.perf_counter() - started) * 1000
     except Exception as exc:  # one bad case must not stop the report
         from agents.observe import scrub_text
@@ -250,7 +249,7 @@ async def _replay_one(
 
 
 async def ashadow(
-    agent: Agent,
+    agent: Agent | AgentGraph,
     *,
     model: str,
     tenant: str,
@@ -261,8 +260,8 @@ async def ashadow(
     seed: int = 0,
 ) -> ShadowReport:
     """Async twin of `shadow`."""
-    compiled = agent.compile()
-    reasoning = [s.name for s in compiled.order if s.layer == "reasoning"]
+    graph = agent if isinstance(agent, AgentGraph) else agent.compile()
+    reasoning = [s.name for s in graph.order if s.layer == "reasoning"]
     if step is None:
         if len(reasoning) != 1:
             raise ValueError(f"{agent.name} has reasoning steps {reasoning}: name one with step=")
@@ -285,7 +284,7 @@ async def ashadow(
 
     async def one(row: DecisionRecord) -> ShadowCase:
         async with gate:
-            return await _replay_one(agent, step, row, model, given.get(row.id))
+            return await _replay_one(graph, step, row, model, given.get(row.id))
 
     cases = list(await asyncio.gather(*(one(r) for r in rows)))
     return ShadowReport(
@@ -294,7 +293,7 @@ async def ashadow(
 
 
 def shadow(
-    agent: Agent,
+    agent: Agent | AgentGraph,
     *,
     model: str,
     tenant: str,

@@ -166,13 +166,13 @@ def graph_command(
     fmt: str = typer.Option("both", "--format", "-f", help="text, mermaid or both."),
 ) -> None:
     """Print an agent's DAG as text and as a Mermaid diagram."""
-    compiled = load_agent(agent).compile()
+    graph = load_agent(agent).compile()
     if fmt in ("text", "both"):
-        console.print(compiled.text(), markup=False)
+        console.print(graph.text(), markup=False)
     if fmt == "both":
         console.print()
     if fmt in ("mermaid", "both"):
-        console.print(compiled.mermaid(), markup=False)
+        console.print(graph.mermaid(), markup=False)
 
 
 @app.command("agents")

@@ -3,7 +3,7 @@
 This module owns scoring: accuracy per labelled field and overall, the share of decisions made
 at each rung of the fallback ladder, cost and latency. Reading the input file is
 `agents.cli._run`'s job (a line's labels sit under `LABELS_KEY`, step → field → value, and are
-never passed to a run); running is the compiled agent's.
+never passed to a run); running is the agent runner's (`agents.execution.runner`).
 
 Example:
     ```
@@ -30,7 +30,6 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from agents._compile import CompiledAgent
 from agents.cli._run import (
     _let_prefect_settle,
     read_inputs,
@@ -38,21 +37,19 @@ from agents.cli._run import (
     write_quarantine,
 )
 from agents.cli._utilities import console, err_console, exit_with_error, load_agent
+from agents.declare.decision import LadderPath
+from agents.execution.runner import runner_for
+from agents.graph import AgentGraph
 from agents.result import RunResult
 from agents.settings import get_current_settings
 from agents.store.tables import AgentRun, DecisionRecord
 
+#: The rung each ladder path is shown as: its value, but for these two.
+_RUNG_NAMES = {LadderPath.DIRECT: "primary", LadderPath.FALLBACK_MODEL: "fallback"}
+_RUNG_OF_PATH = {path.value: _RUNG_NAMES.get(path, path.value) for path in LadderPath.rungs()}
 #: The rungs of the fallback ladder, in the order a decision walks them; `no decision` is a
 #: run that failed before its reasoning step decided.
-RUNGS = ("primary", "fallback", "human", "default", "held", "rejected", "no decision")
-_RUNG_OF_PATH = {
-    "direct": "primary",
-    "fallback_model": "fallback",
-    "human": "human",
-    "default": "default",
-    "held": "held",
-    "rejected": "rejected",
-}
+RUNGS = (*_RUNG_OF_PATH.values(), "no decision")
 #: An agent's module may name its bundled labelled sample under this attribute.
 SAMPLE_ATTRIBUTE = "SAMPLE_INPUTS"
 
@@ -246,14 +243,14 @@ def read_log(
     return rows, runs
 
 
-def default_input(compiled: CompiledAgent) -> Path | None:
+def default_input(graph: AgentGraph) -> Path | None:
     """The labelled sample an agent's module ships as `SAMPLE_INPUTS`, if any.
 
     Example:
         >>> default_input(load_agent("ticket-triage").compile()).name  # doctest: +SKIP
         'tickets.jsonl'
     """
-    for step in compiled.order:
+    for step in graph.order:
         module = sys.modules.get(step.fn.__module__)
         sample = getattr(module, SAMPLE_ATTRIBUTE, None)
         if sample is not None:
@@ -296,7 +293,7 @@ def model_faults(spec: str | None) -> Iterator[None]:
 
 
 def evaluate(
-    compiled: CompiledAgent,
+    graph: AgentGraph,
     items: Sequence[Mapping[str, Any]],
     *,
     tenant: str,
@@ -309,14 +306,14 @@ def evaluate(
         >>> evaluate(triage.compile(), lines, tenant="eval-1").overall_accuracy  # doctest: +SKIP
         0.74
     """
-    split = [split_labels(dict(item), compiled) for item in items]
+    split = [split_labels(dict(item), graph) for item in items]
     inputs = [inputs for inputs, _ in split]
     labels = [labels for _, labels in split]
     # The log's clock and ours may differ by a little; rows are matched by run id anyway.
     since = datetime.now(UTC) - timedelta(seconds=5)
     bar = progress.add_task("runs", total=len(inputs)) if progress is not None else None
     # run_batch cuts the inputs into flow runs below Prefect's parameter limit.
-    results = compiled.run_batch(
+    results = runner_for(graph).run_batch(
         inputs,
         tenant=tenant,
         concurrency=concurrency,
@@ -324,9 +321,9 @@ def evaluate(
             (lambda _i, _r: progress.advance(bar)) if progress and bar is not None else None
         ),
     )
-    reasoning = [s.name for s in compiled.order if s.layer == "reasoning"]
-    rows, runs = read_log(tenant, compiled.name, since, len(results))
-    return score(compiled.name, tenant, results, labels, reasoning, rows, runs)
+    reasoning = [s.name for s in graph.order if s.layer == "reasoning"]
+    rows, runs = read_log(tenant, graph.name, since, len(results))
+    return score(graph.name, tenant, results, labels, reasoning, rows, runs)
 
 
 def eval_command(
@@ -344,15 +341,15 @@ def eval_command(
     ),
 ) -> None:
     """Run AGENT over labelled inputs: accuracy, fallback-ladder shares, cost and latency."""
-    compiled = load_agent(agent).compile()
-    source = input or default_input(compiled)
+    graph = load_agent(agent).compile()
+    source = input or default_input(graph)
     if source is None:
-        exit_with_error(f"agent {compiled.name!r} ships no labelled sample; pass --input")
+        exit_with_error(f"agent {graph.name!r} ships no labelled sample; pass --input")
     if not source.exists():
         exit_with_error(f"input file {str(source)!r} does not exist")
     # A fresh tenant has no cached results, answers or memory: the eval measures, not replays.
     tenant = tenant or f"eval-{datetime.now(UTC):%Y%m%d-%H%M%S}-{os.urandom(2).hex()}"
-    accepted, rejected = read_inputs(source, compiled, get_current_settings().max_input_bytes)
+    accepted, rejected = read_inputs(source, graph, get_current_settings().max_input_bytes)
     if rejected:
         where = write_quarantine(source, rejected)
         err_console.print(f"{len(rejected)} bad line(s) quarantined in {where}")
@@ -361,7 +358,7 @@ def eval_command(
     with (
         model_faults(faults),
         Progress(
-            TextColumn(f"[bold]eval {compiled.name}[/bold]"),
+            TextColumn(f"[bold]eval {graph.name}[/bold]"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
@@ -370,7 +367,7 @@ def eval_command(
         ) as progress,
     ):
         evaluation = evaluate(
-            compiled,
+            graph,
             [item for _, item in accepted],
             tenant=tenant,
             concurrency=concurrency,

@@ -12,8 +12,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from agents._compile import CompiledAgent
 from agents.cli._utilities import console, err_console, exit_with_error, load_agent
+from agents.execution.runner import runner_for
+from agents.graph import AgentGraph
 from agents.inputs import input_problem
 from agents.result import RunResult
 from agents.settings import get_current_settings
@@ -24,7 +25,7 @@ LABELS_KEY = "expected"
 
 
 def split_labels(
-    item: dict[str, Any], compiled: CompiledAgent
+    item: dict[str, Any], graph: AgentGraph
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """A line's run inputs and its labels (None when it has none).
 
@@ -32,10 +33,10 @@ def split_labels(
 
     Example:
         >>> split_labels({"raw": {}, "expected": {"route": {"category": "billing"}}},
-        ...              compiled)  # doctest: +SKIP
+        ...              graph)  # doctest: +SKIP
         ({'raw': {}}, {'route': {'category': 'billing'}})
     """
-    if LABELS_KEY not in item or LABELS_KEY in compiled.input_names:
+    if LABELS_KEY not in item or LABELS_KEY in graph.input_names:
         return item, None
     inputs = {k: v for k, v in item.items() if k != LABELS_KEY}
     labels = item[LABELS_KEY]
@@ -52,7 +53,7 @@ class Rejected:
 
 
 def read_inputs(
-    path: Path, compiled: CompiledAgent, max_bytes: int
+    path: Path, graph: AgentGraph, max_bytes: int
 ) -> tuple[list[tuple[int, dict[str, Any]]], list[Rejected]]:
     """Parse a JSONL file into (line number, input) pairs; bad lines are rejected, not fatal.
 
@@ -64,7 +65,7 @@ def read_inputs(
         for number, raw_line in enumerate(handle, start=1):
             if not raw_line.strip():
                 continue
-            parsed = parse_line(number, raw_line, compiled, max_bytes)
+            parsed = parse_line(number, raw_line, graph, max_bytes)
             if isinstance(parsed, Rejected):
                 rejected.append(parsed)
             else:
@@ -73,12 +74,12 @@ def read_inputs(
 
 
 def parse_line(
-    number: int, raw_line: bytes, compiled: CompiledAgent, max_bytes: int
+    number: int, raw_line: bytes, graph: AgentGraph, max_bytes: int
 ) -> dict[str, Any] | Rejected:
     """One line of an input file: the input it holds, or why it is rejected (never raises).
 
     Example:
-        >>> parse_line(3, b"[1]", compiled, 1000).error  # doctest: +SKIP
+        >>> parse_line(3, b"[1]", graph, 1000).error  # doctest: +SKIP
         'not a JSON object: got list'
     """
     shown = raw_line.decode("utf-8", errors="replace").rstrip("\n")[:2000]
@@ -98,7 +99,7 @@ def parse_line(
     unsafe = input_problem(item)
     if unsafe:
         return Rejected(number, unsafe, shown)
-    problems = compiled.check_inputs(split_labels(item, compiled)[0])
+    problems = graph.check_inputs(split_labels(item, graph)[0])
     if problems:
         return Rejected(number, "; ".join(problems), shown)
     return item
@@ -126,11 +127,11 @@ def run_command(
 ) -> None:
     """Run AGENT over every line of --input; bad lines are quarantined, the rest still run."""
     target = load_agent(agent)
-    compiled = target.compile()
+    graph = target.compile()
     if not input.exists():
         exit_with_error(f"input file {str(input)!r} does not exist")
     settings = get_current_settings()
-    accepted, rejected = read_inputs(input, compiled, settings.max_input_bytes)
+    accepted, rejected = read_inputs(input, graph, settings.max_input_bytes)
     if rejected:
         where = write_quarantine(input, rejected)
         for r in rejected:
@@ -149,8 +150,8 @@ def run_command(
         ) as progress:
             bar = progress.add_task("runs", total=len(accepted))
             # run_batch cuts the inputs into flow runs that fit Prefect's parameter limit.
-            results = compiled.run_batch(
-                [split_labels(item, compiled)[0] for _, item in accepted],
+            results = runner_for(graph).run_batch(
+                [split_labels(item, graph)[0] for _, item in accepted],
                 tenant=tenant,
                 concurrency=concurrency,
                 on_result=lambda _index, _result: progress.advance(bar),

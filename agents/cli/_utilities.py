@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 
-from agents._declare import Agent
+from agents.declare.agent import Agent
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)

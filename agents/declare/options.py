@@ -1,11 +1,15 @@
-"""`Calibration`: how a reasoning step opts into threshold calibration (a declaration value).
-
-Kept free of store imports so `agents._declare` can import it.
-"""
+"""Step options: `StepOptions` and the values its fields take (`Review`, `Shadow`,
+`Calibration`), with the one duration parser they share."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from typing import Any
+
+from agents.durations import parse_duration
+
+__all__ = ["Calibration", "Review", "Shadow", "StepOptions", "parse_duration"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,3 +45,82 @@ class Calibration:
         elif not found and not lo <= threshold <= hi:
             found.append(f"threshold {threshold} is outside the calibration bounds {self.bounds}")
         return found
+
+
+@dataclass(frozen=True, kw_only=True)
+class Review:
+    """Human review, the second rung of the fallback ladder.
+
+    The flow run pauses with a typed form in the Prefect UI showing the input, the proposed
+    decision, its confidence and rationale; the reviewer approves, corrects or rejects it.
+
+    Example:
+        >>> Review(timeout="4h").timeout_seconds
+        14400.0
+    """
+
+    timeout: float | str = "4h"
+    """How long to wait for a reviewer before falling to the default."""
+    poll_interval: float = 10.0
+    """How often the paused run checks for the reviewer's answer, in seconds."""
+
+    @property
+    def timeout_seconds(self) -> float:
+        return parse_duration(self.timeout)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Shadow:
+    """A candidate model that sees a share of live decisions: recorded, never acted on.
+
+    The chosen runs (a stable hash of the run key, so a rerun picks the same ones) call the
+    reasoning step once more with the candidate; its decision is logged with `path="shadow"`
+    beside the real one. Compare them with `stalwart decisions --path shadow` or
+    `stalwart shadow`.
+
+    Example:
+        >>> Shadow(model="gpt-4o-mini", share=0.1).picks("run-key-1") in (True, False)
+        True
+    """
+
+    model: str
+    """The candidate model, on the endpoint in force."""
+    share: float = 0.1
+    """Share of runs (0..1) whose decision the candidate also makes."""
+
+    def picks(self, run_key: str) -> bool:
+        """Whether the run with this key is in the shadow share (stable across processes)."""
+        bucket = int(hashlib.sha256(run_key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        return bucket < self.share
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepOptions:
+    """How a step runs. Every option has a default; decorators accept each as a keyword."""
+
+    retries: int = 0
+    """Attempts after the first when the step raises (never for a `UserError`)."""
+    retry_delay: float = 1.0
+    """Base delay in seconds; attempt n waits `retry_delay * 2**(n-1)`, with jitter."""
+    timeout: float | None = None
+    """Seconds before an attempt is abandoned and counted as failed."""
+    cache: bool = True
+    """Persist the result and reuse it when the same inputs come again (in any process)."""
+    tags: tuple[str, ...] = ()
+    """Extra Prefect tags on this step's task runs."""
+    threshold: float | None = None
+    """Reasoning only: below this confidence the fallback ladder runs; a decision still below
+    it is held and no action runs on it."""
+    fallback_model: str | None = None
+    """Reasoning only, rung 1: the model asked again when confidence is below the threshold."""
+    review: Review | None = None
+    """Reasoning only, rung 2: a person approves, corrects or rejects the decision."""
+    default: Any = None
+    """Reasoning only, rung 3: the safe decision (an instance of the step's return type, or a
+    function of no arguments returning one) used when nothing above reached the threshold.
+    Actions run on it only if its own confidence meets the threshold."""
+    calibrate: Calibration | None = None
+    """Reasoning only: let `agents.learning.calibration.apply` move the threshold per tenant,
+    within `Calibration.bounds`, to meet `Calibration.target_precision`."""
+    shadow: Shadow | None = None
+    """Reasoning only: a candidate model also decides a share of runs, logged, never acted on."""

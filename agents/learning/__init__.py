@@ -15,6 +15,6 @@ Example:
 
 from __future__ import annotations
 
-from agents.learning._options import Calibration
+from agents.declare.options import Calibration
 
 __all__ = ("Calibration",)

@@ -30,15 +30,17 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, select
 
+from agents.declare.decision import LadderPath
+from agents.declare.options import Calibration
 from agents.errors import UserError
-from agents.learning._options import Calibration
+from agents.graph import AgentGraph
 from agents.learning.feedback import latest, verdict
 from agents.store._convert import require_tenant
 from agents.store.engine import session
 from agents.store.tables import DecisionRecord, ThresholdChange
 
 if TYPE_CHECKING:
-    from agents._declare import Agent
+    from agents.declare.agent import Agent
 
 __all__ = [
     "CALIBRATED_PATHS",
@@ -53,7 +55,7 @@ __all__ = [
     "thresholds",
 ]
 
-CALIBRATED_PATHS = ("direct", "fallback_model", "held")
+CALIBRATED_PATHS = (LadderPath.DIRECT, LadderPath.FALLBACK_MODEL, LadderPath.HELD)
 """Paths whose confidence is a model's, hence the decisions calibration learns from."""
 MAX_DECISIONS = 5000
 """The most recent labelled decisions a calibration looks at."""
@@ -120,12 +122,20 @@ def _grid(bounds: tuple[float, float], step: float) -> list[float]:
     return values
 
 
-def _declared(agent: Agent | str, step: str) -> tuple[str, float | None, Calibration | None]:
+def _graph(agent: Agent | AgentGraph) -> AgentGraph:
+    """The agent's graph (an `Agent` is compiled; a graph is taken as it is)."""
+    return agent if isinstance(agent, AgentGraph) else agent.compile()
+
+
+def _declared(
+    agent: Agent | AgentGraph | str, step: str
+) -> tuple[str, float | None, Calibration | None]:
     if isinstance(agent, str):
         return agent, None, None
-    found = next((s for s in agent._registry.steps if s.name == step), None)
+    graph = _graph(agent)
+    found = graph.steps.get(step)
     if found is None or found.layer != "reasoning":
-        steps = sorted(s.name for s in agent._registry.steps if s.layer == "reasoning")
+        steps = sorted(s.name for s in graph.order if s.layer == "reasoning")
         raise CalibrationError(
             f"agent {agent.name!r} has no reasoning step {step!r} (reasoning steps: {steps})"
         )
@@ -135,7 +145,7 @@ def _declared(agent: Agent | str, step: str) -> tuple[str, float | None, Calibra
 
 def calibrate(
     tenant: str,
-    agent: Agent | str,
+    agent: Agent | AgentGraph | str,
     step: str,
     *,
     target_precision: float | None = None,
@@ -244,7 +254,7 @@ def calibrate(
 
 
 def apply(
-    agent: Agent,
+    agent: Agent | AgentGraph,
     step: str,
     *,
     tenant: str,
@@ -349,7 +359,7 @@ def thresholds(tenant: str, agent: str, *, url: str | None = None) -> dict[str, 
         return {step: float(new) for step, new in s.exec(query).all()}
 
 
-def in_force(agent: Agent, tenant: str, *, url: str | None = None) -> dict[str, float]:
+def in_force(agent: Agent | AgentGraph, tenant: str, *, url: str | None = None) -> dict[str, float]:
     """Each reasoning step's threshold for one tenant: calibrated where the step opts in.
 
     What the runtime reads once per batch: a step without `calibrate=...` keeps its declared
@@ -360,9 +370,10 @@ def in_force(agent: Agent, tenant: str, *, url: str | None = None) -> dict[str, 
         >>> in_force(triage, "acme")  # doctest: +SKIP
         {'route': 0.8}
     """
-    calibrated = thresholds(tenant, agent.name, url=url)
+    graph = _graph(agent)
+    calibrated = thresholds(tenant, graph.name, url=url)
     found: dict[str, float] = {}
-    for step in agent._registry.steps:
+    for step in graph.order:
         declared = step.options.threshold
         if step.layer != "reasoning" or declared is None:
             continue

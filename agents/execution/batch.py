@@ -1,0 +1,237 @@
+"""The batch: one flow run runs many inputs, each walking the graph as its own group of task
+runs, at most `concurrency` at a time within the tenant's fair share; run records are written
+in bulk while it runs.
+
+One flow run per batch is deliberate: a Prefect flow call costs about a second of fixed
+overhead, which one flow run per input would pay per input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from prefect.context import TagsContext
+
+from agents.digest import digest
+from agents.errors import InputError
+from agents.execution.call import RunScope
+from agents.execution.prefect import PrefectStepRunner, result_storage
+from agents.execution.threads import in_thread
+from agents.execution.walk import RunWalk, StepRunner, describe
+from agents.graph import META_KEYS
+from agents.observe import init_sentry
+from agents.observe.logs import install_log_scrubbing
+from agents.policy.tenants import run_slot, server_limit_name
+from agents.result import RunResult
+from agents.settings import get_current_settings
+from agents.store.records import RecordWriter
+from agents.store.tables import AgentRun
+
+if TYPE_CHECKING:
+    from agents.execution.runner import AgentRunner
+    from agents.graph import AgentGraph
+
+logger = logging.getLogger(__name__)
+
+#: The progress callback of the batch being run. A context variable, not a flow parameter (a
+#: callback cannot travel as one) nor an attribute (one agent may run several batches at once,
+#: e.g. one per tenant).
+on_result: contextvars.ContextVar[Callable[[int, RunResult], None] | None] = contextvars.ContextVar(
+    "stalwart_on_result", default=None
+)
+
+
+async def run_flow_body(
+    runner: AgentRunner, inputs: list[dict[str, Any]], tenant: str, concurrency: int
+) -> list[RunResult]:
+    """The body of the agent's flow run: every input of the batch, then monitoring and the
+    decisions artifact."""
+    from prefect.runtime import deployment, flow_run
+
+    from agents.decisions import publish_artifact
+
+    check_tenant(tenant)
+    install_log_scrubbing()
+    init_sentry()
+    if not isinstance(inputs, list):
+        raise InputError(f"inputs: expected a list of objects, got {type(inputs).__name__}")
+    graph = runner.graph
+    storage = await result_storage()
+    steps = PrefectStepRunner(graph, runner.tasks_for(storage), storage, runner.reviewer)
+    flow_run_id = str(flow_run.id) if flow_run.id else None
+    await publish_graph(graph)
+    gate = asyncio.Semaphore(max(1, int(concurrency)))
+    report = on_result.get()
+    thresholds = await thresholds_in_force(graph, tenant)
+    server_limit = await server_limit_name(tenant)
+    writer = RecordWriter()
+    flusher = asyncio.ensure_future(flush_periodically(writer))
+
+    async def one(index: int, item: Any) -> RunResult:
+        # The batch's own cap, then the tenant's fair share of the process (and of the
+        # server's `tenant:<name>` limit when one exists).
+        async with gate, run_slot(tenant, server_limit):
+            result = await run_one(graph, steps, item, tenant, flow_run_id, writer, thresholds)
+        if report is not None:
+            report(index, result)
+        return result
+
+    try:
+        # Task runs get no inherited tags (see `make_task`); the flow run carries them.
+        with TagsContext(current_tags=set()):
+            results = list(await asyncio.gather(*(one(i, item) for i, item in enumerate(inputs))))
+    finally:
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
+        await in_thread(writer.flush)
+    await monitor(graph, tenant, deployment.id)
+    if writer.decisions_seen:
+        await publish_artifact(
+            writer.decisions_seen[-500:],
+            key=f"{graph.name}-decisions",
+            description=f"Decisions of this flow run of `{graph.name}` (latest 500).",
+        )
+    return results
+
+
+async def run_one(
+    graph: AgentGraph,
+    steps: StepRunner,
+    item: Any,
+    tenant: str,
+    flow_run_id: str | None,
+    writer: RecordWriter,
+    thresholds: Mapping[str, float],
+) -> RunResult:
+    """One input of the batch: its `agent_run` row, the walk of its steps, its records."""
+    run_id = uuid.uuid4().hex
+    if not isinstance(item, Mapping):
+        return RunResult(
+            status="failed",
+            run_id=run_id,
+            run_key="",
+            tenant=tenant,
+            error=f"InputError: expected an object, got {type(item).__name__}",
+            flow_run_id=flow_run_id,
+        )
+    inputs = {k: v for k, v in item.items() if k not in META_KEYS}
+    subject = item.get("subject")
+    subject = None if subject is None else str(subject)
+    run_key = str(item.get("run_key") or digest({"inputs": inputs, "subject": subject}))
+    result = RunResult(
+        status="completed",
+        run_id=run_id,
+        run_key=run_key,
+        tenant=tenant,
+        subject=subject,
+        flow_run_id=flow_run_id,
+    )
+    started = time.perf_counter()
+    problems = graph.check_inputs(item)
+    if problems:
+        result.status = "failed"
+        result.error = "InputError: " + "; ".join(problems)
+    run_row = AgentRun(
+        id=run_id,
+        tenant=tenant,
+        agent=graph.name,
+        subject=subject,
+        run_key=run_key,
+        status="running" if not problems else "failed",
+        inputs_digest=digest(inputs, 64),
+        flow_run_id=flow_run_id,
+        error=result.error,
+    )
+    writer.start_run(run_row)
+    if problems:
+        return result
+
+    scope = RunScope(started_at=run_row.started_at)
+    walk = RunWalk(graph, steps, result, inputs, scope, thresholds)
+    try:
+        records = await walk.walk()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # a runtime bug must fail this input only
+        result.status = "failed"
+        result.error = describe(exc)
+        records = walk.records
+    decisions, recovered = records.decisions, records.recovered
+    if result.status == "conflict":
+        # The twin execution that holds the action logs the run's decisions: logging this
+        # one's too would record the run's outcome twice.
+        result.notes.append(
+            f"another execution of run {run_key[:16]} holds its action; "
+            f"{len(decisions)} decision(s) of this execution not logged"
+        )
+        decisions, recovered = [], []
+    writer.end_run(
+        run_id,
+        status=result.status,
+        error=result.error,
+        duration_ms=(time.perf_counter() - started) * 1000,
+        steps=records.steps,
+        decisions=decisions,
+        recovered=recovered,
+    )
+    return result
+
+
+async def thresholds_in_force(graph: AgentGraph, tenant: str) -> dict[str, float]:
+    """The tenant's calibrated thresholds, read once per batch; {} when no step opts in."""
+    if not any(s.options.calibrate is not None for s in graph.order):
+        return {}
+    from agents.learning.calibration import in_force
+
+    found: dict[str, float] = await in_thread(in_force, graph, tenant)
+    return found
+
+
+async def monitor(graph: AgentGraph, tenant: str, deployment_id: Any) -> None:
+    """Drift check and summary artifact at the end of a batch (STALWART_MONITOR)."""
+    mode = get_current_settings().monitor
+    if mode == "off" or (mode == "deployments" and not deployment_id):
+        return
+    from agents.observe.drift import monitor as check_drift
+
+    try:
+        await check_drift(tenant, graph.name)
+    except Exception as exc:  # monitoring must never fail the batch it watches
+        logger.warning("monitoring %s for %s failed: %s", graph.name, tenant, describe(exc))
+
+
+async def publish_graph(graph: AgentGraph) -> None:
+    """The graph as a Mermaid artifact on the flow run (a courtesy: never fails a run)."""
+    from prefect.artifacts import acreate_markdown_artifact
+
+    key = re.sub(r"[^a-z0-9-]", "-", f"{graph.name.lower()}-dag")
+    markdown = f"# Agent `{graph.name}`\n\n```mermaid\n{graph.mermaid()}\n```\n"
+    with contextlib.suppress(Exception):
+        await acreate_markdown_artifact(
+            markdown=markdown, key=key, description=f"DAG of agent {graph.name}"
+        )
+
+
+async def flush_periodically(writer: RecordWriter, interval: float = 0.1) -> None:
+    """Flush run records every `interval` seconds (one transaction for many runs)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await in_thread(writer.flush)
+        except Exception:  # the database hiccuped: the rows stay queued for the next flush
+            await asyncio.sleep(interval)
+
+
+def check_tenant(tenant: str) -> None:
+    """Refuse a run without a tenant: every run belongs to one."""
+    if not isinstance(tenant, str) or not tenant.strip():
+        raise InputError("tenant: every run belongs to a tenant; pass tenant='<name>'")

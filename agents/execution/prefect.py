@@ -1,0 +1,292 @@
+"""The Prefect wiring: one task per step with its cache policy, retries and result storage; the
+flow that runs a batch; and the step runner the walk uses to run step calls as task runs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from prefect import Flow, Task
+from prefect.cache_policies import NO_CACHE, CachePolicy
+from prefect.context import TaskRunContext
+from prefect.results import ResultStore
+from prefect.states import Completed
+from prefect.tasks import exponential_backoff
+from prefect.utilities.annotations import quote
+
+from agents.declare.decision import Decision
+from agents.declare.options import Review
+from agents.execution.call import RunScope, StepCall, StepTrace
+from agents.execution.review import Reviewer
+from agents.execution.shadow import live_shadow
+from agents.execution.task import execute, twin_conflict
+from agents.execution.threads import in_thread
+from agents.execution.walk import Attempt
+from agents.observe import flow_failure_hook
+from agents.policy.retry import is_retryable_by_step
+from agents.settings import get_current_settings
+from agents.store.decisions import logged_decision
+from agents.store.results import SQLResultStorage
+
+if TYPE_CHECKING:
+    from agents.execution.ladder import Verdict
+    from agents.graph import AgentGraph, StepNode
+    from agents.result import RunResult
+    from agents.store.tables import DecisionRecord
+
+from agents.digest import digest
+
+
+@dataclass
+class StepCacheKey(CachePolicy):
+    """Cache on the key Stalwart computed: tenant, agent, subject, step, source and inputs.
+
+    The run id is deliberately left out, so a rerun (in any process) hits the cache.
+    """
+
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> str | None:
+        call = inputs.get("call")
+        return call.cache_key if isinstance(call, StepCall) else None
+
+
+STEP_CACHE = StepCacheKey()
+
+
+def caches(node: StepNode) -> bool:
+    """Whether the step's results persist: when it caches, and always for an action."""
+    return node.step.options.cache or node.step.layer == "action"
+
+
+def _retry_unless_user_error(task: Task[Any, Any], task_run: Any, state: Any) -> bool:
+    """A developer's mistake is never retried, nor a provider failure the LLM layer already
+    retried (retries live in one layer); everything else follows the step's retries."""
+    error = getattr(state, "data", None)
+    return not isinstance(error, BaseException) or is_retryable_by_step(error)
+
+
+def make_task(node: StepNode, storage: SQLResultStorage) -> Task[Any, Any]:
+    """The Prefect task of one step, named `<agent>.<step>`; its runs are named after the run."""
+    step = node.step
+
+    async def run_step(
+        call: StepCall, args: dict[str, Any], trace: StepTrace, scope: RunScope
+    ) -> Any:
+        return await execute(node, call, args, trace, scope)
+
+    run_step.__name__ = step.name
+    run_step.__qualname__ = step.qualified_name
+    run_step.__doc__ = step.fn.__doc__
+    caching = caches(node)
+    retries = step.options.retries
+    return Task(
+        fn=run_step,
+        name=step.qualified_name,
+        task_run_name="{call.label}",
+        retries=retries,
+        retry_delay_seconds=exponential_backoff(step.options.retry_delay) if retries else 0,
+        retry_jitter_factor=0.5 if retries else None,
+        retry_condition_fn=_retry_unless_user_error,
+        timeout_seconds=step.options.timeout,
+        cache_policy=STEP_CACHE if caching else NO_CACHE,
+        persist_result=caching,
+        result_storage=storage if caching else None,
+        # No default tags: Prefect 3.9 makes one concurrency-slot API call per tagged task run
+        # (tag-based limits), which costs more than the step itself.
+        tags=set(step.options.tags),
+    )
+
+
+def make_flow(
+    graph: AgentGraph, body: Callable[[list[dict[str, Any]], str, int], Coroutine[Any, Any, Any]]
+) -> Flow[Any, Any]:
+    """The agent's flow: one flow run runs a batch of inputs (`inputs`, `tenant`,
+    `concurrency`)."""
+
+    async def agent_flow(
+        inputs: list[dict[str, Any]], tenant: str = "default", concurrency: int = 16
+    ) -> list[RunResult]:
+        results: list[RunResult] = await body(inputs, tenant, concurrency)
+        return results
+
+    agent_flow.__doc__ = graph.description or f"Stalwart agent {graph.name!r}."
+    return Flow(
+        fn=agent_flow,
+        name=graph.name,
+        flow_run_name=flow_run_name,
+        persist_result=False,
+        validate_parameters=False,
+        on_failure=[flow_failure_hook(graph.name)],
+    )
+
+
+def flow_run_name() -> str:
+    """`<agent>/<subject or run key>` for a batch of one, else `<agent>/batch-<n>`."""
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters or {}
+    inputs = params.get("inputs") or []
+    name = flow_run.flow_name or "agent"
+    if len(inputs) == 1 and isinstance(inputs[0], Mapping):
+        label = inputs[0].get("subject") or inputs[0].get("run_key")
+        return f"{name}/{label}" if label else f"{name}/run"
+    return f"{name}/batch-{len(inputs)}"
+
+
+# -- result storage ---------------------------------------------------------------------------
+
+_storages: dict[tuple[str, str], SQLResultStorage] = {}
+_storage_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def result_storage() -> SQLResultStorage:
+    """The SQL result storage block, saved once per Prefect API and process."""
+    from prefect.settings import PREFECT_API_URL
+
+    name = get_current_settings().result_storage_block
+    key = (str(PREFECT_API_URL.value() or "ephemeral"), name)
+    loop = asyncio.get_running_loop()
+    lock = _storage_locks.get(loop)
+    if lock is None:
+        lock = _storage_locks[loop] = asyncio.Lock()
+    # Concurrent first batches (one per tenant) would both register the block type: 409.
+    async with lock:
+        storage = _storages.get(key)
+        if storage is None:
+            storage = SQLResultStorage()
+            await _save_block(storage, name)
+            _storages[key] = storage
+    return storage
+
+
+async def _save_block(block: SQLResultStorage, name: str, attempts: int = 5) -> None:
+    """Save the block, retrying when another process registers its type or schema first.
+
+    Flow runs starting at once on a fresh server (one worker process each) all try to create
+    the block type; the losers get 409 `ObjectAlreadyExists` and succeed on the next try.
+    """
+    from prefect.exceptions import ObjectAlreadyExists
+
+    for attempt in range(attempts):
+        try:
+            await block.save(name, overwrite=True)
+            return
+        except ObjectAlreadyExists:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.1 * (attempt + 1))
+
+
+# -- the step runner --------------------------------------------------------------------------
+
+
+class PrefectStepRunner:
+    """Runs a batch's step calls as Prefect task runs, reading persisted results first."""
+
+    def __init__(
+        self,
+        graph: AgentGraph,
+        tasks: Mapping[str, Task[Any, Any]],
+        storage: SQLResultStorage,
+        reviewer: Reviewer,
+    ) -> None:
+        self.graph = graph
+        self.tasks = tasks
+        self.store = ResultStore(result_storage=storage)
+        self.reviewer = reviewer
+
+    async def attempt(
+        self,
+        node: StepNode,
+        call: StepCall,
+        args: dict[str, Any],
+        scope: RunScope,
+        *,
+        lookup: bool = True,
+    ) -> Attempt:
+        trace = StepTrace()
+        t0 = time.perf_counter()
+        found, value = await self._stored(node, call) if lookup else (False, None)
+        if found:
+            # Done before: take the persisted result without a task run (a rerun of a finished
+            # batch then costs a read per step instead of Prefect's task engine).
+            state: Any = Completed(name="Cached")
+        else:
+            state = await self.tasks[node.name](
+                call=call,
+                args=quote(args),
+                trace=quote(trace),
+                scope=quote(scope),
+                return_state=True,
+            )
+        elapsed = (time.perf_counter() - t0) * 1000
+        common: dict[str, Any] = {
+            "trace": trace,
+            "elapsed_ms": elapsed,
+            "task_run_id": str(state.state_details.task_run_id or "") or None,
+        }
+        cached = state.is_completed() and state.name == "Cached"
+        conflict = trace.conflict
+        if conflict is None and node.step.layer == "action" and cached:
+            conflict = await twin_conflict(call, scope)
+        if conflict is not None:
+            return Attempt(outcome="conflict", conflict=conflict, **common)
+        if state.is_completed():
+            if not found:
+                value = await state.aresult()
+            return Attempt(outcome="completed", value=value, cached=cached, **common)
+        return Attempt(outcome="failed", error=await _state_exception(state), **common)
+
+    async def _stored(self, node: StepNode, call: StepCall) -> tuple[bool, Any]:
+        """The persisted result of this exact step call, if a previous run stored one."""
+        if not caches(node):
+            return False, None
+        try:
+            record = await self.store.aread(call.cache_key)
+        except Exception:  # missing (the usual first-run case) or unreadable: run the task
+            return False, None
+        return True, record.result
+
+    async def review(
+        self, step: str, proposed: Decision, args: dict[str, Any], result: RunResult, review: Review
+    ) -> Verdict | None:
+        return await self.reviewer.ask(step, proposed, args, result, review)
+
+    async def shadow(
+        self, node: StepNode, call: StepCall, args: dict[str, Any], result: RunResult
+    ) -> DecisionRecord | None:
+        return await live_shadow(node, call, args, result)
+
+    async def logged_decision(
+        self, node: StepNode, result: RunResult, args: dict[str, Any]
+    ) -> DecisionRecord | None:
+        found: DecisionRecord | None = await in_thread(
+            logged_decision,
+            tenant=result.tenant,
+            agent=self.graph.name,
+            step=node.name,
+            run_key=result.run_key,
+            input_digest=digest(args, 64),
+        )
+        return found
+
+
+async def _state_exception(state: Any) -> BaseException:
+    try:
+        data = await state.aresult(raise_on_failure=False)
+    except Exception as exc:
+        data = exc
+    if isinstance(data, BaseException):
+        return data
+    return RuntimeError(state.message or state.name)

@@ -1,0 +1,104 @@
+"""Record builders: the `step_run` and `decision_record` rows a run writes when it ends."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from agents.declare.step import Step
+from agents.digest import canonical, digest
+from agents.observe import scrub_text
+from agents.pricing import cost_of
+from agents.store.tables import DecisionRecord, StepRun, new_id
+
+if TYPE_CHECKING:
+    from agents.execution.ladder import LadderOutcome
+    from agents.resources.llm import LLMCall
+    from agents.result import RunResult, StepStatus
+
+
+def step_row(
+    agent: str,
+    step: Step[Any, Any],
+    result: RunResult,
+    status: StepStatus,
+    *,
+    attempts: int = 0,
+    cached: bool = False,
+    duration_ms: float = 0.0,
+    task_run_id: str | None = None,
+    error: str | None = None,
+    llm_calls: Sequence[LLMCall] = (),
+) -> StepRun:
+    """The row of one step of one run, with its model calls' tokens and latency summed."""
+    return StepRun(
+        tokens_in=sum(c.tokens_in for c in llm_calls),
+        tokens_out=sum(c.tokens_out for c in llm_calls),
+        model_ms=sum(c.latency_ms for c in llm_calls) if llm_calls else None,
+        tenant=result.tenant,
+        agent=agent,
+        agent_run_id=result.run_id,
+        step=step.name,
+        layer=step.layer,
+        status=status,
+        attempts=attempts,
+        cache_hit=cached,
+        task_run_id=task_run_id,
+        duration_ms=duration_ms,
+        error=error,
+    )
+
+
+def decision_row(
+    agent: str,
+    step: Step[Any, Any],
+    result: RunResult,
+    args: dict[str, Any],
+    outcome: LadderOutcome,
+    llm_calls: Sequence[LLMCall],
+    attempts: int,
+    decision_id: str | None = None,
+) -> DecisionRecord:
+    """The decision-log row of a reasoning step: what it saw (scrubbed), decided and cost."""
+    decision = outcome.decision
+    last = llm_calls[-1] if llm_calls else None
+    snapshot: Any = scrub_text(json.dumps(canonical(args), default=repr))[:20_000]
+    with contextlib.suppress(ValueError):  # cut at 20k it is no longer JSON: keep the text
+        snapshot = json.loads(snapshot)
+    output = decision.model_dump(mode="json") if isinstance(decision, BaseModel) else decision
+    return DecisionRecord(
+        id=decision_id or new_id(),
+        tenant=result.tenant,
+        agent=agent,
+        step=step.name,
+        agent_run_id=result.run_id,
+        flow_run_id=result.flow_run_id,
+        subject=result.subject,
+        run_key=result.run_key,
+        input_digest=digest(args, 64),
+        input_snapshot=snapshot,
+        prompt_digest=getattr(last, "prompt_digest", None) or None,
+        # The prompt lives in the step's code: its source digest versions the prompt.
+        prompt_version=step.source_digest,
+        model=getattr(last, "model", None),
+        endpoint=getattr(last, "endpoint", None),
+        raw_output=getattr(last, "raw_output", None),
+        output=output,
+        confidence=getattr(decision, "confidence", None),
+        logprobs=getattr(last, "logprobs", None),
+        rationale=scrub_text(str(getattr(decision, "rationale", "") or "")),
+        path=str(outcome.path),
+        reviewer=outcome.reviewer,
+        correction=outcome.correction,
+        tokens_in=sum(c.tokens_in for c in llm_calls),
+        tokens_out=sum(c.tokens_out for c in llm_calls),
+        # Each call at its own model's price: a fallback decision paid for both models.
+        cost=sum(cost_of(c.model, c.tokens_in, c.tokens_out) for c in llm_calls),
+        latency_ms=sum(c.latency_ms for c in llm_calls) if llm_calls else None,
+        attempts=attempts,
+        error_class=getattr(last, "error_class", None),
+    )

@@ -1,0 +1,146 @@
+"""The agent runner: a graph's Prefect flow and tasks, and running batches through them.
+
+`runner_for(graph)` gives the one runner of a graph (cached per graph), so the flow and its
+tasks are built once however many batches run.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+import weakref
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, cast
+
+from prefect import Flow, Task, tags
+from prefect.utilities.asyncutils import run_coro_as_sync
+
+from agents.execution import batch
+from agents.execution.prefect import make_flow, make_task
+from agents.execution.review import Reviewer
+from agents.graph import AgentGraph
+from agents.inputs import batches, input_problem
+from agents.result import RunResult
+from agents.store.results import SQLResultStorage
+
+logger = logging.getLogger(__name__)
+
+_runners: weakref.WeakKeyDictionary[AgentGraph, AgentRunner] = weakref.WeakKeyDictionary()
+
+
+def runner_for(graph: AgentGraph) -> AgentRunner:
+    """The runner of `graph`, built on first use."""
+    runner = _runners.get(graph)
+    if runner is None:
+        runner = _runners[graph] = AgentRunner(graph)
+    return runner
+
+
+class AgentRunner:
+    """Runs an agent graph as a Prefect flow: one flow run per batch of inputs."""
+
+    def __init__(self, graph: AgentGraph) -> None:
+        self.graph = graph
+        self.name = graph.name
+        self.reviewer = Reviewer(graph.name)
+        self._tasks: dict[str, Task[Any, Any]] = {}
+        self._tasks_storage: SQLResultStorage | None = None
+        self.flow: Flow[Any, Any] = make_flow(graph, self._flow_body)
+
+    async def _flow_body(
+        self, inputs: list[dict[str, Any]], tenant: str, concurrency: int
+    ) -> list[RunResult]:
+        return await batch.run_flow_body(self, inputs, tenant, concurrency)
+
+    def tasks_for(self, storage: SQLResultStorage) -> dict[str, Task[Any, Any]]:
+        """The step tasks, persisting results to `storage` (rebuilt when the storage changes)."""
+        if self._tasks_storage is not storage:
+            self._tasks = {
+                name: make_task(node, storage) for name, node in self.graph.nodes.items()
+            }
+            self._tasks_storage = storage
+        return self._tasks
+
+    def run_batch(
+        self,
+        inputs: Sequence[Mapping[str, Any]],
+        *,
+        tenant: str,
+        concurrency: int = 16,
+        on_result: Callable[[int, RunResult], None] | None = None,
+    ) -> list[RunResult]:
+        """Run inputs in one flow run and return their results in input order.
+
+        `on_result(index, result)` is called as each input finishes (for progress bars). The
+        sync twin delegates to `arun_batch`, so the two cannot drift.
+        """
+        return run_coro_as_sync(
+            self.arun_batch(inputs, tenant=tenant, concurrency=concurrency, on_result=on_result)
+        )
+
+    async def arun_batch(
+        self,
+        inputs: Sequence[Mapping[str, Any]],
+        *,
+        tenant: str,
+        concurrency: int = 16,
+        on_result: Callable[[int, RunResult], None] | None = None,
+    ) -> list[RunResult]:
+        """Async twin of `run_batch`.
+
+        An input that cannot travel as a flow-run parameter (`agents.inputs.input_problem`)
+        fails alone, before any flow run; the others run in as many flow runs as Prefect's
+        parameter limit needs, one after the other.
+        """
+        batch.check_tenant(tenant)
+        results: list[RunResult | None] = [None] * len(inputs)
+        good: list[tuple[int, dict[str, Any]]] = []
+        for index, item in enumerate(inputs):
+            problem = input_problem(item) if isinstance(item, Mapping) else None
+            if problem is None:
+                good.append((index, dict(item) if isinstance(item, Mapping) else item))
+                continue
+            logger.warning("%s: input %d refused: %s", self.name, index, problem)
+            refused = RunResult(
+                status="failed",
+                run_id=uuid.uuid4().hex,
+                run_key="",
+                tenant=tenant,
+                error=f"InputError: {problem}",
+            )
+            results[index] = refused
+            if on_result is not None:
+                on_result(index, refused)
+        for chunk in batches([item for _, item in good]):
+            where = [index for index, _ in good[: len(chunk)]]
+            good = good[len(chunk) :]
+            report = None
+            if on_result is not None:
+                report = functools.partial(_report_at, where, on_result)
+            token = batch.on_result.set(report)  # per call: batches may run concurrently
+            try:
+                with tags(*self._flow_tags(chunk, tenant)):
+                    done = await cast(
+                        "Coroutine[Any, Any, list[RunResult]]",
+                        self.flow(inputs=chunk, tenant=tenant, concurrency=concurrency),
+                    )
+            finally:
+                batch.on_result.reset(token)
+            for index, result in zip(where, done, strict=True):
+                results[index] = result
+        return [r for r in results if r is not None]
+
+    def _flow_tags(self, items: list[dict[str, Any]], tenant: str) -> list[str]:
+        found = [f"agent:{self.name}", f"tenant:{tenant}"]
+        subjects = {i.get("subject") for i in items if i.get("subject") is not None}
+        if len(subjects) == 1:
+            found.append(f"subject:{subjects.pop()}")
+        return found
+
+
+def _report_at(
+    where: list[int], report: Callable[[int, RunResult], None], index: int, result: RunResult
+) -> None:
+    """`on_result` with a flow run's input index mapped back to the caller's."""
+    report(where[index], result)
