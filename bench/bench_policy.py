@@ -35,9 +35,12 @@ def main() -> None:
     os.environ["STALWART_DATABASE_URL"] = url
 
     from agents import Agent, Decision
-    from agents._compile import LadderOutcome
-    from agents.result import RunResult
+    from agents.declare.decision import LadderPath
+    from agents.execution import ladder
+    from agents.execution.ladder import LadderOutcome
+    from agents.execution.rows import decision_row
     from agents.policy import llm_cache
+    from agents.result import RunResult
     from agents.store.records import RecordWriter
     from agents.store.tables import AgentRun
 
@@ -55,8 +58,15 @@ def main() -> None:
     def plan(ticket: str) -> Plan:
         return Plan(action="route", arguments={"queue": "billing"}, confidence=0.9, rationale="r")
 
-    compiled = agent.compile()
-    step = compiled.steps["plan"]
+    graph = agent.compile()
+    step = graph.steps["plan"]
+
+    async def no_fallback() -> tuple[Decision | None, list[Any]]:
+        return None, []
+
+    async def nobody(proposed: Decision) -> None:
+        return None
+
     n = args.decisions
     decision = Plan(
         action="route", arguments={"queue": "billing"}, confidence=0.9, rationale="refund asked"
@@ -64,19 +74,24 @@ def main() -> None:
     inputs = {"ticket": "I was charged twice for order 1234, please refund. " * 4}
 
     async def policy() -> float:
-        result = RunResult(status="completed", run_id="r" * 32, run_key="k", tenant="bench")
         started = time.perf_counter()
         for _ in range(n):
-            assert compiled._refusal(decision) is None
-            await compiled._ladder(step, decision, inputs, result, {})
+            assert ladder.refusal(graph.allowed_actions, decision) is None
+            await ladder.climb(
+                step.options,
+                decision,
+                step.options.threshold,
+                ask_fallback=no_fallback,
+                ask_review=nobody,
+            )
         return (time.perf_counter() - started) * 1000 / n
 
     policy_ms = asyncio.run(policy())
 
     result = RunResult(status="completed", run_id="r" * 32, run_key="k", tenant="bench")
-    outcome = LadderOutcome(decision=decision, path="direct")
+    outcome = LadderOutcome(decision=decision, path=LadderPath.DIRECT)
     started = time.perf_counter()
-    rows = [compiled._decision_row(step, result, inputs, outcome, [], 1) for _ in range(n)]
+    rows = [decision_row(graph.name, step, result, inputs, outcome, [], 1) for _ in range(n)]
     record_ms = (time.perf_counter() - started) * 1000 / n
 
     writer = RecordWriter()

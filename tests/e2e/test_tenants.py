@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from agents import Agent, RunContext, RunResult
+from agents.execution.runner import runner_for
 from agents.policy.tenants import reset_schedulers
 from agents.settings import temporary_settings
 
@@ -55,7 +56,7 @@ def test_small_tenants_finish_before_the_big_backlog() -> None:
         return on_result
 
     async def main() -> dict[str, list[RunResult]]:
-        compiled = fair.compile()
+        compiled = runner_for(fair.compile())
         big = asyncio.ensure_future(
             compiled.arun_batch(
                 [{"raw": {"n": i}} for i in range(500)],
@@ -112,7 +113,7 @@ def test_a_server_side_tenant_limit_caps_runs_across_batches() -> None:
     assert f"{tenant}  limit 2" in listed.output
 
     async def main() -> list[list[RunResult]]:
-        compiled = fair.compile()
+        compiled = runner_for(fair.compile())
         # Two batches at once, as two workers would run them; locally each could run 8.
         return list(
             await asyncio.gather(

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from agents.cli import app
 from agents.cli._run import read_inputs
 from agents.errors import ModelOutputError
+from agents.execution.runner import runner_for
 from agents.inputs import BATCH_PARAMETER_BYTES, batches, parameter_bytes
 from agents.settings import reload_settings
 from bench.faults.s5_hostile_input import (
@@ -239,7 +240,7 @@ def test_agent_batch_refuses_unsafe_inputs_alone_and_splits_what_prefect_would_r
     ]
     assert sum(parameter_bytes(i) for i in inputs) > 512 * 1024
     seen: list[int] = []
-    results = agent.compile().run_batch(
+    results = runner_for(agent.compile()).run_batch(
         inputs, tenant="hostile-api", on_result=lambda i, _r: seen.append(i)
     )
     assert [r.status for r in results] == [

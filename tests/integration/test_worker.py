@@ -127,7 +127,7 @@ def test_the_worker_command_loads_neither_the_cli_nor_the_runtime() -> None:
         "import sys; sys.argv = ['stalwart', 'worker', '--reclaim-every', '-1'];"
         "from agents.cli import main\n"
         "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
-        "heavy = [m for m in ('agents.cli._app', 'agents._declare', 'instructor', 'sqlmodel')"
+        "heavy = [m for m in ('agents.cli._app', 'agents.declare.agent', 'instructor', 'sqlmodel')"
         " if m in sys.modules]\n"
         "print(code, heavy)"
     )
