@@ -101,7 +101,17 @@ class ActionInProgress(StalwartError):
 
 
 class StepRunError(StalwartError):
-    """A step failed at run time; retried according to the step's policy."""
+    """For a step to raise when it fails at run time: retried by the step's `retries`.
+
+    Any exception but a `UserError` is retried the same way; this class lets a step say so
+    explicitly and lets callers catch Stalwart's failures apart from others. The runtime itself
+    never raises it: a failed step ends its run `failed`, with the error in `RunResult.error`.
+
+    Example:
+        >>> from agents import StepRunError, UserError
+        >>> isinstance(StepRunError("upstream busy"), UserError)
+        False
+    """
 
 
 class ProviderUnavailable(StalwartError):
