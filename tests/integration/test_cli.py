@@ -66,15 +66,6 @@ def test_run_quarantines_bad_lines_runs_the_rest_and_exits_non_zero(
     assert other.output.strip() == ""
 
 
-def test_graph_prints_text_and_mermaid() -> None:
-    result = runner.invoke(app, ["graph", "tests.support.cli_agent:agent"])
-    assert result.exit_code == 0, result.output
-    assert "reasoning  echo ← words" in result.output
-    assert "flowchart LR" in result.output
-    unknown = runner.invoke(app, ["graph", "no-such-agent"])
-    assert unknown.exit_code == 1
-
-
 def test_db_upgrade_reports_the_head_revision(sqlite_url: str) -> None:
     from agents.store import head_revision
 

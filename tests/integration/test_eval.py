@@ -12,12 +12,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from agents import RunResult, decisions
+from agents import decisions
 from agents.cli import app
-from agents.cli._eval import RUNGS, percentile, score
-from agents.cli._run import read_inputs
+from agents.cli._eval import RUNGS, percentile
 from agents.modelserver import ModelServer
-from flows.ticket_triage import FALLBACK_MODEL, SAMPLE_INPUTS, triage
+from flows.ticket_triage import FALLBACK_MODEL, SAMPLE_INPUTS
 
 runner = CliRunner()
 SLICE = 36
@@ -115,53 +114,6 @@ def test_an_unsure_primary_model_moves_decisions_to_the_fallback_rung(
     assert sum(data["shares"]["route"].values()) == pytest.approx(1.0)
     # Both models answered each fallback decision: its tokens count both calls.
     assert data["tokens_in"] == sum(r.tokens_in for r in rows)
-
-
-def test_scoring_counts_a_failed_run_as_wrong_and_as_no_decision() -> None:
-    from flows.ticket_triage import Routing
-
-    decided = Routing(
-        category="billing", urgency="high", action="queue", confidence=0.9, rationale="r"
-    )
-    results = [
-        RunResult(
-            status="completed",
-            run_id="a",
-            run_key="a",
-            tenant="t",
-            outputs={"route": decided},
-            paths={"route": "direct"},
-        ),
-        RunResult(status="failed", run_id="b", run_key="b", tenant="t", error="boom"),
-        RunResult(
-            status="completed",
-            run_id="c",
-            run_key="c",
-            tenant="t",
-            outputs={"route": decided},
-            paths={"route": "fallback_model"},
-        ),
-    ]
-    labels = [
-        {"route": {"category": "billing", "urgency": "high"}},
-        {"route": {"category": "billing", "urgency": "high"}},
-        {"route": {"category": "billing", "urgency": "low"}},
-    ]
-    evaluation = score("ticket-triage", "t", results, labels, ["route"])
-    by_field = {f.field: (f.correct, f.total) for f in evaluation.fields}
-    assert by_field == {"category": (2, 3), "urgency": (1, 3)}
-    assert (evaluation.overall_correct, evaluation.labelled) == (1, 3)
-    assert evaluation.ladder["route"]["no decision"] == 1
-    assert evaluation.shares("route")["primary"] == pytest.approx(1 / 3)
-    assert evaluation.statuses == {"completed": 2, "failed": 1}
-
-
-def test_run_and_eval_read_the_labels_but_never_pass_them_to_a_run(tmp_path: Path) -> None:
-    compiled = triage.compile()
-    accepted, rejected = read_inputs(SAMPLE_INPUTS, compiled, 1_000_000)
-    assert (len(accepted), rejected) == (200, [])
-    assert all("expected" in item for _, item in accepted)
-    assert compiled.check_inputs(accepted[0][1])  # as a run input, the key would be unknown
 
 
 def test_model_faults_need_the_bundled_server(model_server: ModelServer, tmp_path: Path) -> None:

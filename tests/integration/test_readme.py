@@ -7,8 +7,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
@@ -33,10 +31,3 @@ def test_the_twenty_line_agent_runs_as_the_readme_says(sqlite_url: str, prefect_
     assert result.outputs["send"].startswith("sent to billing (")
     again = triage.run(tenant="acme", subject="cust-42", raw={"body": "I was charged twice"})
     assert set(again.steps.values()) == {"cached"}
-
-
-@pytest.mark.parametrize("name", ["Agent", "Decision", "DeclarationError", "LLM", "Memory"])
-def test_the_public_names_the_issues_fix_are_exported(name: str) -> None:
-    import agents
-
-    assert name in agents.__all__ and hasattr(agents, name)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -158,17 +157,3 @@ def test_the_outcome_is_recorded_in_the_decision_log(
     assert [r.outputs["act"].action for r in results] == ["queue", "draft_reply"]
     assert results[0].outputs["act"].queue == "shipping"
     assert results[1].outputs["act"].reply_draft
-
-
-def test_the_bundled_sample_is_labelled_with_repeat_customers() -> None:
-    lines = [json.loads(line) for line in Path(SAMPLE_INPUTS).read_text().splitlines()]
-    assert len(lines) == 200
-    assert len({line["raw"]["id"] for line in lines}) == 200
-    customers = [line["subject"] for line in lines]
-    assert all(line["raw"]["customer"] == line["subject"] for line in lines)
-    assert sum(1 for c in set(customers) if customers.count(c) > 1) >= 20
-    for line in lines:
-        labels = line["expected"]["route"]
-        assert labels["category"] in ("billing", "technical", "account", "shipping", "other")
-        assert labels["urgency"] in ("low", "normal", "high")
-        assert labels["action"] in ("queue", "draft_reply", "escalate")
