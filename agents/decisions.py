@@ -1,9 +1,11 @@
 """Decisions: query the decision log of reasoning steps, export it, summarise it, label outcomes.
 
 Every reasoning step records one `DecisionRecord` per decision: its inputs (redacted), model,
-output, confidence, rationale, tokens, cost, latency and the *path* that produced it (`direct`,
-`fallback_model`, `human`, `default` or `rejected`). This module is the public way to read them
-back; every call takes a mandatory `tenant` and never returns another tenant's rows.
+output, confidence, rationale, tokens, cost, latency and the *path* that produced it (a
+`LadderPath` value: `direct`, `fallback_model`, `human`, `default`, `held`, `rejected`, or
+`shadow`). This module is the public way to read them back, a facade over
+`agents.store.decisions`, which owns the SQL and the one query; every call takes a mandatory
+`tenant` and never returns another tenant's rows.
 
 Example:
     >>> from agents import decisions
@@ -23,13 +25,13 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
 from agents._text import one_line
+from agents.declare.decision import LadderPath
 from agents.observe.sentry import scrub_text
-from agents.store._convert import as_utc
+from agents.store._convert import parse_age, parse_since
 from agents.store.decisions import find_decisions, get_decision, set_outcome
 from agents.store.tables import DecisionRecord
 
@@ -51,8 +53,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PATHS = ("direct", "fallback_model", "human", "default", "rejected", "shadow")
-"""How a decision can be reached (the values of `DecisionRecord.path`)."""
+PATHS = tuple(path.value for path in LadderPath)
+"""How a decision can be reached: the `LadderPath` values (those of `DecisionRecord.path`)."""
 
 SUMMARY_COLUMNS = (
     "step",
@@ -70,135 +72,24 @@ SUMMARY_COLUMNS = (
 RATIONALE_WIDTH = 80
 """Rationales longer than this are cut (with an ellipsis) in summaries."""
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _ARTIFACT_KEY_INVALID = re.compile(r"[^a-z0-9-]+")
+
+query = find_decisions
+"""A tenant's decisions, newest first, filtered (the one query, `store.decisions.find_decisions`).
+
+`query(*, tenant, agent=None, step=None, since=None, below=None, path=None, subject=None,
+limit=100, url=None)`: `since` takes `"1d"`, `"6h"`, an ISO string, a timedelta or a datetime.
+"""
+
+get = get_decision
+"""One decision by id, or None when that tenant has no such decision (`get(id, *, tenant)`)."""
+
+parse_duration = parse_age
+"""`30s`, `30m`, `12h`, `7d` or `2w` (or a timedelta) → a positive timedelta (`parse_age`)."""
 
 
 class _TextWriter(Protocol):
     def write(self, text: str, /) -> Any: ...
-
-
-def parse_duration(value: str | timedelta) -> timedelta:
-    """`30s`, `30m`, `12h`, `7d` or `2w` (or a timedelta) → a positive timedelta.
-
-    Raises:
-        ValueError: not a duration, or not positive.
-
-    Example:
-        >>> parse_duration("90d")
-        datetime.timedelta(days=90)
-        >>> parse_duration("1.5h")
-        datetime.timedelta(seconds=5400)
-    """
-    if isinstance(value, timedelta):
-        duration = value
-    else:
-        match = _DURATION.match(value)
-        if match is None:
-            raise ValueError(f"{value!r} is not a duration: use e.g. 30m, 12h, 7d or 2w")
-        duration = timedelta(seconds=float(match[1]) * _UNITS[match[2].lower()])
-    if duration <= timedelta(0):
-        raise ValueError(f"{value!r} is not a positive duration")
-    return duration
-
-
-def parse_since(
-    value: datetime | timedelta | str | None, *, now: datetime | None = None
-) -> datetime | None:
-    """A `since` bound → an aware UTC datetime (None stays None).
-
-    Accepts a datetime (naive means UTC), a timedelta or a duration string (`30m`, `6h`, `1d`,
-    `2w`: that long before now), or an ISO date or datetime string (`2026-11-01`,
-    `2026-11-01T08:00:00+01:00`).
-
-    Raises:
-        ValueError: a string that is neither a duration nor an ISO date, or a negative age.
-
-    Example:
-        >>> parse_since("2026-11-01")
-        datetime.datetime(2026, 11, 1, 0, 0, tzinfo=datetime.timezone.utc)
-        >>> now = datetime(2026, 11, 2, tzinfo=UTC)
-        >>> parse_since("1d", now=now).isoformat()
-        '2026-11-01T00:00:00+00:00'
-    """
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return as_utc(value)
-    reference = as_utc(now) if now is not None else datetime.now(UTC)
-    if isinstance(value, timedelta):
-        if value < timedelta(0):
-            raise ValueError(f"since={value!r}: a negative age would be in the future")
-        return reference - value
-    if _DURATION.match(value):
-        return reference - parse_duration(value)
-    try:
-        parsed = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise ValueError(
-            f"since={value!r}: use a duration (30m, 6h, 1d, 2w) or an ISO date (2026-11-01)"
-        ) from None
-    return as_utc(parsed)
-
-
-def query(
-    *,
-    tenant: str,
-    agent: str | None = None,
-    step: str | None = None,
-    since: datetime | timedelta | str | None = None,
-    below: float | None = None,
-    path: str | None = None,
-    subject: str | None = None,
-    limit: int = 100,
-    url: str | None = None,
-) -> list[DecisionRecord]:
-    """A tenant's decisions, newest first, filtered.
-
-    Args:
-        tenant: the tenant (mandatory; another tenant's decisions are never returned).
-        agent: only this agent's decisions.
-        step: only this reasoning step's decisions.
-        since: only decisions made since then: `"1d"`, `"6h"`, `"30m"`, an ISO string, a
-            timedelta (that long ago) or a datetime (naive means UTC).
-        below: only decisions with a confidence strictly below this (unscored ones excluded).
-        path: only decisions reached this way: direct, fallback_model, human, default, rejected.
-        subject: only decisions about this subject.
-        limit: at most this many (the newest).
-        url: database URL; None means the settings' URL.
-
-    Returns:
-        `DecisionRecord` rows (detached; their datetimes aware, in UTC).
-
-    Raises:
-        ValueError: no tenant, a bad `since`, or a limit below 1.
-
-    Example:
-        >>> query(tenant="acme", agent="triage", since="6h", path="human", url="sqlite://")
-        []
-    """
-    return find_decisions(
-        tenant=tenant,
-        agent=agent,
-        step=step,
-        since=parse_since(since),
-        below=below,
-        path=path,
-        subject=subject,
-        limit=limit,
-        url=url,
-    )
-
-
-def get(decision_id: str, *, tenant: str, url: str | None = None) -> DecisionRecord | None:
-    """One decision by id, or None when that tenant has no such decision.
-
-    Example:
-        >>> get("0" * 32, tenant="acme", url="sqlite://") is None
-        True
-    """
-    return get_decision(decision_id, tenant=tenant, url=url)
 
 
 def export_jsonl(
@@ -241,6 +132,7 @@ def to_dict(row: DecisionRecord) -> dict[str, Any]:
     """A decision as a plain JSON object: fields in declaration order, datetimes in ISO 8601.
 
     Example:
+        >>> from datetime import UTC, datetime
         >>> record = DecisionRecord(id="a" * 32, tenant="acme", agent="a", step="s",
         ...                         input_digest="0" * 64,
         ...                         created_at=datetime(2026, 11, 1, tzinfo=UTC))

@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agents.cli._utilities import console, err_console, exit_with_error
+from agents.declare.decision import LadderPath
 from agents.errors import ConfigurationError
 from agents.observe.sentry import scrub_text
 from agents.store.tables import DecisionRecord
@@ -30,6 +31,7 @@ _COLUMNS = (
     ("rationale", "rationale"),
 )
 _WIDE_COLUMNS = (("model", "model"), ("tokens", "tokens"), ("cost", "cost"))
+_PATH_HELP = f"{', '.join(LadderPath)}."
 _ID_WIDTH = 32
 _MEDIUM = 120
 _WIDE = 160
@@ -72,9 +74,7 @@ def decisions_command(
     below: float | None = typer.Option(
         None, "--below", help="Only confidence strictly below this, e.g. 0.7."
     ),
-    path: str | None = typer.Option(
-        None, "--path", help="direct, fallback_model, human, default or rejected."
-    ),
+    path: str | None = typer.Option(None, "--path", help=_PATH_HELP),
     subject: str | None = typer.Option(None, "--subject", "-s"),
     limit: int = typer.Option(100, "--limit", min=1),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),

@@ -24,8 +24,9 @@ from rich import box
 from rich.table import Table
 
 from agents.cli._utilities import console, exit_with_error
+from agents.declare.decision import LadderPath
 from agents.errors import ConfigurationError
-from agents.observe.metrics import LADDER_PATHS, StepMetrics
+from agents.observe.metrics import StepMetrics
 from agents.observe.sentry import scrub_text
 
 __all__ = [
@@ -35,13 +36,13 @@ __all__ = [
     "stats_command",
 ]
 
-_PATH_COLOURS = {
-    "direct": "#2e7d32",
-    "fallback_model": "#1565c0",
-    "human": "#f9a825",
-    "default": "#8e24aa",
-    "held": "#757575",
-    "rejected": "#c62828",
+_PATH_COLOURS: dict[str, str] = {
+    LadderPath.DIRECT: "#2e7d32",
+    LadderPath.FALLBACK_MODEL: "#1565c0",
+    LadderPath.HUMAN: "#f9a825",
+    LadderPath.DEFAULT: "#8e24aa",
+    LadderPath.HELD: "#757575",
+    LadderPath.REJECTED: "#c62828",
 }
 _NICE_BUCKETS = (
     timedelta(minutes=1),
@@ -66,7 +67,7 @@ def _num(value: float | None, spec: str = ".2f") -> str:
 
 
 def _ladder(m: StepMetrics) -> str:
-    short = {"fallback_model": "fallback"}
+    short: dict[str, str] = {LadderPath.FALLBACK_MODEL: "fallback"}
     return " ".join(
         f"{short.get(name, name)} {share:.0%}" for name, share in m.paths.items() if share > 0
     )
@@ -281,7 +282,9 @@ def _bars(title: str, starts: Sequence[datetime], values: Sequence[float], colou
 def _plots(series: Sequence[StepMetrics]) -> list[str]:
     starts = [m.start for m in series]
     counts = [m.decisions for m in series]
-    paths = [name for name in LADDER_PATHS if any(m.paths.get(name, 0) > 0 for m in series)]
+    paths = [
+        path.value for path in LadderPath.rungs() if any(m.paths.get(path, 0) > 0 for m in series)
+    ]
     return [
         _lines(
             "confidence (mean, p10)",

@@ -24,19 +24,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
-from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import col, select
 
 from agents.errors import UserError
-from agents.store._convert import as_utc, require_tenant, to_json_value
+from agents.store._convert import require_tenant, to_json_value
 from agents.store._writes import insert_once
 from agents.store.decisions import get_decision
 from agents.store.engine import session
-from agents.store.tables import DecisionRecord, ExampleUse, Feedback, ThresholdChange
+from agents.store.tables import DecisionRecord, Feedback
 
 if TYPE_CHECKING:
     from agents.context import RunContext
@@ -52,18 +49,6 @@ __all__ = [
     "verdict",
     "verdict_of",
 ]
-
-
-def _load_as_utc(target: Any, *_args: Any) -> None:
-    value = target.__dict__.get("created_at")
-    if isinstance(value, datetime):
-        set_committed_value(target, "created_at", as_utc(value))
-
-
-for _table in (Feedback, ThresholdChange, ExampleUse):  # SQLite keeps datetimes naive
-    if not sa.event.contains(_table, "load", _load_as_utc):
-        sa.event.listen(_table, "load", _load_as_utc)
-        sa.event.listen(_table, "refresh", _load_as_utc)
 
 
 class UnknownDecision(UserError, LookupError):

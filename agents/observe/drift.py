@@ -347,7 +347,7 @@ def _finished_runs(
         col(r.status) != "running",
     )
     if after is not None:
-        at, last_id = as_utc(after[0]), after[1]
+        at, last_id = after
         query = query.where(
             (col(r.finished_at) > at) | ((col(r.finished_at) == at) & (col(r.id) > last_id))
         )
@@ -355,7 +355,7 @@ def _finished_runs(
     with session(url) as s:
         rows = s.exec(query).all()
     return [
-        (1.0 if status == "failed" else 0.0, as_utc(finished), run_id)
+        (1.0 if status == "failed" else 0.0, finished, run_id)
         for run_id, finished, status in rows
         if finished is not None
     ]

@@ -4,8 +4,8 @@ This module owns how the decision log (`decision_record`) and the run log (`agen
 summarised over a time window, optionally cut into buckets for plots over time:
 
 * confidence: mean, p10 and p50 of the scored decisions;
-* the fallback ladder: the share of decisions per path (`direct`, `fallback_model`, `human`,
-  `default`, `held`, `rejected`);
+* the fallback ladder: the share of decisions per path (each of `LadderPath.rungs()`: `direct`,
+  `fallback_model`, `human`, `default`, `held`, `rejected`);
 * human review: the share of decisions a person reviewed, and the *override rate* — of the
   reviewed decisions, those a person did not approve as proposed (a correction, or a reject that
   sent the decision to the safe default);
@@ -39,13 +39,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import col, select
 
+from agents.declare.decision import LadderPath
 from agents.learning.feedback import verdict_of
-from agents.store._convert import as_utc, require_tenant
+from agents.store._convert import as_utc, parse_age, parse_since, require_tenant
 from agents.store.engine import session
 from agents.store.tables import AgentRun, DecisionRecord, Feedback
 
 __all__ = [
-    "LADDER_PATHS",
     "DecisionPoint",
     "StepMetrics",
     "is_correct",
@@ -55,9 +55,6 @@ __all__ = [
     "summarise",
     "window_metrics",
 ]
-
-LADDER_PATHS = ("direct", "fallback_model", "human", "default", "held", "rejected")
-"""The rungs of the fallback ladder, in order (the values of `DecisionRecord.path`)."""
 
 _DEFAULT_SINCE = timedelta(days=1)
 _MAX_BUCKETS = 2000
@@ -108,7 +105,7 @@ class StepMetrics:
     confidence_p10: float | None = None
     confidence_p50: float | None = None
     paths: dict[str, float] = field(default_factory=dict)
-    """Share of the decisions per ladder path (every `LADDER_PATHS` entry, plus any other)."""
+    """Share of the decisions per ladder path (every `LadderPath.rungs()` value, plus any other)."""
     reviewed: int = 0
     """Decisions a person reviewed (a reviewer is recorded)."""
     human_rate: float | None = None
@@ -183,8 +180,6 @@ def is_correct(outcome: Any) -> bool | None:
 
 
 def _since(value: datetime | timedelta | str | None, now: datetime) -> datetime:
-    from agents.decisions import parse_since
-
     parsed = parse_since(value if value is not None else _DEFAULT_SINCE, now=now)
     assert parsed is not None
     return parsed
@@ -291,20 +286,20 @@ def load_decisions(
     if step is not None:
         query = query.where(col(d.step) == step)
     if since is not None:
-        query = query.where(col(d.created_at) >= as_utc(since))
+        query = query.where(col(d.created_at) >= since)
     if until is not None:
-        query = query.where(col(d.created_at) < as_utc(until))
+        query = query.where(col(d.created_at) < until)
     if after is not None:
-        at, last_id = as_utc(after[0]), after[1]
+        at, last_id = after
         query = query.where(
             (col(d.created_at) > at) | ((col(d.created_at) == at) & (col(d.id) > last_id))
         )
     if labelled_after is not None:
         if isinstance(labelled_after, tuple):
-            at, last_id = as_utc(labelled_after[0]), labelled_after[1]
+            at, last_id = labelled_after
             query = query.where((labelled_at > at) | ((labelled_at == at) & (col(d.id) > last_id)))
         else:
-            query = query.where(labelled_at > as_utc(labelled_after))
+            query = query.where(labelled_at > labelled_after)
         query = query.order_by(labelled_at, col(d.id))
     else:
         query = query.order_by(col(d.created_at), col(d.id))
@@ -317,31 +312,22 @@ def load_decisions(
             id=row[0],
             agent=row[1],
             step=row[2],
-            created_at=as_utc(row[3]),
+            created_at=row[3],
             confidence=row[4],
             path=row[5],
             reviewer=row[6],
             corrected=row[7] is not None,
             correct=verdict_of(row[15], row[8], correct=row[16], label=row[17], score=row[18]),
-            outcome_at=as_utc(row[9]) if row[9] is not None else None,
+            outcome_at=row[9],
             cost=float(row[10] or 0.0),
             latency_ms=row[11],
             attempts=int(row[12] or 1),
             error_class=row[13],
             agent_run_id=row[14],
-            labelled_at=_instant(row[19]),
+            labelled_at=row[19],
         )
         for row in rows
     ]
-
-
-def _instant(value: Any) -> datetime | None:
-    """A datetime read through a CASE expression (SQLite may hand back its stored text)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return as_utc(value)
 
 
 def load_runs(
@@ -365,12 +351,12 @@ def load_runs(
     if agent is not None:
         query = query.where(col(AgentRun.agent) == agent)
     if since is not None:
-        query = query.where(col(AgentRun.started_at) >= as_utc(since))
+        query = query.where(col(AgentRun.started_at) >= since)
     if until is not None:
-        query = query.where(col(AgentRun.started_at) < as_utc(until))
+        query = query.where(col(AgentRun.started_at) < until)
     query = query.order_by(col(AgentRun.started_at), col(AgentRun.id))
     with session(url) as s:
-        return [(row[0], as_utc(row[1]), row[2]) for row in s.exec(query).all()]
+        return [(row[0], row[1], row[2]) for row in s.exec(query).all()]
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -403,11 +389,11 @@ def summarise(
     rows = list(points)
     count = len(rows)
     confidences = [p.confidence for p in rows if p.confidence is not None]
-    path_counts: dict[str, int] = {name: 0 for name in LADDER_PATHS}
+    path_counts: dict[str, int] = {path.value: 0 for path in LadderPath.rungs()}
     for p in rows:
         path_counts[p.path] = path_counts.get(p.path, 0) + 1
     reviewed = [p for p in rows if p.reviewer is not None]
-    overridden = [p for p in reviewed if p.corrected or p.path != "human"]
+    overridden = [p for p in reviewed if p.corrected or p.path != LadderPath.HUMAN]
     labels = [p.correct for p in rows if p.correct is not None]
     latencies = [p.latency_ms for p in rows if p.latency_ms is not None]
     costs = [p.cost for p in rows]
@@ -481,9 +467,7 @@ def window_metrics(
     if bucket is None:
         edges = [start, now]
     else:
-        from agents.decisions import parse_duration
-
-        size = parse_duration(bucket)
+        size = parse_age(bucket)
         count = math.ceil((now - start) / size)
         if count > _MAX_BUCKETS:
             raise ValueError(f"bucket={bucket!r} cuts the window into {count} buckets (max 2000)")

@@ -41,7 +41,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col, delete
 
 from agents.settings import get_current_settings
-from agents.store._convert import as_utc
 from agents.store.engine import session
 from agents.store.tables import CircuitState
 
@@ -273,7 +272,7 @@ class CircuitBreaker:
             return
         if row is None:
             return
-        updated_at = as_utc(row.updated_at).timestamp()
+        updated_at = row.updated_at.timestamp()
         with self._lock:
             if updated_at <= self._changed_at + _CLOCK_SLACK_S:
                 return
@@ -288,7 +287,7 @@ class CircuitBreaker:
                 self._state = "open"
                 self._failures = row.failures
                 opened = row.opened_at if row.opened_at is not None else row.updated_at
-                self._opened_at = as_utc(opened).timestamp()
+                self._opened_at = opened.timestamp()
                 self._last_error = row.last_error
             self._changed_at = updated_at
 

@@ -1,7 +1,8 @@
 """Decision log storage: write decisions, read them back by tenant, record outcomes, prune.
 
-The low-level half of the decision log (the public query API is `agents.decisions`). Every
-function is tenant-scoped: a read or an outcome never crosses tenants. `prune` is the one
+The store half of the decision log: it owns the SQL, including the one query (`find_decisions`,
+public as `agents.decisions.query`, the facade over this module). Every function is
+tenant-scoped: a read or an outcome never crosses tenants. `prune` is the one
 operator function that may span all tenants (tenant None); it deletes in short, bounded
 batches so it never holds a long lock on a busy database.
 
@@ -17,16 +18,16 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import ColumnElement, delete, update
-from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, SQLModel, col, select
 
+from agents.declare.decision import LadderPath
 from agents.settings import get_current_settings
-from agents.store._convert import as_utc, require_tenant, to_json_value
+from agents.store._convert import parse_since, require_tenant, to_json_value
 from agents.store._writes import insert_ignoring, upsert
 from agents.store.engine import reconnecting, retrying, session
 from agents.store.tables import (
@@ -62,37 +63,12 @@ PRUNED_CACHE_TABLES = ("llm_cache", "example_use")
 """The tables `prune` deletes from, in the order of its result."""
 
 _JSON_FIELDS = ("input_snapshot", "output", "logprobs", "correction", "outcome")
-_DATETIME_FIELDS = ("created_at", "outcome_at")
-_utc_loader_installed = False
-
-
-def _install_utc_loader() -> None:
-    """Load `DecisionRecord` datetimes as aware UTC (SQLite keeps them naive), once."""
-    global _utc_loader_installed
-    if _utc_loader_installed:
-        return
-
-    def on_load(target: Any, *_args: Any) -> None:
-        for name in _DATETIME_FIELDS:
-            value = target.__dict__.get(name)
-            if isinstance(value, datetime) and value.tzinfo is not UTC:
-                set_committed_value(target, name, as_utc(value))
-
-    sa.event.listen(DecisionRecord, "load", on_load)
-    sa.event.listen(DecisionRecord, "refresh", on_load)
-    _utc_loader_installed = True
-
-
-_install_utc_loader()
 
 
 def _row(record: DecisionRecord) -> dict[str, Any]:
     row = {name: getattr(record, name) for name in DecisionRecord.model_fields}
     for name in _JSON_FIELDS:
         row[name] = to_json_value(row[name], what=f"DecisionRecord.{name}")
-    for name in _DATETIME_FIELDS:
-        if isinstance(row[name], datetime):
-            row[name] = as_utc(row[name])
     if row["created_at"] is None:
         row["created_at"] = utcnow()
     return row
@@ -174,7 +150,7 @@ def logged_decision(
             col(DecisionRecord.run_key) == run_key,
             col(DecisionRecord.step) == step,
             col(DecisionRecord.input_digest) == input_digest,
-            col(DecisionRecord.path) != "shadow",
+            col(DecisionRecord.path) != LadderPath.SHADOW.value,
         )
         .order_by(col(DecisionRecord.created_at).desc())
         .limit(1)
@@ -227,33 +203,41 @@ def find_decisions(
     tenant: str,
     agent: str | None = None,
     step: str | None = None,
-    since: datetime | None = None,
+    since: datetime | timedelta | str | None = None,
     below: float | None = None,
     path: str | None = None,
     subject: str | None = None,
     limit: int = 100,
     url: str | None = None,
 ) -> list[DecisionRecord]:
-    """A tenant's decisions, newest first (the store-level query behind `agents.decisions`).
-
-    Args:
-        tenant: the tenant (mandatory).
-        agent: only this agent's decisions.
-        step: only this step's decisions.
-        since: only decisions made at or after this instant (naive means UTC).
-        below: only decisions with a confidence strictly below this (no confidence: excluded).
-        path: only decisions reached this way (direct, fallback_model, human, default, rejected).
-        subject: only decisions about this subject.
-        limit: at most this many rows (at least 1).
-        url: database URL; None means the settings' URL.
-
-    Raises:
-        ValueError: no tenant, or a limit below 1.
+    """A tenant's decisions, newest first, filtered: the one decision-log query (public as
+    `agents.decisions.query`).
 
     Example:
-        >>> find_decisions(tenant="nobody", agent="triage", below=0.7, url="sqlite://")
+        >>> find_decisions(tenant="acme", agent="triage", since="6h", path="human",
+        ...                url="sqlite://")
         []
+
+    Args:
+        tenant: the tenant (mandatory; another tenant's decisions are never returned).
+        agent: only this agent's decisions.
+        step: only this reasoning step's decisions.
+        since: only decisions made since then: `"1d"`, `"6h"`, `"30m"`, an ISO string, a
+            timedelta (that long ago) or a datetime (naive means UTC); see `parse_since`.
+        below: only decisions with a confidence strictly below this (unscored ones excluded).
+        path: only decisions reached this way, a `LadderPath` value: direct, fallback_model,
+            human, default, held, rejected or shadow.
+        subject: only decisions about this subject.
+        limit: at most this many (the newest; at least 1).
+        url: database URL; None means the settings' URL.
+
+    Returns:
+        `DecisionRecord` rows (detached; their datetimes aware, in UTC).
+
+    Raises:
+        ValueError: no tenant, a bad `since`, or a limit below 1.
     """
+    cutoff = parse_since(since)
     require_tenant(tenant)
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
@@ -262,8 +246,8 @@ def find_decisions(
         query = query.where(col(DecisionRecord.agent) == agent)
     if step is not None:
         query = query.where(col(DecisionRecord.step) == step)
-    if since is not None:
-        query = query.where(col(DecisionRecord.created_at) >= as_utc(since))
+    if cutoff is not None:
+        query = query.where(col(DecisionRecord.created_at) >= cutoff)
     if below is not None:
         query = query.where(col(DecisionRecord.confidence) < below)
     if path is not None:

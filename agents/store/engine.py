@@ -41,7 +41,6 @@ import migrations
 from agents._text import one_line
 from agents.errors import ConfigurationError
 from agents.settings import get_current_settings
-from agents.store import _convert
 
 __all__ = [
     "current_revision",
@@ -73,8 +72,6 @@ _schema_ok: set[str] = set()
 _reached: set[str] = set()  # URLs this process has connected to at least once
 
 _SECRET_QUERY_KEYS = re.compile(r"pass|pwd|secret|token|key", re.IGNORECASE)
-
-_convert.install_utc_loaders()
 
 
 def database_url() -> str:

@@ -52,7 +52,7 @@ from sqlmodel import col
 
 from agents.errors import ActionInProgress
 from agents.settings import get_current_settings
-from agents.store._convert import as_utc, require_tenant, to_json_value
+from agents.store._convert import require_tenant, to_json_value
 from agents.store.engine import reconnecting, retrying, session
 from agents.store.tables import ActionRecord, utcnow
 
@@ -209,7 +209,7 @@ def claim(
         if mine and retried_insert and existing.attempts == 1:
             return existing  # our own insert, acknowledged late
         expires = existing.lease_expires_at
-        expired = expires is None or as_utc(expires) <= utcnow()
+        expired = expires is None or expires <= utcnow()
         if mine or expired:
             taken = _take_over(existing, me, seconds, url)
             if taken is not None:

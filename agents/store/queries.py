@@ -64,7 +64,7 @@ def runs(
     if status is not None:
         query = query.where(col(AgentRun.status) == status)
     if since is not None:
-        query = query.where(col(AgentRun.started_at) >= as_utc(since))
+        query = query.where(col(AgentRun.started_at) >= since)
     query = query.order_by(col(AgentRun.started_at).desc(), col(AgentRun.id).desc()).limit(limit)
     with session(url) as s:
         return list(s.exec(query).all())
@@ -182,7 +182,7 @@ def record_run_end(
             started = s.exec(select(AgentRun.started_at).where(*scope)).one_or_none()
             if started is None:
                 return False
-            duration_ms = (finished - as_utc(started)).total_seconds() * 1000
+            duration_ms = (finished - started).total_seconds() * 1000
         result = s.exec(
             update(AgentRun)
             .where(*scope)

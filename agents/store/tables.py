@@ -1,7 +1,8 @@
 """Tables: every row Stalwart stores, one SQLModel class each (schema and table in one).
 
-Every table carries `tenant`: no public query reads across tenants. The schema is created and
-upgraded by Alembic (`migrations/`), never by `create_all` on PostgreSQL.
+Every table carries `tenant`: no public query reads across tenants. Every datetime column is a
+`UTCDateTime` (aware UTC datetimes in and out). The schema is created and upgraded by Alembic
+(`migrations/`), never by `create_all` on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
+
+from agents.declare.decision import LadderPath
+from agents.store._convert import UTCDateTime
 
 
 def utcnow() -> datetime:
@@ -40,8 +44,8 @@ class AgentRun(SQLModel, table=True):
     status: str = Field(max_length=20, description="running, completed, held, failed")
     inputs_digest: str = Field(max_length=64)
     flow_run_id: str | None = Field(default=None, max_length=36, index=True)
-    started_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
-    finished_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+    started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime())
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
     duration_ms: float | None = None
     error: str | None = Field(default=None, sa_type=sa.Text)
 
@@ -64,7 +68,7 @@ class StepRun(SQLModel, table=True):
     tokens_out: int = Field(default=0, description="Model output tokens of its LLM calls.")
     model_ms: float | None = Field(default=None, description="Time spent waiting for the model.")
     task_run_id: str | None = Field(default=None, max_length=36)
-    started_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime())
     duration_ms: float | None = None
     error: str | None = Field(default=None, sa_type=sa.Text)
 
@@ -77,9 +81,7 @@ class StepResult(SQLModel, table=True):
     key: str = Field(primary_key=True, max_length=512)
     tenant: str | None = Field(default=None, index=True, max_length=200)
     content: bytes = Field(sa_type=sa.LargeBinary)
-    created_at: datetime = Field(
-        default_factory=utcnow, sa_type=sa.DateTime(timezone=True), index=True
-    )
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), index=True)
 
 
 class MemoryItem(SQLModel, table=True):
@@ -97,7 +99,7 @@ class MemoryItem(SQLModel, table=True):
     key: str = Field(max_length=500)
     value: Any = Field(default=None, sa_type=sa.JSON)
     version: int = 1
-    updated_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime())
     writer: str | None = Field(
         default=None, max_length=32, description="Token of the last write (retry detection)."
     )
@@ -123,14 +125,14 @@ class ActionRecord(SQLModel, table=True):
     attempts: int = 1
     result: Any = Field(default=None, sa_type=sa.JSON)
     agent_run_id: str | None = Field(default=None, max_length=32)
-    started_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
-    completed_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+    started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime())
+    completed_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
     lease_owner: str | None = Field(
         default=None, max_length=64, description="The execution holding a started claim."
     )
     lease_expires_at: datetime | None = Field(
         default=None,
-        sa_type=sa.DateTime(timezone=True),
+        sa_type=UTCDateTime(),
         description="Until when the claim is held; past it, another execution may take over.",
     )
 
@@ -138,8 +140,9 @@ class ActionRecord(SQLModel, table=True):
 class DecisionRecord(SQLModel, table=True):
     """One decision of a reasoning step: inputs, model, output, confidence, path and outcome.
 
-    `path` is how the decision was reached: `direct`, `fallback_model`, `human`, `default` or
-    `rejected`. The outcome is written later (by a learning step or feedback).
+    `path` is how the decision was reached: a `LadderPath` value (`direct`, `fallback_model`,
+    `human`, `default`, `held`, `rejected`, or `shadow` for a candidate model's decision). The
+    outcome is written later (by a learning step or feedback).
     """
 
     __tablename__ = "decision_record"
@@ -169,7 +172,7 @@ class DecisionRecord(SQLModel, table=True):
     confidence: float | None = Field(default=None, index=True)
     logprobs: Any = Field(default=None, nullable=True, sa_type=sa.JSON)
     rationale: str | None = Field(default=None, sa_type=sa.Text)
-    path: str = Field(default="direct", max_length=20, index=True)
+    path: str = Field(default=LadderPath.DIRECT.value, max_length=20, index=True)
     reviewer: str | None = Field(default=None, max_length=200)
     correction: Any = Field(default=None, nullable=True, sa_type=sa.JSON)
     tokens_in: int = 0
@@ -179,10 +182,8 @@ class DecisionRecord(SQLModel, table=True):
     attempts: int = 1
     error_class: str | None = Field(default=None, max_length=200)
     outcome: Any = Field(default=None, nullable=True, sa_type=sa.JSON)
-    outcome_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
-    created_at: datetime = Field(
-        default_factory=utcnow, sa_type=sa.DateTime(timezone=True), index=True
-    )
+    outcome_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), index=True)
 
 
 class LLMCacheEntry(SQLModel, table=True):
@@ -196,9 +197,7 @@ class LLMCacheEntry(SQLModel, table=True):
     model: str = Field(max_length=200)
     response: Any = Field(default=None, nullable=True, sa_type=sa.JSON)
     hits: int = 0
-    created_at: datetime = Field(
-        default_factory=utcnow, sa_type=sa.DateTime(timezone=True), index=True
-    )
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), index=True)
 
 
 class CircuitState(SQLModel, table=True):
@@ -209,9 +208,9 @@ class CircuitState(SQLModel, table=True):
     endpoint: str = Field(primary_key=True, max_length=300)
     state: str = Field(default="closed", max_length=20)
     failures: int = 0
-    opened_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+    opened_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
     last_error: str | None = Field(default=None, sa_type=sa.Text)
-    updated_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime())
 
 
 class Feedback(SQLModel, table=True):
@@ -239,7 +238,7 @@ class Feedback(SQLModel, table=True):
     score: float | None = None
     note: str | None = Field(default=None, sa_type=sa.Text)
     given_by: str | None = Field(default=None, max_length=200)
-    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime())
 
 
 class ThresholdChange(SQLModel, table=True):
@@ -266,7 +265,7 @@ class ThresholdChange(SQLModel, table=True):
         default=None, nullable=True, sa_type=sa.JSON, description="The calibration report."
     )
     changed_by: str | None = Field(default=None, max_length=200)
-    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime())
 
 
 class ExampleUse(SQLModel, table=True):
@@ -281,4 +280,4 @@ class ExampleUse(SQLModel, table=True):
     agent_run_id: str | None = Field(default=None, index=True, max_length=32)
     run_key: str | None = Field(default=None, max_length=200)
     example_ids: Any = Field(default=None, nullable=True, sa_type=sa.JSON)
-    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime())
