@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
-import os
 import secrets
 import string
 import threading
@@ -22,7 +21,6 @@ import prefect
 import pytest
 import sentry_sdk
 from prefect import flow, task
-from prefect.testing.utilities import prefect_test_harness
 
 from agents.observe import (
     capture_failure,
@@ -36,14 +34,6 @@ from agents.settings import temporary_settings
 from agents.testing.sentry import SentryReceiver
 
 # -- fixtures --------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def prefect_server() -> Iterator[None]:
-    """One temporary Prefect server for the whole session (it takes seconds to start)."""
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
 
 
 @pytest.fixture
@@ -265,14 +255,14 @@ def _assert_task_event(receiver: SentryReceiver, state: Any, message: str) -> No
 
 
 def test_task_hook_reports_once_after_the_last_retry(
-    prefect_server: None, receiver: SentryReceiver
+    prefect_api: None, receiver: SentryReceiver
 ) -> None:
     with prefect.tags("tenant:acme"):
         state = sync_flow(return_state=True)
     _assert_task_event(receiver, state, "step1 exploded")
 
 
-def test_task_hook_works_for_async_tasks(prefect_server: None, receiver: SentryReceiver) -> None:
+def test_task_hook_works_for_async_tasks(prefect_api: None, receiver: SentryReceiver) -> None:
     async def main() -> Any:
         with prefect.tags("tenant:acme"):
             return await async_flow(return_state=True)
@@ -282,14 +272,14 @@ def test_task_hook_works_for_async_tasks(prefect_server: None, receiver: SentryR
 
 
 def test_task_and_flow_hooks_report_one_failure_once(
-    prefect_server: None, receiver: SentryReceiver
+    prefect_api: None, receiver: SentryReceiver
 ) -> None:
     with prefect.tags("tenant:acme"):
         state = hooked_flow_with_failing_task(return_state=True)
     _assert_task_event(receiver, state, "step1 exploded")
 
 
-def test_flow_hook_reports_a_flow_failure(prefect_server: None, receiver: SentryReceiver) -> None:
+def test_flow_hook_reports_a_flow_failure(prefect_api: None, receiver: SentryReceiver) -> None:
     with prefect.tags("tenant:acme"):
         state = failing_flow(return_state=True)
     assert state.is_failed()
