@@ -2,7 +2,8 @@
 server. Every unit test runs with
 
 * outbound network connections refused (only AF_UNIX sockets connect: asyncio's self-pipe, ...),
-  so a test that reaches a server fails loudly with `UnitTierViolation`;
+  so a test that reaches a server fails loudly with `UnitTierViolation` (threads that were
+  running before the test, such as another tier's servers in a full run, are left alone);
 * PREFECT_API_URL pointing at a closed loopback port, so Prefect never starts its ephemeral API
   server for a unit test (it would only do so with no API URL set);
 * the fixtures that start or need servers replaced by ones that fail with the reason.
@@ -13,6 +14,7 @@ SQLite (in memory or in a file) is fine. A test that needs more belongs in tests
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,9 +27,9 @@ class UnitTierViolation(RuntimeError):
     """A unit test tried to reach a server; it belongs in tests/integration or tests/e2e."""
 
 
-def _refuse(what: str) -> Any:
+def _refuse(what: str, background: frozenset[int | None]) -> Any:
     def connect(self: socket.socket, address: Any, *args: Any, **kwargs: Any) -> Any:
-        if self.family == socket.AF_UNIX:
+        if self.family == socket.AF_UNIX or threading.get_ident() in background:
             return real[what](self, address, *args, **kwargs)
         raise UnitTierViolation(f"unit tests make no network connections (to {address!r})")
 
@@ -41,8 +43,12 @@ real = {"connect": socket.socket.connect, "connect_ex": socket.socket.connect_ex
 def _no_servers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    monkeypatch.setattr(socket.socket, "connect", _refuse("connect"))
-    monkeypatch.setattr(socket.socket, "connect_ex", _refuse("connect_ex"))
+    # Threads alive before the test (another tier's servers and Prefect's workers, when the
+    # whole suite runs in one session) keep their connections; the test and its threads do not.
+    main = threading.main_thread()
+    background = frozenset(t.ident for t in threading.enumerate() if t is not main)
+    monkeypatch.setattr(socket.socket, "connect", _refuse("connect", background))
+    monkeypatch.setattr(socket.socket, "connect_ex", _refuse("connect_ex", background))
     monkeypatch.setenv("PREFECT_API_URL", UNREACHABLE_API)
     with temporary_settings(updates={PREFECT_API_URL: UNREACHABLE_API}):
         yield
