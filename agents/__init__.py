@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from agents.declare.decision import Decision
     from agents.declare.options import Review, Shadow, StepOptions
     from agents.declare.step import Layer, Step, StepInfo
+    from agents.endpoint import Endpoint
     from agents.errors import (
         ActionInProgress,
         ConfigurationError,
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
         StepRunError,
         UserError,
     )
-    from agents.resources.llm import LLM, Endpoint
+    from agents.resources.llm import LLM
     from agents.result import RunResult
     from agents.store.memory import Memory
 
@@ -53,7 +54,7 @@ _HOMES = {
     "RunContext": "agents.context",
     "RunResult": "agents.result",
     "LLM": "agents.resources.llm",
-    "Endpoint": "agents.resources.llm",
+    "Endpoint": "agents.endpoint",
     "Memory": "agents.store.memory",
 }
 

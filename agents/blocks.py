@@ -8,21 +8,22 @@ This module owns three Prefect blocks and the per-process cache that loads them:
 * `SentryConfig` — the Sentry DSN, environment and sample rates (`STALWART_SENTRY_BLOCK=<name>`).
 
 Register them with `PYTHONPATH=. prefect block register -m blocks`. When a block name is set,
-`agents.resources.llm.resolve_endpoint`, `agents.store.engine` and `agents.observe.init_sentry`
-load that block (once per process) and its values replace the matching environment variables;
-when it is unset they read the environment exactly as before. What the environment variables
-mean stays in `agents.settings`; how each value is used stays with its consumer.
+`agents.endpoint.resolve_endpoint`, `agents.pricing.cost_of`, `agents.store.engine` and
+`agents.observe.init_sentry` load that block (once per process) and its values replace the
+matching environment variables; when it is unset they read the environment. What the
+environment variables mean stays in `agents.settings`; how each value is used stays with its
+consumer. A block hands back plain values; it builds no runtime object.
 
 Every credential is a `SecretStr`: Prefect stores it as a secret field and shows `********`, reprs
 hide it, and the values of loaded blocks are scrubbed from Sentry events, logs and artifacts
-(`loaded_secrets`, read by `agents.observe.sentry`).
+(`loaded_secrets`, a secret source of `agents.redact`).
 
 Example:
     >>> from pydantic import SecretStr
     >>> block = ModelEndpoint(base_url="http://127.0.0.1:8089/v1", model="m",
-    ...                       api_key=SecretStr("sk-x"))
-    >>> block.endpoint()
-    Endpoint(name='block', base_url='http://127.0.0.1:8089/v1', model='m')
+    ...                       api_key=SecretStr("sk-x"), price_in_per_1k=0.5)
+    >>> block.api_key, block.prices()
+    (SecretStr('**********'), {'m': (0.5, 0.0)})
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from pydantic import Field, SecretStr
 from sqlalchemy.engine import make_url
 
 from agents.errors import ConfigurationError
-from agents.resources.llm import Endpoint
+from agents.redact import add_secret_source
 from agents.settings import DEFAULT_MODEL, get_current_settings
 
 __all__ = [
@@ -115,29 +116,6 @@ class ModelEndpoint(Block):
     timeout_seconds: float = Field(
         default=60.0, gt=0, title="Timeout (s)", description="Per-request timeout."
     )
-
-    def endpoint(self, model: str | None = None, *, name: str = "block") -> Endpoint:
-        """The runtime `Endpoint` (instructor mode and re-asks still come from settings).
-
-        Args:
-            model: Ask this model instead of the block's.
-            name: The endpoint's name in records and messages.
-
-        Example:
-            >>> ModelEndpoint(base_url="http://h/v1", model="m").endpoint("n").model
-            'n'
-        """
-        settings = get_current_settings()
-        return Endpoint(
-            base_url=self.base_url,
-            model=model or self.model,
-            api_key=self.api_key,
-            mode=settings.model_mode,
-            timeout=self.timeout_seconds,
-            max_reasks=settings.model_max_reasks,
-            name=name,
-            fallback_model=self.fallback_model,
-        )
 
     def prices(self) -> dict[str, tuple[float, float]]:
         """USD per 1k tokens `(in, out)` of the block's model; empty when it sets no price.
@@ -388,6 +366,9 @@ def loaded_secrets() -> tuple[str, ...]:
             found.append(dsn)
             found.extend(_dsn_keys(dsn))
     return tuple(secret for secret in found if secret)
+
+
+add_secret_source(loaded_secrets)
 
 
 def _url_password(url: str) -> tuple[str, ...]:

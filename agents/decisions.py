@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from agents._text import one_line
 from agents.declare.decision import LadderPath
-from agents.observe.sentry import scrub_text
+from agents.redact import scrub_text
 from agents.store._convert import parse_age, parse_since
 from agents.store.decisions import find_decisions, get_decision, set_outcome
 from agents.store.tables import DecisionRecord

@@ -14,7 +14,7 @@ from rich.text import Text
 from agents.cli._utilities import console, err_console, exit_with_error
 from agents.declare.decision import LadderPath
 from agents.errors import ConfigurationError
-from agents.observe.sentry import scrub_text
+from agents.redact import scrub_text
 from agents.store.tables import DecisionRecord
 
 __all__ = ["decisions_command", "prune_command"]

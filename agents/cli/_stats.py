@@ -27,7 +27,7 @@ from agents.cli._utilities import console, exit_with_error
 from agents.declare.decision import LadderPath
 from agents.errors import ConfigurationError
 from agents.observe.metrics import StepMetrics
-from agents.observe.sentry import scrub_text
+from agents.redact import scrub_text
 
 __all__ = [
     "auto_bucket",

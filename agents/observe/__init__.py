@@ -1,7 +1,9 @@
 """Observability: how Stalwart reports what went wrong.
 
-This package owns failure reporting (`agents.observe.sentry`: Sentry initialisation, scrubbing of
-secrets and PII, capture-once semantics and Prefect failure hooks). Import from here.
+This package owns failure reporting (`agents.observe.sentry`: Sentry initialisation, capture-once
+semantics and Prefect failure hooks), log scrubbing (`agents.observe.logs`) and drift
+monitoring (`agents.observe.drift`). Import the reporting API from here. `scrub_text` is
+re-exported from its home, `agents.redact`, which owns secret scrubbing.
 
 Example:
     >>> from agents.observe import scrub_text
@@ -12,29 +14,23 @@ Example:
 from __future__ import annotations
 
 from agents.observe.sentry import (
-    EMAIL_PLACEHOLDER,
-    REDACTED,
     capture_failure,
     exception_from_state,
     flow_failure_hook,
     flush,
     init_sentry,
-    is_sensitive_key,
     scrub_event,
-    scrub_text,
     shutdown_sentry,
     task_failure_hook,
 )
+from agents.redact import scrub_text
 
 __all__ = [
-    "EMAIL_PLACEHOLDER",
-    "REDACTED",
     "capture_failure",
     "exception_from_state",
     "flow_failure_hook",
     "flush",
     "init_sentry",
-    "is_sensitive_key",
     "scrub_event",
     "scrub_text",
     "shutdown_sentry",

@@ -70,7 +70,8 @@ from typing import Any, Literal
 from sqlmodel import col, select
 
 from agents.observe.metrics import DecisionPoint, load_decisions, load_runs, window_metrics
-from agents.observe.sentry import flush, init_sentry, scrub_text
+from agents.observe.sentry import flush, init_sentry
+from agents.redact import scrub_text
 from agents.store._convert import as_utc, require_tenant
 from agents.store.engine import session
 from agents.store.memory import Memory, MemoryConflict

@@ -21,7 +21,7 @@ import logging
 import threading
 from typing import Any
 
-from agents.observe.sentry import scrub_text
+from agents.redact import scrub_text
 
 _installed = False
 _lock = threading.Lock()

@@ -2,20 +2,19 @@
 
 This module owns everything Stalwart sends to Sentry:
 
-* `init_sentry` configures `sentry_sdk` once per process from the DSN in settings (`SENTRY_DSN`);
-  without a DSN nothing is reported.
-* `scrub_event` / `scrub_text` redact secrets (API keys, bearer tokens, URL credentials,
-  `password=...` pairs, values under secret-looking keys, the secrets configured in settings) and
-  e-mail addresses. The rest of the project reuses `scrub_text` for log lines and artifacts.
+* `init_sentry` configures `sentry_sdk` once per process from the DSN in settings (`SENTRY_DSN`)
+  or the `STALWART_SENTRY_BLOCK` block; without a DSN nothing is reported.
+* `scrub_event` is Sentry's `before_send`: it passes the whole event through
+  `agents.redact.scrub_value` (secrets and e-mail addresses; the installed DSN counts as a
+  secret too).
 * `capture_failure` reports one failure exactly once, tagged with agent, step, layer, tenant,
   flow run id and attempt.
 * `task_failure_hook` / `flow_failure_hook` build Prefect `on_failure` hooks calling
   `capture_failure`; Prefect runs `on_failure` hooks only once the last retry failed.
 
 Example:
-    >>> from agents.observe.sentry import scrub_text
-    >>> scrub_text("password=hunter2 mail bob@example.com")
-    'password=*** mail [email]'
+    >>> scrub_event({"extra": {"password": "hunter2", "to": "bob@example.com"}}, {})
+    {'extra': {'password': '***', 'to': '[email]'}}
 """
 
 from __future__ import annotations
@@ -26,18 +25,16 @@ import functools
 import importlib
 import inspect
 import logging
-import re
-import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import unquote, urlsplit
 
 import sentry_sdk
 from sentry_sdk.consts import ClientConstructor
 from sentry_sdk.integrations.logging import LoggingIntegration
 
 from agents.errors import ConfigurationError
+from agents.redact import add_secret_source, scrub_value
 from agents.settings import get_current_settings
 
 if TYPE_CHECKING:
@@ -47,33 +44,20 @@ if TYPE_CHECKING:
     from sentry_sdk.types import Breadcrumb, BreadcrumbHint, Event, Hint
 
 __all__ = [
-    "EMAIL_PLACEHOLDER",
-    "REDACTED",
     "capture_failure",
     "exception_from_state",
     "flow_failure_hook",
     "flush",
     "init_sentry",
-    "is_sensitive_key",
     "scrub_event",
-    "scrub_text",
     "shutdown_sentry",
     "task_failure_hook",
 ]
 
 logger = logging.getLogger(__name__)
 
-REDACTED = "***"
-"""What a redacted secret is replaced by."""
-
-EMAIL_PLACEHOLDER = "[email]"
-"""What an e-mail address is replaced by."""
-
 SHUTDOWN_TIMEOUT_SECONDS = 2.0
 """How long the SDK waits, at exit or re-initialisation, for queued events to be sent."""
-
-_MIN_LITERAL_SECRET_LENGTH = 4
-"""Configured secrets shorter than this are not searched for (they would redact ordinary text)."""
 
 _MARK = "_stalwart_sentry_event_id"
 """Attribute set on an exception once reported ("" while in flight or when the SDK dropped it)."""
@@ -81,164 +65,26 @@ _MARK = "_stalwart_sentry_event_id"
 _active_config: tuple[str, str, float, float] | None = None
 """(dsn, environment, sample rate, traces sample rate) of the client `init_sentry` installed."""
 
+
 # -- scrubbing ------------------------------------------------------------------------------------
 
-_SENSITIVE_KEY = re.compile(
-    r"passw(?:or)?d|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key"
-    r"|authorization|credential|dsn|cookie",
-    re.IGNORECASE,
-)
-# Token *counts* (model usage) are not secrets: `max_tokens`, `prompt_tokens`, `tokens_used`...
-_TOKEN_COUNT_KEY = re.compile(
-    r"(?:max|prompt|completion|total|input|output|reasoning|cached|num)[_-]?tokens"
-    r"|tokens(?:[_-](?:used|count|total|in|out))?",
-    re.IGNORECASE,
-)
-# Every pattern starts at the beginning of a run of its characters (a negative lookbehind), so
-# scrubbing stays linear on long inputs such as `a.a.a.a...` (no scan from every position).
-_URL_USERINFO = re.compile(
-    r"(?<![A-Za-z0-9+.\-])(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^\s/?#@'\"<>]*@"
-)
-_BEARER = re.compile(r"\b(?P<scheme>bearer)\s+[A-Za-z0-9._~+/=\-]+", re.IGNORECASE)
-_OPENAI_KEY = re.compile(r"(?<![\w\-])sk-[A-Za-z0-9_\-]{16,}")
-_JWT = re.compile(r"(?<![\w\-])eyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]+")
-_KEY_VALUE = re.compile(
-    r"(?<![\w.\-])(?P<key>[\w.\-]+)"
-    r"(?P<sep>[\"']?[ \t]*[=:][ \t]*)"
-    r"(?P<scheme>(?:bearer|basic|digest|token)[ \t]+)?"
-    r"(?P<value>\"[^\"]*\"|'[^']*'|[^\s,;&=\'\"}\])]+)",
-    re.IGNORECASE,
-)
-_EMAIL = re.compile(
-    r"(?<![A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}\b"
-)
 
-
-def is_sensitive_key(key: str) -> bool:
-    """Whether a mapping key names a secret (password, token, api_key, authorization, dsn, ...).
-
-    Token counts such as `max_tokens` or `prompt_tokens` are not secrets.
-
-    Example:
-        >>> is_sensitive_key("X-Api-Key"), is_sensitive_key("max_tokens"), is_sensitive_key("name")
-        (True, False, False)
-    """
-    if _TOKEN_COUNT_KEY.fullmatch(key):
-        return False
-    return _SENSITIVE_KEY.search(key) is not None
-
-
-def _redact_key_value(match: re.Match[str]) -> str:
-    if not is_sensitive_key(match.group("key")):
-        return match.group(0)
-    scheme = match.group("scheme") or ""
-    return f"{match.group('key')}{match.group('sep')}{scheme}{REDACTED}"
-
-
-@functools.lru_cache(maxsize=32)
-def _literal_secrets(candidates: tuple[str, ...]) -> tuple[str, ...]:
-    unique = {c for c in candidates if len(c) >= _MIN_LITERAL_SECRET_LENGTH}
-    return tuple(sorted(unique, key=len, reverse=True))
-
-
-def _configured_secrets() -> tuple[str, ...]:
-    """The literal secret values in force: API key, database password, Sentry DSNs."""
-    candidates: list[str] = []
-    try:
-        settings = get_current_settings()
-    except Exception:  # an invalid environment must not break redaction
-        settings = None
-    if settings is not None:
-        if settings.api_key is not None:
-            candidates.append(settings.api_key.get_secret_value())
-        if settings.sentry_dsn is not None:
-            candidates.append(settings.sentry_dsn.get_secret_value())
-        try:
-            password = urlsplit(settings.resolved_database_url()).password
-        except ValueError:
-            password = None
-        if password:
-            candidates.extend((password, unquote(password)))
+def _active_dsn() -> tuple[str, ...]:
+    """The DSN of the client `init_sentry` installed: scrubbed like the configured secrets."""
     active = _active_config
-    if active is not None:
-        candidates.append(active[0])
-    # Secrets of the blocks loaded so far (model key, database password, DSN). Looked up only if
-    # `agents.blocks` was imported: no block can be loaded before, and scrubbing must stay cheap.
-    blocks = sys.modules.get("agents.blocks")
-    if blocks is not None:
-        candidates.extend(blocks.loaded_secrets())
-    return _literal_secrets(tuple(candidates))
+    return (active[0],) if active is not None else ()
 
 
-def _scrub_text(text: str, literals: tuple[str, ...]) -> str:
-    if not text:
-        return text
-    for secret in literals:
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    text = _URL_USERINFO.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", text)
-    text = _BEARER.sub(lambda m: f"{m.group('scheme')} {REDACTED}", text)
-    text = _OPENAI_KEY.sub(f"sk-{REDACTED}", text)
-    text = _JWT.sub(REDACTED, text)
-    text = _KEY_VALUE.sub(_redact_key_value, text)
-    return _EMAIL.sub(EMAIL_PLACEHOLDER, text)
-
-
-def scrub_text(text: str) -> str:
-    """Redact secrets and e-mail addresses in a string.
-
-    Replaced: the secrets configured in settings (API key, database password, Sentry DSN), URL
-    credentials (`scheme://user:pw@host` -> `scheme://***@host`), bearer tokens, OpenAI-style keys
-    (`sk-...`, `sk-proj-...`), JWTs, `password=...`-style pairs (`api_key`, `token`, `secret`,
-    ...), and e-mail addresses (`[email]`). Runs in linear time: safe on large artifacts.
-
-    Args:
-        text: Any text: an exception message, a log line, an artifact.
-
-    Returns:
-        The text with every secret replaced by `***`.
-
-    Example:
-        >>> scrub_text("postgresql://app:s3cret@db/prod; got Bearer abc.def from x@y.io")
-        'postgresql://***@db/prod; got Bearer *** from [email]'
-    """
-    return _scrub_text(text, _configured_secrets())
-
-
-_MAX_DEPTH = 64
-
-
-def _scrub_value(value: Any, literals: tuple[str, ...], depth: int = 0) -> Any:
-    if isinstance(value, str):
-        return _scrub_text(value, literals)
-    if depth > _MAX_DEPTH:
-        return value
-    if isinstance(value, Mapping):
-        scrubbed: dict[Any, Any] = {}
-        for key, item in value.items():
-            if isinstance(key, str):
-                if is_sensitive_key(key) and item is not None and not isinstance(item, bool):
-                    scrubbed[_scrub_text(key, literals)] = REDACTED
-                    continue
-                key = _scrub_text(key, literals)
-            scrubbed[key] = _scrub_value(item, literals, depth + 1)
-        return scrubbed
-    if isinstance(value, list):
-        return [_scrub_value(item, literals, depth + 1) for item in value]
-    if isinstance(value, tuple):
-        return tuple(_scrub_value(item, literals, depth + 1) for item in value)
-    if isinstance(value, bytes | bytearray):
-        return _scrub_text(bytes(value).decode("utf-8", errors="replace"), literals)
-    return value
+add_secret_source(_active_dsn)
 
 
 def scrub_event(event: Event, hint: Hint) -> Event:
     """Redact secrets and PII everywhere in a Sentry event (Sentry's `before_send` contract).
 
     The whole event is walked: exception values, messages, `extra`, contexts, tags, request,
-    breadcrumbs and stack-frame `vars`. Strings go through `scrub_text`; values under
-    secret-looking keys (`password`, `token`, `api_key`, `authorization`, `dsn`, ...) are
-    replaced whole.
+    breadcrumbs and stack-frame `vars` (`agents.redact.scrub_value`). Strings go through
+    `scrub_text`; values under secret-looking keys (`password`, `token`, `api_key`,
+    `authorization`, `dsn`, ...) are replaced whole.
 
     Args:
         event: The event, already serialised by the SDK into JSON-compatible data.
@@ -251,11 +97,11 @@ def scrub_event(event: Event, hint: Hint) -> Event:
         >>> scrub_event({"extra": {"api_key": "abc123", "note": "x@y.io"}}, {})
         {'extra': {'api_key': '***', 'note': '[email]'}}
     """
-    return cast("Event", _scrub_value(event, _configured_secrets()))
+    return cast("Event", scrub_value(event))
 
 
 def _before_breadcrumb(crumb: Breadcrumb, hint: BreadcrumbHint) -> Breadcrumb:
-    return cast("Breadcrumb", _scrub_value(crumb, _configured_secrets()))
+    return cast("Breadcrumb", scrub_value(crumb))
 
 
 _own_capture: contextvars.ContextVar[BaseException | None] = contextvars.ContextVar(

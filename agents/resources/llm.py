@@ -20,8 +20,9 @@ call this module applies Stalwart's policy (`agents.policy`), in one layer:
 4. **Recording**: each successful call appends an `LLMCall` (tokens, latency, attempts, model
    actually used, raw output, logprobs, prompt digest, whether it was cached) to `LLM.calls`.
 
-No error message names the API key. With no endpoint configured (`STALWART_MODEL_URL` unset)
-the bundled offline model server is started in-process.
+No error message names the API key. Without an explicit `Endpoint`, the handle calls the one
+`agents.endpoint.resolve_endpoint` picks (the bundled offline model server when none is
+configured).
 """
 
 from __future__ import annotations
@@ -34,13 +35,13 @@ import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
-from urllib.parse import urlsplit
 
 import instructor
 import openai
 from instructor.core.hooks import Hooks
-from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic import BaseModel, ValidationError
 
+from agents.endpoint import Endpoint, resolve_endpoint
 from agents.errors import ModelOutputError, ProviderRejected, ProviderUnavailable
 from agents.policy import llm_cache
 from agents.policy.breaker import Permit, breaker_key, get_breaker, public_url
@@ -51,9 +52,10 @@ from agents.policy.retry import (
     status_code_of,
     unwrap,
 )
+from agents.redact import scrub_text
 from agents.settings import Settings, get_current_settings
 
-__all__ = ["LLM", "Endpoint", "LLMCall", "bundled_model_url", "resolve_endpoint"]
+__all__ = ["LLM", "LLMCall"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,50 +67,6 @@ RAW_OUTPUT_MAX_CHARS = 20_000
 """`LLMCall.raw_output` keeps at most this many characters."""
 
 _PROVIDER_MESSAGE_MAX = 300
-
-
-@dataclass(frozen=True, kw_only=True)
-class Endpoint:
-    """Where and how to call a model. The key is a secret and never appears in reprs.
-
-    Attributes:
-        base_url: The OpenAI-compatible base URL (ending in `/v1`).
-        model: The model asked by default.
-        api_key: Bearer key (None: a placeholder is sent).
-        mode: instructor mode: function tools or a JSON object.
-        timeout: Per-request timeout in seconds.
-        max_reasks: instructor re-asks after a validation failure.
-        name: A short name used in records and messages ("configured", "bundled", ...).
-        fallback_model: Model asked instead while `model`'s circuit breaker is open.
-
-    Example:
-        >>> Endpoint(base_url="http://127.0.0.1:8089/v1", model="m", api_key=SecretStr("sk-x"))
-        Endpoint(name='default', base_url='http://127.0.0.1:8089/v1', model='m')
-    """
-
-    base_url: str
-    model: str
-    api_key: SecretStr | None = None
-    mode: Literal["tools", "json"] = "tools"
-    timeout: float = 60.0
-    max_reasks: int = 2
-    name: str = "default"
-    fallback_model: str | None = None
-
-    @property
-    def host(self) -> str:
-        """`host[:port]` of the base URL, without credentials.
-
-        Example:
-            >>> Endpoint(base_url="https://u:p@api.example.com/v1", model="m").host
-            'api.example.com'
-        """
-        parts = urlsplit(self.base_url)
-        host = parts.hostname or "?"
-        return f"{host}:{parts.port}" if parts.port else host
-
-    def __repr__(self) -> str:
-        return f"Endpoint(name={self.name!r}, base_url={self.base_url!r}, model={self.model!r})"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,67 +107,6 @@ class LLMCall:
     logprobs: Any = None
     cached: bool = False
     path_model: PathModel = "primary"
-
-
-_bundled_lock = threading.Lock()
-_bundled_server: Any = None
-
-
-def bundled_model_url() -> str:
-    """Start the bundled offline model server once per process and return its base URL.
-
-    Example:
-        >>> bundled_model_url()  # doctest: +SKIP
-        'http://127.0.0.1:41234/v1'
-    """
-    global _bundled_server
-    with _bundled_lock:
-        if _bundled_server is None:
-            from agents.modelserver import ModelServer
-
-            server = ModelServer(port=0)
-            server.start()
-            _bundled_server = server
-        return str(_bundled_server.url)
-
-
-def resolve_endpoint(model: str | None = None) -> Endpoint:
-    """The endpoint in force: the `STALWART_MODEL_BLOCK` block, `STALWART_MODEL_URL`, or the
-    bundled offline server.
-
-    With `STALWART_MODEL_BLOCK=<name>` the saved `agents.blocks.ModelEndpoint` of that name
-    (loaded once per process) gives the URL, models, key and timeout; its name is recorded as
-    the endpoint's (`block:<name>`).
-
-    Args:
-        model: Ask this model instead of `STALWART_MODEL` (or the block's model).
-
-    Raises:
-        ConfigurationError: `STALWART_MODEL_BLOCK` names a block that cannot be loaded.
-
-    Example:
-        >>> resolve_endpoint().model  # doctest: +SKIP
-        'stalwart-test'
-    """
-    settings = get_current_settings()
-    if settings.model_block:
-        # Imported here: Prefect's block machinery is needed only when a block is named.
-        from agents.blocks import model_block
-
-        block = model_block()
-        assert block is not None
-        return block.endpoint(model, name=f"block:{settings.model_block}")
-    base_url = settings.model_url or bundled_model_url()
-    return Endpoint(
-        base_url=base_url,
-        model=model or settings.model,
-        api_key=settings.api_key,
-        mode=settings.model_mode,
-        timeout=settings.model_timeout_seconds,
-        max_reasks=settings.model_max_reasks,
-        name="configured" if settings.model_url else "bundled",
-        fallback_model=settings.fallback_model,
-    )
 
 
 _clients_lock = threading.Lock()
@@ -643,8 +540,6 @@ class _Call(Generic[T]):
         return self._scrub(message)[:_PROVIDER_MESSAGE_MAX].rstrip(". ")
 
     def _scrub(self, text: str) -> str:
-        from agents.observe.sentry import scrub_text
-
         key = self.endpoint.api_key.get_secret_value() if self.endpoint.api_key else ""
         if key:
             text = text.replace(key, "***")

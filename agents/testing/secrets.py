@@ -312,7 +312,8 @@ def exercise(
     """
     from agents.blocks import ModelEndpoint, SentryConfig, StateDatabase, loaded_secrets
     from agents.errors import ProviderRejected, ProviderUnavailable
-    from agents.observe import flush, scrub_text, shutdown_sentry
+    from agents.observe import flush, shutdown_sentry
+    from agents.redact import scrub_text
 
     tag = tag or uuid.uuid4().hex[:12]
     planted = PlantedSecrets.make(tag)
