@@ -1,33 +1,33 @@
 """Running the offline model server: in a background thread (`ModelServer`) or blocking (`serve`).
 
-This module owns the server's life cycle. `ModelServer` binds 127.0.0.1 itself (port 0 picks a
-free port, known before uvicorn starts), runs uvicorn in a daemon thread with its own event loop,
-waits (bounded) until it accepts connections, and stops it within a few seconds. Several can run
-in one process; a stopped one can be started again (on the same port when it is still free).
-Embedded servers leave the process's logging configuration alone; `serve` is for the CLI and
-logs like a normal uvicorn.
+This module owns the model server's life cycle. `ModelServer` serves it through a
+`LoopbackServer` (`agents.testing.loopback`): it binds 127.0.0.1 itself (port 0 picks a free port,
+known before uvicorn starts), runs uvicorn in a daemon thread, waits (bounded) until it accepts
+connections, and stops it within a few seconds, ending pending waits first. Several can run in one
+process; a stopped one can be started again (on the same port when it is still free). Embedded
+servers leave the process's logging configuration alone; `serve` is for the CLI and logs like a
+normal uvicorn.
 """
 
 from __future__ import annotations
 
-import socket
 import threading
-import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import uvicorn
+from starlette.applications import Starlette
 
 from agents.modelserver.app import build_app
 from agents.modelserver.faults import Faults
 from agents.modelserver.rules import Rules
 from agents.modelserver.stats import Stats
+from agents.testing.loopback import KEEP_ALIVE_S, LoopbackServer
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8089
-KEEP_ALIVE_S = 75
 _STOP_GRACE_S = 2.0
 
 RulesSpec = Rules | str | Path | Iterable[Mapping[str, Any]] | Mapping[str, Any] | None
@@ -52,11 +52,13 @@ def load_rules(rules: RulesSpec) -> Rules:
 class ModelServer:
     """An OpenAI-compatible offline model server running in a background thread.
 
+    The thread, the socket and the readiness wait are a `LoopbackServer`'s; this class adds the
+    model server's state (rules, faults, counters) and ends pending waits when it stops.
+
     Attributes:
-        host: The bound address.
         faults: The live fault settings (mutate them, or call `faults.update(...)`).
         stats: The live counters.
-        rules: The steering rules.
+        rules: The steering rules (read at every `start`).
 
     Example:
         >>> import openai
@@ -74,19 +76,42 @@ class ModelServer:
         faults: Faults | None = None,
         startup_timeout_s: float = 10.0,
     ) -> None:
-        self.host = host
         self.rules = load_rules(rules)
         self.faults = faults if faults is not None else Faults()
         self.stats = Stats()
-        self.startup_timeout_s = startup_timeout_s
-        self._requested_port = port
-        self._port: int | None = None
         self._closing = threading.Event()
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._loopback = LoopbackServer(
+            self._build_app,
+            host=host,
+            port=port,
+            label="The model server",
+            thread_name="stalwart-modelserver",
+            startup_timeout_s=startup_timeout_s,
+            stop_timeout_s=_STOP_GRACE_S + 5.0,
+            graceful_shutdown_s=int(_STOP_GRACE_S),
+            keep_alive_s=KEEP_ALIVE_S,
+        )
 
     # -- addresses -----------------------------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        """The bound address."""
+        return self._loopback.host
+
+    @host.setter
+    def host(self, value: str) -> None:
+        self._loopback.host = value
+
+    @property
+    def startup_timeout_s(self) -> float:
+        """How long `start` waits for the server to accept connections."""
+        return self._loopback.startup_timeout_s
+
+    @startup_timeout_s.setter
+    def startup_timeout_s(self, value: float) -> None:
+        self._loopback.startup_timeout_s = value
 
     @property
     def port(self) -> int:
@@ -96,9 +121,10 @@ class ModelServer:
             >>> ModelServer(port=8089).start().port  # doctest: +SKIP
             8089
         """
-        if self._port is None:
+        port = self._loopback.port
+        if port is None:
             raise RuntimeError("The model server has not been started yet.")
-        return self._port
+        return port
 
     @property
     def base_url(self) -> str:
@@ -129,8 +155,7 @@ class ModelServer:
             >>> ModelServer().running
             False
         """
-        thread = self._thread
-        return thread is not None and thread.is_alive()
+        return self._loopback.running
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -148,40 +173,11 @@ class ModelServer:
         with self._lock:
             if self.running:
                 return self
-            sock = self._bind()
-            self._port = int(sock.getsockname()[1])
             self._closing.clear()
-            app = build_app(
-                rules=self.rules, faults=self.faults, stats=self.stats, closing=self._closing
-            )
-            config = uvicorn.Config(
-                app,
-                http="h11",
-                ws="none",
-                loop="asyncio",
-                lifespan="off",
-                log_config=None,
-                log_level=None,
-                timeout_graceful_shutdown=int(_STOP_GRACE_S),
-                # Longer than clients keep idle connections: with uvicorn's 5 s default the server
-                # closes a pooled connection as a client reuses it, a spurious connection error.
-                timeout_keep_alive=KEEP_ALIVE_S,
-                backlog=2048,
-            )
-            server = uvicorn.Server(config)
-            thread = threading.Thread(
-                target=server.run,
-                kwargs={"sockets": [sock]},
-                name=f"stalwart-modelserver-{self._port}",
-                daemon=True,
-            )
-            self._server, self._thread = server, thread
-            thread.start()
             try:
-                self._wait_until_ready(server, thread)
+                self._loopback.start()
             except BaseException:
-                self._shutdown_locked()
-                sock.close()
+                self._closing.set()
                 raise
             return self
 
@@ -192,7 +188,8 @@ class ModelServer:
             >>> ModelServer().stop()
         """
         with self._lock:
-            self._shutdown_locked()
+            self._closing.set()
+            self._loopback.stop()
 
     def reset(self) -> None:
         """Clear the fault settings and the counters.
@@ -215,65 +212,17 @@ class ModelServer:
         self.stop()
 
     def __repr__(self) -> str:
-        where = f"{self.host}:{self._port}" if self._port is not None else "not started"
+        port = self._loopback.port
+        where = f"{self.host}:{port}" if port is not None else "not started"
         state = "running" if self.running else "stopped"
         return f"ModelServer({where}, {state})"
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _bind(self) -> socket.socket:
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        candidates = [self._requested_port]
-        if self._requested_port == 0 and self._port is not None:
-            candidates = [self._port, 0]
-        last_error: OSError | None = None
-        for port in candidates:
-            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind((self.host, port))
-            except OSError as exc:
-                sock.close()
-                last_error = exc
-                continue
-            sock.set_inheritable(True)
-            return sock
-        raise OSError(
-            f"The model server cannot bind {self.host}:{candidates[-1]}: {last_error}"
-        ) from last_error
-
-    def _wait_until_ready(self, server: uvicorn.Server, thread: threading.Thread) -> None:
-        deadline = time.monotonic() + self.startup_timeout_s
-        while True:
-            if server.started and self._accepts_connections():
-                return
-            if not thread.is_alive():
-                raise RuntimeError(f"The model server on {self.host}:{self._port} failed to start.")
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"The model server on {self.host}:{self._port} did not accept connections "
-                    f"within {self.startup_timeout_s} s."
-                )
-            time.sleep(0.01)
-
-    def _accepts_connections(self) -> bool:
-        try:
-            with socket.create_connection((self.host, self.port), timeout=1.0):
-                return True
-        except OSError:
-            return False
-
-    def _shutdown_locked(self) -> None:
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None or thread is None:
-            return
-        self._closing.set()
-        server.should_exit = True
-        thread.join(timeout=_STOP_GRACE_S + 5.0)
-        if thread.is_alive():
-            server.force_exit = True
-            thread.join(timeout=2.0)
+    def _build_app(self) -> Starlette:
+        return build_app(
+            rules=self.rules, faults=self.faults, stats=self.stats, closing=self._closing
+        )
 
 
 def serve(

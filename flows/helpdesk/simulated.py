@@ -3,28 +3,26 @@
 This module owns the simulated outside system of ticket-triage: it honours `Idempotency-Key`
 (a second delivery under a key returns the first receipt and is counted as a re-delivery, not
 an effect), counts per key how often it was delivered and per ticket how many distinct effects
-it had, and can lose answers on purpose. It runs like the simulated social platform
-(`flows.social.simulated`): uvicorn in a daemon thread on 127.0.0.1, port 0 by default. Flow
+it had, and can lose answers on purpose. It is served by a `LoopbackServer`
+(`agents.testing.loopback`): uvicorn in a daemon thread on 127.0.0.1, port 0 by default. Flow
 runs reach it through `HttpHelpdesk` (`STALWART_HELPDESK_URL`), exactly as a real API.
 """
 
 from __future__ import annotations
 
 import itertools
-import socket
 import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from agents.testing.loopback import LoopbackServer
 from flows.helpdesk.adapter import HttpHelpdesk
 
 
@@ -134,8 +132,10 @@ def build_app(state: HelpdeskState) -> Starlette:
     )
 
 
-class SimulatedHelpdesk:
+class SimulatedHelpdesk(LoopbackServer):
     """The simulated helpdesk, served on loopback from a background thread.
+
+    Its life cycle (`start`, `stop`, `url`, `port`, use as `with`) is `LoopbackServer`'s.
 
     Attributes:
         state: The live record: `state.summary()`, `state.effects_by_ticket()`, and
@@ -151,81 +151,17 @@ class SimulatedHelpdesk:
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.state = HelpdeskState()
-        self.host = host
-        self._requested_port = port
-        self.port: int | None = None
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__(
+            lambda: build_app(self.state),
+            host=host,
+            port=port,
+            label="The simulated helpdesk",
+            thread_name="simulated-helpdesk",
+        )
 
     def __repr__(self) -> str:
         return f"SimulatedHelpdesk({self.host}:{self.port})"
 
-    @property
-    def url(self) -> str:
-        """`http://127.0.0.1:<port>` (after `start`)."""
-        if self.port is None:
-            raise RuntimeError("The simulated helpdesk has not been started.")
-        return f"http://{self.host}:{self.port}"
-
     def adapter(self) -> HttpHelpdesk:
         """An `HttpHelpdesk` talking to this server."""
         return HttpHelpdesk(self.url)
-
-    def start(self) -> SimulatedHelpdesk:
-        """Serve in a daemon thread; return once it has started (10 s at most)."""
-        if self._thread is not None and self._thread.is_alive():
-            return self
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self._requested_port))
-        self.port = int(sock.getsockname()[1])
-        config = uvicorn.Config(
-            build_app(self.state),
-            http="h11",
-            ws="none",
-            loop="asyncio",
-            lifespan="off",
-            log_config=None,
-            log_level=None,
-            timeout_keep_alive=75,
-            timeout_graceful_shutdown=2,
-            backlog=2048,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run,
-            kwargs={"sockets": [sock]},
-            name=f"simulated-helpdesk-{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10.0
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"The simulated helpdesk on port {self.port} did not start.")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        """Stop serving (bounded: a few seconds at most)."""
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None or thread is None:
-            return
-        server.should_exit = True
-        thread.join(timeout=5.0)
-        if thread.is_alive():
-            server.force_exit = True
-            thread.join(timeout=2.0)
-
-    def __enter__(self) -> SimulatedHelpdesk:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

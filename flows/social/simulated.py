@@ -3,7 +3,8 @@
 This module owns the simulated platform: its rules (a token bucket per account and one for the
 whole platform, answered with 429 + `Retry-After`; one post per idempotency key), its record of
 every post request, its deterministic audience (`flows.social.engagement`) and its life cycle
-(uvicorn in a daemon thread on 127.0.0.1, port 0 by default, like the bundled model server).
+(a `LoopbackServer` from `agents.testing.loopback`: uvicorn in a daemon thread on 127.0.0.1,
+port 0 by default, like the bundled model server).
 The campaign talks to it only through `HttpPlatform`, exactly as it would to a real network.
 """
 
@@ -12,23 +13,21 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import socket
 import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
-import uvicorn
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from agents.testing.loopback import LoopbackServer
 from flows.social.engagement import Audience
 from flows.social.models import Limit, PostContent, PostEngagement, PostReceipt, RateLimits
 from flows.social.platform import HttpPlatform
@@ -249,8 +248,10 @@ def load_config(config: Mapping[str, Any] | str | Path | None) -> dict[str, Any]
     return dict(config)
 
 
-class SimulatedPlatform:
+class SimulatedPlatform(LoopbackServer):
     """The simulated social platform, served on loopback from a background thread.
+
+    Its life cycle (`start`, `stop`, `url`, `port`, use as `with`) is `LoopbackServer`'s.
 
     Attributes:
         state: The live state: `state.faults` to inject 429 bursts or lost answers,
@@ -274,22 +275,17 @@ class SimulatedPlatform:
         loaded = load_config(config)
         limits = limits or RateLimits.model_validate(loaded.get("limits") or {})
         self.state = PlatformState(limits=limits, config=loaded)
-        self.host = host
-        self._requested_port = port
         self._name = name
-        self.port: int | None = None
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__(
+            lambda: build_app(self.state),
+            host=host,
+            port=port,
+            label="The simulated platform",
+            thread_name="simulated-platform",
+        )
 
     def __repr__(self) -> str:
         return f"SimulatedPlatform({self.host}:{self.port})"
-
-    @property
-    def url(self) -> str:
-        """`http://127.0.0.1:<port>` (after `start`)."""
-        if self.port is None:
-            raise RuntimeError("The simulated platform has not been started.")
-        return f"http://{self.host}:{self.port}"
 
     @property
     def name(self) -> str:
@@ -326,63 +322,3 @@ class SimulatedPlatform:
                 start += 1
             best = max(best, end - start + 1)
         return best
-
-    # -- life cycle --------------------------------------------------------------------------
-
-    def start(self) -> SimulatedPlatform:
-        """Serve in a daemon thread; return once connections are accepted (10 s at most)."""
-        if self._thread is not None and self._thread.is_alive():
-            return self
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self._requested_port))
-        self.port = int(sock.getsockname()[1])
-        config = uvicorn.Config(
-            build_app(self.state),
-            http="h11",
-            ws="none",
-            loop="asyncio",
-            lifespan="off",
-            log_config=None,
-            log_level=None,
-            timeout_keep_alive=75,
-            timeout_graceful_shutdown=2,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run,
-            kwargs={"sockets": [sock]},
-            name=f"simulated-platform-{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10.0
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"The simulated platform on port {self.port} did not start.")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        """Stop serving (bounded: a few seconds at most)."""
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None or thread is None:
-            return
-        server.should_exit = True
-        thread.join(timeout=5.0)
-        if thread.is_alive():
-            server.force_exit = True
-            thread.join(timeout=2.0)
-
-    def __enter__(self) -> SimulatedPlatform:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
