@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 from agents.store import ledger
 from agents.store.decisions import (
-    cost_of,
     find_decisions,
     get_decision,
     prune,
@@ -69,7 +68,6 @@ __all__ = [
     "StepResult",
     "StepRun",
     "actions",
-    "cost_of",
     "current_revision",
     "dispose_engines",
     "downgrade",

@@ -26,7 +26,6 @@ from sqlalchemy import ColumnElement, delete, update
 from sqlmodel import Session, SQLModel, col, select
 
 from agents.declare.decision import LadderPath
-from agents.settings import get_current_settings
 from agents.store._convert import parse_since, require_tenant, to_json_value
 from agents.store._writes import insert_ignoring, upsert
 from agents.store.engine import reconnecting, retrying, session
@@ -45,7 +44,6 @@ __all__ = [
     "MAX_BATCH_SIZE",
     "PRUNED_CACHE_TABLES",
     "PRUNED_TABLES",
-    "cost_of",
     "find_decisions",
     "get_decision",
     "logged_decision",
@@ -157,44 +155,6 @@ def logged_decision(
     )
     with session(url) as s:
         return s.exec(query).first()
-
-
-def cost_of(model: str | None, tokens_in: int, tokens_out: int) -> float:
-    """What a model call cost in USD, from the price table in settings (`model_prices`) and the
-    prices of the `STALWART_MODEL_BLOCK` block, which win for that block's model.
-
-    Prices are USD per 1,000 tokens, `(input, output)`, per model name
-    (`STALWART_MODEL_PRICES='{"gpt-4o": [0.0025, 0.01]}'`). An unknown model (or None) costs 0.0;
-    negative token counts count as 0.
-
-    Args:
-        model: the model name as sent to the endpoint.
-        tokens_in: prompt tokens.
-        tokens_out: completion tokens.
-
-    Example:
-        >>> from agents.settings import temporary_settings
-        >>> with temporary_settings(model_prices={"gpt-4o": (0.0025, 0.01)}):
-        ...     round(cost_of("gpt-4o", 2000, 500), 6)
-        0.01
-        >>> cost_of("unknown-model", 2000, 500)
-        0.0
-    """
-    if model is None:
-        return 0.0
-    settings = get_current_settings()
-    prices = settings.model_prices.get(model)
-    if settings.model_block:
-        # The model block's prices replace the STALWART_MODEL_PRICES entry of its model.
-        from agents.blocks import model_block
-
-        block = model_block()
-        if block is not None:
-            prices = block.prices().get(model, prices)
-    if prices is None:
-        return 0.0
-    price_in, price_out = prices
-    return (max(tokens_in, 0) * price_in + max(tokens_out, 0) * price_out) / 1000.0
 
 
 @reconnecting
