@@ -83,9 +83,9 @@ class Settings(BaseSettings):
     )
     breaker_failure_threshold: int = Field(
         # 20, not 5: at 30% transient faults (retried to success) five failures in a row
-        # happen a few times per thousand requests, and each opened the breaker for every
-        # call of every worker (W1 lost 444 of 1,000 tickets); 0.3^20 never happens, while a
-        # real outage fails 20 requests within a second or two.
+        # happen a few times per thousand requests, and each opens the breaker for every call
+        # of every worker; 0.3^20 never happens, while a real outage fails 20 requests within a
+        # second or two (docs/measurements.md, circuit breaker).
         default=20,
         ge=1,
         description="Consecutive transient failures that open an endpoint's circuit breaker.",

@@ -13,15 +13,14 @@ process) with two changes:
 
 Why: Prefect 3.9's process worker builds two `httpx.AsyncClient`s for every flow run, and each
 loads certifi's CA bundle into a fresh `ssl.SSLContext` (OpenSSL memory that tracemalloc does not
-see). The clients end up in reference cycles, so they are freed only by a full (generation 2)
-collection, which CPython runs only after tens of thousands of objects have survived into the
-oldest generation: 25 to 40 dead clients were alive at any time, glibc's in-use heap grew about
-0.7 MB per flow run, and what a late collection freed mostly stayed in the heap. A full
-collection of the worker's ~130,000 tracked objects takes about 50 ms. In the reliability
-suite's soak (`bench/faults/s9_soak.py`) the workers grew by tens of MB per wave. Collecting and
-trimming every 10 s kept a worker at 97 MB over 140 flow runs
-(`bench/faults/prefect_worker_rss.py`); trimming alone took only 40% off the growth. Off glibc
-(macOS, musl) only the collection runs.
+see). The clients end up in reference cycles, so only a full (generation 2) collection frees
+them, and CPython runs one only after tens of thousands of objects have survived into the oldest
+generation; meanwhile dead clients pile up, and what a late collection frees mostly stays in
+glibc's heap. A regular full collection frees the clients while they are few, and
+`malloc_trim(0)` right after it gives the freed heap back; the collection costs little next to
+the default 60 s interval, and trimming without collecting first leaves the clients alive. Off
+glibc (macOS, musl) only the collection runs. The measurements behind this are in
+`docs/measurements.md` (worker memory); `bench/faults/prefect_worker_rss.py` repeats them.
 
 Example:
     >>> resilient_process_worker().type

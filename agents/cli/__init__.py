@@ -12,7 +12,7 @@ def main() -> None:
     """Entry point of the `stalwart` script.
 
     `stalwart worker` goes straight to `agents.worker`: Prefect's worker process then loads
-    neither the CLI nor the runtime (about 70 MB of RSS it would never use).
+    neither the CLI nor the runtime, memory it would never use (docs/measurements.md).
     """
     if sys.argv[1:2] == ["worker"]:
         from agents.worker import main as worker_main
