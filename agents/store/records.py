@@ -2,10 +2,11 @@
 
 A batch of agent runs produces, per run, a start row, step rows, decision rows and an end
 update. Writing each in its own transaction costs a commit per row group; `RecordWriter` queues
-them and flushes every `interval` seconds (or at `max_rows`) in one transaction, folding a
-run's end into its still-unwritten start row. `close()` flushes what is left. A process killed
-between flushes loses at most `interval` seconds of records, never a step result or an action
-(those are written by their own tasks before the run goes on).
+them and writes everything queued in one transaction when `flush()` is called, folding a run's
+end into its still-unwritten start row. The writer never flushes on its own: its owner calls
+`flush()` (the batch runner does so periodically and once more when the batch ends). A process
+killed between flushes loses the records queued since the last one, never a step result or an
+action (those are written by their own tasks before the run goes on).
 
 Flushes run one at a time (`_flushing`): a run's end may be queued while the flush holding its
 start row is still writing, and a second flush that ran beside it would update a row not yet
@@ -17,16 +18,19 @@ status), so a flush whose COMMIT landed before the connection dropped adds nothi
 time, and rows kept after a failed flush never wedge the next one on a duplicate key.
 
 Example:
-    >>> writer = RecordWriter(url="sqlite://")  # doctest: +SKIP
-    >>> writer.start_run(run); writer.end_run(run.id, status="completed")  # doctest: +SKIP
-    >>> writer.flush()  # doctest: +SKIP
+    >>> writer = RecordWriter(url="sqlite://")
+    >>> run = AgentRun(tenant="acme", agent="triage", run_key="t-1", status="running",
+    ...                inputs_digest="0" * 64)
+    >>> writer.start_run(run)
+    >>> writer.end_run(run.id, status="completed")
+    >>> writer.flush()  # one row: the run, written once, already completed
+    1
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, update
@@ -57,9 +61,8 @@ class _Pending:
 class RecordWriter:
     """Buffers run, step and decision rows and writes them in one transaction per flush."""
 
-    def __init__(self, url: str | None = None, max_rows: int = 500) -> None:
+    def __init__(self, url: str | None = None) -> None:
         self.url = url
-        self.max_rows = max_rows
         self._lock = threading.Lock()
         self._flushing = threading.Lock()
         self._pending = _Pending()
@@ -84,8 +87,9 @@ class RecordWriter:
     ) -> None:
         """Queue how a run ended, with its step and decision rows.
 
-        `recovered` decisions stand in for rows another execution may still write (see
-        `CompiledAgent._logged_decision`): they are inserted only where no row is stored.
+        `recovered` decisions stand in for rows another execution may still write (a step taken
+        from the cache reports the decision its first execution logged, under that decision's
+        id): they are inserted only where no row is stored.
         """
         finished = utcnow()
         with self._lock:
@@ -108,10 +112,6 @@ class RecordWriter:
             pending.decisions.extend(decisions or ())
             pending.recovered.extend(recovered or ())
             self.decisions_seen.extend(decisions or ())
-
-    def due(self) -> bool:
-        """Whether enough rows are queued to flush now."""
-        return self._pending.size() >= self.max_rows
 
     def flush(self) -> int:
         """Write everything queued in one transaction; returns the number of rows written.
@@ -141,7 +141,12 @@ class RecordWriter:
         """One transaction; safe to repeat (see the module docstring)."""
         with session(self.url) as s:
             if pending.runs:
-                upsert(s, AgentRun, [_row(r) for r in pending.runs.values()], _RUN_END_COLUMNS)
+                upsert(
+                    s,
+                    AgentRun,
+                    [r.model_dump() for r in pending.runs.values()],
+                    _RUN_END_COLUMNS,
+                )
             if pending.ends:
                 # A Core executemany, not an ORM bulk update by primary key.
                 table = AgentRun.metadata.tables["agent_run"]
@@ -157,7 +162,7 @@ class RecordWriter:
                     pending.ends,
                 )
             if pending.steps:
-                insert_ignoring(s, StepRun, [_row(r) for r in pending.steps])
+                insert_ignoring(s, StepRun, [r.model_dump() for r in pending.steps])
             if pending.decisions or pending.recovered:
                 from agents.store.decisions import record_decisions_in
 
@@ -165,11 +170,3 @@ class RecordWriter:
 
 
 _RUN_END_COLUMNS = ("status", "error", "finished_at", "duration_ms")
-
-
-def _row(model: AgentRun | StepRun) -> dict[str, Any]:
-    data = model.model_dump()
-    for key, value in data.items():
-        if isinstance(value, datetime) and value.tzinfo is None:
-            data[key] = value
-    return data
