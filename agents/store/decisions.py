@@ -25,7 +25,6 @@ import sqlalchemy as sa
 from sqlalchemy import ColumnElement, delete, update
 from sqlmodel import Session, SQLModel, col, select
 
-from agents.declare.decision import LadderPath
 from agents.store._convert import parse_since, require_tenant, to_json_value
 from agents.store._writes import insert_ignoring, upsert
 from agents.store.engine import reconnecting, retrying, session
@@ -148,7 +147,7 @@ def logged_decision(
             col(DecisionRecord.run_key) == run_key,
             col(DecisionRecord.step) == step,
             col(DecisionRecord.input_digest) == input_digest,
-            col(DecisionRecord.path) != LadderPath.SHADOW.value,
+            col(DecisionRecord.path) != "shadow",
         )
         .order_by(col(DecisionRecord.created_at).desc())
         .limit(1)

@@ -14,7 +14,6 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-from agents.declare.decision import LadderPath
 from agents.store._convert import UTCDateTime
 
 
@@ -140,9 +139,9 @@ class ActionRecord(SQLModel, table=True):
 class DecisionRecord(SQLModel, table=True):
     """One decision of a reasoning step: inputs, model, output, confidence, path and outcome.
 
-    `path` is how the decision was reached: a `LadderPath` value (`direct`, `fallback_model`,
-    `human`, `default`, `held`, `rejected`, or `shadow` for a candidate model's decision). The
-    outcome is written later (by a learning step or feedback).
+    `path` is how the decision was reached, an `agents.declare.decision.LadderPath` value:
+    `direct`, `fallback_model`, `human`, `default`, `held`, `rejected`, or `shadow` for a
+    candidate model's decision. The outcome is written later (by a learning step or feedback).
     """
 
     __tablename__ = "decision_record"
@@ -172,7 +171,7 @@ class DecisionRecord(SQLModel, table=True):
     confidence: float | None = Field(default=None, index=True)
     logprobs: Any = Field(default=None, nullable=True, sa_type=sa.JSON)
     rationale: str | None = Field(default=None, sa_type=sa.Text)
-    path: str = Field(default=LadderPath.DIRECT.value, max_length=20, index=True)
+    path: str = Field(default="direct", max_length=20, index=True)
     reviewer: str | None = Field(default=None, max_length=200)
     correction: Any = Field(default=None, nullable=True, sa_type=sa.JSON)
     tokens_in: int = 0
