@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 
 __all__ = ["parse_duration", "parse_timedelta"]
@@ -38,8 +39,8 @@ def parse_duration(value: float | str | timedelta) -> float:
         raise ValueError(
             f"duration {value!r}: use a number of seconds or a number with s, m, h, d or w"
         ) from None
-    if seconds < 0:
-        raise ValueError(f"duration {value!r}: must not be negative")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"duration {value!r}: must be a finite number, not negative")
     return seconds
 
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, TypeAdapter
 
 from agents.decisions import parse_since, query
+from agents.declare.decision import LadderPath
 from agents.declare.step import resolve_hints
 from agents.execution.call import StepCall
 from agents.execution.inject import inject
@@ -273,7 +274,7 @@ async def ashadow(
         for r in query(
             tenant=tenant, agent=agent.name, step=step, since=parse_since(since), limit=100_000
         )
-        if r.path != "shadow" and r.output
+        if r.path != LadderPath.SHADOW and r.output
     ]
     if sample is not None and len(rows) > sample:
         rows = random.Random(seed).sample(rows, sample)

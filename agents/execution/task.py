@@ -121,7 +121,7 @@ def twin_completed(record: Any, call: StepCall, scope: RunScope) -> bool:
     started, completed = scope.started_at, record.completed_at
     if started is None or completed is None:
         return False
-    return bool(as_utc(completed) > as_utc(started))
+    return bool(completed > as_utc(started))  # loaded columns are aware UTC
 
 
 def conflict_state(trace: StepTrace, exc: ActionInProgress) -> Any:
