@@ -63,6 +63,7 @@ class Step(Generic[P, R]):
     Calling a step calls the function itself, so steps stay testable as plain Python.
 
     Example:
+        >>> from agents import Agent
         >>> agent = Agent("echo")
         >>> @agent.perception
         ... def words(text: str) -> list[str]:

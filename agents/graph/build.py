@@ -34,7 +34,7 @@ def build_graph(
         >>> build_graph("empty", [])
         Traceback (most recent call last):
         ...
-        agents.errors.DeclarationError: agent 'empty' is not valid:
+        agents.errors.DeclarationError: Agent 'empty' has 1 declaration problem:
           - the agent declares no steps
     """
     problems: list[str] = []
