@@ -87,3 +87,10 @@ def test_configuration_imports_nothing_above_it() -> None:
 
 def test_nothing_in_agents_imports_flows() -> None:
     assert imports_outside(AGENTS, "flows") == {}
+
+
+def test_the_architecture_page_names_every_module() -> None:
+    page = (AGENTS.parent / "docs" / "architecture.md").read_text()
+    modules = sorted(str(p.relative_to(AGENTS.parent)) for p in AGENTS.rglob("*.py"))
+    missing = [m for m in modules if f"`{m}`" not in page]
+    assert missing == [], f"docs/architecture.md lacks {missing}"
