@@ -3,7 +3,8 @@
 This module owns `Endpoint` (where and how to call a model; the key is a secret) and
 `resolve_endpoint`, which picks the endpoint in force: the `STALWART_MODEL_BLOCK` block (an
 `agents.blocks.ModelEndpoint`), else `STALWART_MODEL_URL` and its companion settings, else the
-bundled offline model server, started in-process once (`bundled_model_url`).
+offline model server named with `use_offline_server` (`agents.resources.llm` names the bundled
+one, `agents.modelserver`, started in-process on first use). It imports configuration only.
 
 Example:
     >>> from agents.settings import temporary_settings
@@ -14,16 +15,17 @@ Example:
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
+from agents.errors import ConfigurationError
 from agents.settings import get_current_settings
 
-__all__ = ["Endpoint", "bundled_model_url", "resolve_endpoint"]
+__all__ = ["Endpoint", "OfflineServer", "resolve_endpoint", "use_offline_server"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,32 +72,42 @@ class Endpoint:
         return f"Endpoint(name={self.name!r}, base_url={self.base_url!r}, model={self.model!r})"
 
 
-_bundled_lock = threading.Lock()
-_bundled_server: Any = None
+OfflineServer = Callable[[], str]
+"""Starts (once) the offline model server used when no endpoint is configured; returns its URL."""
+
+_offline_server: OfflineServer | None = None
 
 
-def bundled_model_url() -> str:
-    """Start the bundled offline model server once per process and return its base URL.
+def use_offline_server(start: OfflineServer) -> None:
+    """Name what `resolve_endpoint` starts when neither a block nor `STALWART_MODEL_URL` is set.
+
+    `agents.resources.llm` names the bundled model server (`bundled_model_url`) when it is
+    imported, so every model call has an endpoint with no configuration at all.
+
+    Args:
+        start: Returns the base URL of the offline server, starting it on the first call.
 
     Example:
-        >>> bundled_model_url()  # doctest: +SKIP
-        'http://127.0.0.1:41234/v1'
+        >>> use_offline_server(lambda: "http://127.0.0.1:8089/v1")  # doctest: +SKIP
     """
-    global _bundled_server
-    with _bundled_lock:
-        if _bundled_server is None:
-            # Imported here: the server (uvicorn, starlette) loads only when it is needed.
-            from agents.modelserver import ModelServer
+    global _offline_server
+    _offline_server = start
 
-            server = ModelServer(port=0)
-            server.start()
-            _bundled_server = server
-        return str(_bundled_server.url)
+
+def _offline_url() -> str:
+    start = _offline_server
+    if start is None:
+        raise ConfigurationError(
+            "No model endpoint is configured: set STALWART_MODEL_URL or STALWART_MODEL_BLOCK "
+            "(the bundled offline model server starts by itself once agents.resources.llm is "
+            "imported)."
+        )
+    return start()
 
 
 def resolve_endpoint(model: str | None = None) -> Endpoint:
     """The endpoint in force: the `STALWART_MODEL_BLOCK` block, `STALWART_MODEL_URL`, or the
-    bundled offline server.
+    offline model server (the bundled one, see `use_offline_server`).
 
     With `STALWART_MODEL_BLOCK=<name>` the saved `agents.blocks.ModelEndpoint` of that name
     (loaded once per process) gives the URL, models, key and timeout (the instructor mode and
@@ -105,7 +117,8 @@ def resolve_endpoint(model: str | None = None) -> Endpoint:
         model: Ask this model instead of `STALWART_MODEL` (or the block's model).
 
     Raises:
-        ConfigurationError: `STALWART_MODEL_BLOCK` names a block that cannot be loaded.
+        ConfigurationError: `STALWART_MODEL_BLOCK` names a block that cannot be loaded, or no
+            endpoint is configured and no offline server is named.
 
     Example:
         >>> resolve_endpoint().model  # doctest: +SKIP
@@ -128,7 +141,7 @@ def resolve_endpoint(model: str | None = None) -> Endpoint:
             name=f"block:{settings.model_block}",
             fallback_model=block.fallback_model,
         )
-    base_url = settings.model_url or bundled_model_url()
+    base_url = settings.model_url or _offline_url()
     return Endpoint(
         base_url=base_url,
         model=model or settings.model,

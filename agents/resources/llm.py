@@ -21,8 +21,8 @@ call this module applies Stalwart's policy (`agents.policy`), in one layer:
    actually used, raw output, logprobs, prompt digest, whether it was cached) to `LLM.calls`.
 
 No error message names the API key. Without an explicit `Endpoint`, the handle calls the one
-`agents.endpoint.resolve_endpoint` picks (the bundled offline model server when none is
-configured).
+`agents.endpoint.resolve_endpoint` picks; with none configured that is the bundled offline model
+server, which this module starts in-process on first use (`bundled_model_url`).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import openai
 from instructor.core.hooks import Hooks
 from pydantic import BaseModel, ValidationError
 
-from agents.endpoint import Endpoint, resolve_endpoint
+from agents.endpoint import Endpoint, resolve_endpoint, use_offline_server
 from agents.errors import ModelOutputError, ProviderRejected, ProviderUnavailable
 from agents.policy import llm_cache
 from agents.policy.breaker import Permit, breaker_key, get_breaker, public_url
@@ -55,7 +55,7 @@ from agents.policy.retry import (
 from agents.redact import scrub_text
 from agents.settings import Settings, get_current_settings
 
-__all__ = ["LLM", "LLMCall"]
+__all__ = ["LLM", "LLMCall", "bundled_model_url"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,35 @@ class LLMCall:
     logprobs: Any = None
     cached: bool = False
     path_model: PathModel = "primary"
+
+
+_bundled_lock = threading.Lock()
+_bundled_server: Any = None
+
+
+def bundled_model_url() -> str:
+    """Start the bundled offline model server once per process and return its base URL.
+
+    `resolve_endpoint` calls it when neither `STALWART_MODEL_BLOCK` nor `STALWART_MODEL_URL` is
+    set (named with `use_offline_server` below).
+
+    Example:
+        >>> bundled_model_url()  # doctest: +SKIP
+        'http://127.0.0.1:41234/v1'
+    """
+    global _bundled_server
+    with _bundled_lock:
+        if _bundled_server is None:
+            # Imported here: the server (uvicorn, starlette) loads only when it is needed.
+            from agents.modelserver import ModelServer
+
+            server = ModelServer(port=0)
+            server.start()
+            _bundled_server = server
+        return str(_bundled_server.url)
+
+
+use_offline_server(bundled_model_url)
 
 
 _clients_lock = threading.Lock()
