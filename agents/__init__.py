@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from agents.store.memory import Memory
 
 # Imported on first use (PEP 562), so a process that needs one small module (`stalwart worker`
-# runs `agents.worker` inside Prefect's worker) does not load the runtime: 64 MB of RSS.
+# runs `agents.worker` inside Prefect's worker) does not load the runtime.
 _HOMES = {
     "Agent": "agents.declare.agent",
     "Decision": "agents.declare.decision",

@@ -30,13 +30,14 @@ from pydantic import BaseModel, TypeAdapter
 from agents.decisions import parse_since, query
 from agents.declare.decision import LadderPath
 from agents.declare.step import resolve_hints
+from agents.endpoint import resolve_endpoint
 from agents.execution.call import StepCall
 from agents.execution.inject import inject
 from agents.execution.task import invoke
 from agents.graph import AgentGraph
 from agents.learning.feedback import answer, is_correct, latest
 from agents.pricing import cost_of
-from agents.resources.llm import LLM, resolve_endpoint
+from agents.resources.llm import LLM
 from agents.store.tables import DecisionRecord, Feedback
 
 if TYPE_CHECKING:

@@ -7,13 +7,14 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from agents.declare.decision import LadderPath
+from agents.endpoint import resolve_endpoint
 from agents.execution.call import StepCall
 from agents.execution.inject import inject
 from agents.execution.ladder import LadderOutcome
 from agents.execution.rows import decision_row
 from agents.execution.task import invoke
 from agents.observe import scrub_text
-from agents.resources.llm import LLM, LLMCall, resolve_endpoint
+from agents.resources.llm import LLM, LLMCall
 
 if TYPE_CHECKING:
     from agents.graph import StepNode

@@ -9,12 +9,13 @@ from typing import Any
 from prefect.states import Cancelled
 from pydantic import TypeAdapter
 
+from agents.endpoint import resolve_endpoint
 from agents.errors import ActionInProgress
 from agents.execution.call import RunScope, StepCall, StepTrace
 from agents.execution.inject import inject
 from agents.execution.threads import in_thread
 from agents.graph import StepNode
-from agents.resources.llm import LLM, resolve_endpoint
+from agents.resources.llm import LLM
 from agents.store import ledger
 from agents.store._convert import as_utc
 from agents.store.decisions import record_decisions
