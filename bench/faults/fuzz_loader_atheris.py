@@ -28,8 +28,8 @@ def check(data: bytes, compiled: Any) -> None:
     Example:
         >>> check(b"not json", compiled)  # doctest: +SKIP
     """
-    from agents.inputs import BATCH_PARAMETER_BYTES, input_problem
     from agents.cli._run import Rejected, parse_line
+    from agents.inputs import BATCH_PARAMETER_BYTES, input_problem
 
     parsed = parse_line(1, data, compiled, MAX_BYTES)
     if isinstance(parsed, Rejected):

@@ -190,8 +190,8 @@ def check_loader(lines: Sequence[bytes], compiled: Any, max_bytes: int) -> list[
         >>> check_loader([b'{"raw": {}}', b"\\xff"], compiled, 1000)  # doctest: +SKIP
         []
     """
-    from agents.inputs import BATCH_PARAMETER_BYTES, input_problem
     from agents.cli._run import read_inputs
+    from agents.inputs import BATCH_PARAMETER_BYTES, input_problem
 
     problems: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -412,8 +412,8 @@ def _cli_run(path: Path, tenant: str, env: dict[str, str]) -> list[dict[str, Any
     """`stalwart run ticket-triage --output json` in this process (settings from `env`)."""
     from typer.testing import CliRunner
 
-    from agents.settings import reload_settings
     from agents.cli import app
+    from agents.settings import reload_settings
 
     with _environment(**env):
         reload_settings()

@@ -96,8 +96,8 @@ def run(short: bool = False, *, runs: int | None = None) -> ScenarioResult:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from prefect.testing.utilities import prefect_test_harness
 
-    from agents.settings import reload_settings
     from agents.modelserver import ModelServer
+    from agents.settings import reload_settings
     from agents.testing.secrets import LogCapture, exercise, find_leaks, sources
     from agents.testing.sentry import SentryReceiver
 
