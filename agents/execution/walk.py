@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -312,22 +312,7 @@ class RunWalk:
         """The step failed after its retries: its branch stops; the run fails."""
         assert attempt.error is not None
         error = describe(attempt.error)
-        self.statuses[node.name] = "failed"
-        if self.result.error is None:
-            self.result.error = f"{node.name}: {error}"
-        self.records.steps.append(
-            step_row(
-                self.graph.name,
-                node.step,
-                self.result,
-                "failed",
-                attempts=attempt.trace.attempts,
-                duration_ms=attempt.elapsed_ms,
-                task_run_id=attempt.task_run_id,
-                error=error,
-                llm_calls=attempt.trace.llm_calls,
-            )
-        )
+        self._stop(node, attempt, "failed", error, f"{node.name}: {error}", attempt.trace.llm_calls)
 
     def handle_conflict(self, node: StepNode, attempt: Attempt) -> None:
         """A twin execution holds the action: stop this branch cleanly, no Sentry event."""
@@ -339,19 +324,33 @@ class RunWalk:
             self.result.tenant,
             attempt.conflict,
         )
-        self.statuses[node.name] = "conflict"
+        run_error = f"{node.name}: ActionInProgress: {attempt.conflict}"
+        self._stop(node, attempt, "conflict", attempt.conflict, run_error, ())
+
+    def _stop(
+        self,
+        node: StepNode,
+        attempt: Attempt,
+        status: StepStatus,
+        error: str | None,
+        run_error: str,
+        llm_calls: Sequence[LLMCall],
+    ) -> None:
+        """End the step's branch with `status`; the run's error is its first stopped step's."""
+        self.statuses[node.name] = status
         if self.result.error is None:
-            self.result.error = f"{node.name}: ActionInProgress: {attempt.conflict}"
+            self.result.error = run_error
         self.records.steps.append(
             step_row(
                 self.graph.name,
                 node.step,
                 self.result,
-                "conflict",
+                status,
                 attempts=attempt.trace.attempts,
                 duration_ms=attempt.elapsed_ms,
                 task_run_id=attempt.task_run_id,
-                error=attempt.conflict,
+                error=error,
+                llm_calls=llm_calls,
             )
         )
 
