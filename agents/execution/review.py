@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import weakref
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from prefect.flow_runs import pause_flow_run
@@ -37,9 +36,8 @@ class Reviewer:
 
     def __init__(self, agent: str) -> None:
         self.agent = agent
-        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
-            weakref.WeakKeyDictionary()
-        )
+        # By loop id, not a weak mapping: the runner travels pickled with the flow (`serve`).
+        self._locks: dict[int, asyncio.Lock] = {}
 
     async def ask(
         self,
@@ -94,7 +92,7 @@ class Reviewer:
         return verdict
 
     def _lock(self) -> asyncio.Lock:
-        loop = asyncio.get_running_loop()
+        loop = id(asyncio.get_running_loop())
         lock = self._locks.get(loop)
         if lock is None:
             lock = self._locks[loop] = asyncio.Lock()
