@@ -3,7 +3,7 @@ agent through every path that handles them, and search everything Stalwart wrote
 
 This module owns the search (`exercise`, `find_leaks` and the source readers); the caller owns
 the services it runs against (a model server, a PostgreSQL database, a Sentry receiver, a Prefect
-API) and what it captures from logs and the process's output. `tests/test_secrets.py` and
+API) and what it captures from logs and the process's output. `tests/faults/test_secrets.py` and
 `bench/faults/s6_secrets.py` both use it.
 
 Example:

@@ -1,7 +1,7 @@
 """The reliability suite's one result type and its one table.
 
 Every scenario module `bench/faults/sN_<name>.py` exposes `run(short: bool = False) ->
-ScenarioResult` (short: the bounded version `.ci/run` runs through `tests/test_faults_*.py`)
+ScenarioResult` (short: the bounded version `.ci/run` runs through `tests/faults/`)
 and a `main()` that prints its one-row table; `bench/faults/run_all.py` runs them all and prints
 one table.
 

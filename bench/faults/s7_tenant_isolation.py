@@ -11,7 +11,7 @@ the examples) the CLI's runs, memory and decisions. A must still read its own ro
 
 runs = examples tried (SQLite + PostgreSQL), completed = examples where every path held,
 failures = the first cross-tenant reads found (hypothesis shrinks them to a minimal pair).
-`tests/test_isolation_properties.py` runs the same checks with fewer examples.
+`tests/faults/test_isolation_properties.py` runs the same checks with fewer examples.
 """
 
 from __future__ import annotations

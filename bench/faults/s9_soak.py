@@ -24,7 +24,7 @@ Pass criteria (computed):
   least 3 waves);
 - prune: deletes ≥ 90% of the prunable rows (rows of the pruned tables older than the cutoff).
 
-`run_inprocess` is the short CI version (`tests/test_soak.py`): the same waves, measures and
+`run_inprocess` is the short CI version (`tests/faults/test_soak.py`): the same waves, measures and
 criteria with `agent.batch` in this process against PostgreSQL, no Prefect server.
 """
 
