@@ -109,11 +109,21 @@ def prefect_server() -> Iterator[Any]:
 
 @pytest.fixture
 def on_prefect_server(prefect_server: Any) -> Iterator[Any]:
-    """Make `prefect_server` the Prefect API in force for this test (in this process)."""
+    """Make `prefect_server` the Prefect API in force for this test (in this process).
+
+    Prefect keeps one events worker per process for any running server, bound to the API URL in
+    force when it started: it is drained before and after, so task-run events go to the server
+    of the test that made them (the tests after this one use the test harness again).
+    """
+    from prefect.events.worker import EventsWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    EventsWorker.drain_all()
     with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}):
-        yield prefect_server
+        try:
+            yield prefect_server
+        finally:
+            EventsWorker.drain_all()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -51,7 +51,7 @@ class KillWorker(Fault):
     _cached = 0
 
     def ready(self, stack: Stack) -> bool:
-        waiting = processes_on_ports(stack.model.stats.ports_in_flight())
+        waiting = processes_on_ports(stack.model.stats.ports_in_flight(), stack.model.port)
         busy = [i for i, w in enumerate(stack.workers) if waiting & set(descendants(w.pid))]
         self.victim = busy[0] if busy else None
         return self.victim is not None
@@ -94,10 +94,12 @@ def cached(stack: Stack) -> int:
     return int(row[0]) if row else 0
 
 
-def processes_on_ports(ports: set[int]) -> set[int]:
-    """Pids of this user's processes holding a TCP socket bound locally to one of `ports`.
+def processes_on_ports(ports: set[int], remote_port: int | None = None) -> set[int]:
+    """Pids of this user's processes holding a TCP socket bound locally to one of `ports` (and,
+    with `remote_port`, connected to that port: Linux gives one local port to connections to
+    different destinations, so a long-lived process may hold the same local port elsewhere).
 
-    Reads /proc/net/tcp and tcp6 (port to socket inode) and /proc/<pid>/fd (inode to process).
+    Reads /proc/net/tcp and tcp6 (ports to socket inode) and /proc/<pid>/fd (inode to process).
 
     Example:
         >>> processes_on_ports(set())
@@ -110,7 +112,9 @@ def processes_on_ports(ports: set[int]) -> set[int]:
         with contextlib.suppress(OSError):
             for line in Path(table).read_text().splitlines()[1:]:
                 fields = line.split()
-                if len(fields) > 9 and int(fields[1].rsplit(":", 1)[1], 16) in ports:
+                if len(fields) <= 9 or int(fields[1].rsplit(":", 1)[1], 16) not in ports:
+                    continue
+                if remote_port is None or int(fields[2].rsplit(":", 1)[1], 16) == remote_port:
                     inodes.add(f"socket:[{fields[9]}]")
     found: set[int] = set()
     for entry in Path("/proc").iterdir():

@@ -175,7 +175,7 @@ def parse_json_stream(text: str) -> list[dict[str, Any]]:
             out.append(value)
 
 
-# -- the loader property (shared with tests/faults/test_hostile_input.py) ----------------------------
+# -- the loader property (shared with tests/faults/test_hostile_input.py) ------------------
 
 
 def check_loader(lines: Sequence[bytes], compiled: Any, max_bytes: int) -> list[str]:

@@ -4,10 +4,10 @@ run results: zero hits.
 
     python bench/faults/s6_secrets.py [--short] [--runs N]
 
-The search is `agents.testing.secrets` (the same as `tests/faults/test_secrets.py`): the secrets live in
-blocks, an agent decides through the model, fails an action with the secrets in a local variable,
-meets a 401 and 500s, and a caller meets a 403 and 503s. `--runs N` repeats the whole search N
-times with fresh secrets (default 1, or 3 for the full version).
+The search is `agents.testing.secrets` (the same as `tests/faults/test_secrets.py`): the secrets
+live in blocks, an agent decides through the model, fails an action with the secrets in a local
+variable, meets a 401 and 500s, and a caller meets a 403 and 503s. `--runs N` repeats the whole
+search N times with fresh secrets (default 1, or 3 for the full version).
 
 runs = places searched (sources times repetitions), completed = places that had content to search,
 failures = every secret found anywhere.

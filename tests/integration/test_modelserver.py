@@ -643,10 +643,10 @@ def test_in_flight_requests_are_known_by_client_port_and_map_to_their_process(
             ports = server.stats.ports_in_flight()
             time.sleep(0.02)
         assert len(ports) == 1, "the request never showed as in flight"
-        assert processes_on_ports(ports) == {asker.pid}
+        assert processes_on_ports(ports, server.port) == {asker.pid}
         assert asker.wait(timeout=20) == 0
     finally:
         asker.kill()
     assert server.stats.ports_in_flight() == set()
     assert server.stats.in_flight == 0
-    assert processes_on_ports(ports) == set()
+    assert processes_on_ports(ports, server.port) == set()
