@@ -176,6 +176,11 @@ class Step(Generic[P, R]):
             problems.append(f"{where}: option 'shadow' must be a Shadow(model=..., share=...)")
         if self.options.review is not None and not isinstance(self.options.review, Review):
             problems.append(f"{where}: option 'review' must be a Review(...)")
+        elif self.options.review is not None:
+            try:
+                self.options.review.timeout_seconds  # noqa: B018 (parsed to check it)
+            except ValueError as exc:
+                problems.append(f"{where}: option 'review': timeout: {exc}")
         if self.options.threshold is not None:
             if self.layer != "reasoning":
                 problems.append(f"{where}: option 'threshold' only applies to reasoning steps")

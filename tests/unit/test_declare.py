@@ -299,3 +299,26 @@ def test_a_step_whose_source_cannot_be_read_still_declares(tmp_path: Path) -> No
     )
     exec(compile(code, str(text), "exec"), namespace)
     assert [s.name for s in namespace["agent"].steps] == ["words", "echo"]
+
+
+def test_one_duration_grammar_for_review_timeouts_and_since() -> None:
+    from agents import Review
+    from agents.decisions import parse_since
+
+    assert Review(timeout="1w").timeout_seconds == 7 * 86400
+    assert Review(timeout="90s").timeout_seconds == 90
+    cutoff = parse_since("1w")
+    assert cutoff is not None
+    with pytest.raises(ValueError, match="duration 'soon'"):
+        _ = Review(timeout="soon").timeout_seconds
+
+
+def test_a_review_timeout_that_is_not_a_duration_is_refused_at_declaration() -> None:
+    from agents import Review
+
+    agent = Agent("bad-review")
+    with pytest.raises(DeclarationError, match="option 'review': timeout: duration 'soon'"):
+
+        @agent.reasoning(threshold=0.5, review=Review(timeout="soon"))
+        def judge(text: str) -> Decision:
+            return Decision(confidence=1.0, rationale="")
