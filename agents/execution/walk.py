@@ -196,19 +196,8 @@ class RunWalk:
         status: StepStatus = "held" if held else "cached" if attempt.cached else "completed"
         self.result.outputs[node.name] = value
         self.statuses[node.name] = status
-        self.records.steps.append(
-            step_row(
-                self.graph.name,
-                node.step,
-                self.result,
-                status,
-                attempts=attempt.trace.attempts,
-                cached=attempt.cached,
-                duration_ms=attempt.elapsed_ms,
-                task_run_id=attempt.task_run_id,
-                llm_calls=list(attempt.trace.llm_calls) if llm_calls is None else llm_calls,
-            )
-        )
+        calls = list(attempt.trace.llm_calls) if llm_calls is None else llm_calls
+        self._record(node, attempt, status, None, calls)
 
     async def handle_decision(
         self,
@@ -340,6 +329,16 @@ class RunWalk:
         self.statuses[node.name] = status
         if self.result.error is None:
             self.result.error = run_error
+        self._record(node, attempt, status, error, llm_calls)
+
+    def _record(
+        self,
+        node: StepNode,
+        attempt: Attempt,
+        status: StepStatus,
+        error: str | None,
+        llm_calls: Sequence[LLMCall],
+    ) -> None:
         self.records.steps.append(
             step_row(
                 self.graph.name,
@@ -347,6 +346,7 @@ class RunWalk:
                 self.result,
                 status,
                 attempts=attempt.trace.attempts,
+                cached=attempt.cached,
                 duration_ms=attempt.elapsed_ms,
                 task_run_id=attempt.task_run_id,
                 error=error,

@@ -6,7 +6,6 @@ mocked. Faults are changed between requests through `server.faults` and the HTTP
 
 from __future__ import annotations
 
-import enum
 import json
 import math
 import socket
@@ -16,17 +15,17 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import instructor
 import openai
 import pytest
 from instructor.core.exceptions import InstructorRetryException
-from pydantic import BaseModel, Field
 
 from agents.modelserver import Faults, ModelServer, Rules
 from agents.modelserver.schema import is_valid
+from tests.support.models import Priority, Triage
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -42,30 +41,6 @@ TEST_RULES = Rules.from_list(
     ]
 )
 MODES = [instructor.Mode.TOOLS, instructor.Mode.JSON]
-
-
-class Priority(enum.StrEnum):
-    low = "low"
-    normal = "normal"
-    high = "high"
-
-
-class Contact(BaseModel):
-    name: str
-    email: str | None = None
-    tier: Literal["free", "pro", "enterprise"]
-
-
-class Triage(BaseModel):
-    category: Literal["billing", "technical", "account", "shipping", "other"]
-    priority: Priority
-    confidence: float = Field(ge=0, le=1)
-    rationale: str
-    contact: Contact
-    tags: list[str]
-    follow_up_days: int | None = None
-    score: int = Field(ge=1, le=5)
-    summary: str = Field(min_length=3, max_length=40)
 
 
 # -- fixtures ------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ generator and the schema finder, the pattern sampler and fault validation. Over 
 
 from __future__ import annotations
 
-import enum
 from typing import Any, Literal
 
 import pytest
@@ -14,32 +13,9 @@ from agents.modelserver import Faults, Rules, build_app
 from agents.modelserver.completions import find_target, schema_from_messages
 from agents.modelserver.patterns import sample_pattern
 from agents.modelserver.schema import Steering, generate, is_valid
+from tests.support.models import Contact, Priority, Triage
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class Priority(enum.StrEnum):
-    low = "low"
-    normal = "normal"
-    high = "high"
-
-
-class Contact(BaseModel):
-    name: str
-    email: str | None = None
-    tier: Literal["free", "pro", "enterprise"]
-
-
-class Triage(BaseModel):
-    category: Literal["billing", "technical", "account", "shipping", "other"]
-    priority: Priority
-    confidence: float = Field(ge=0, le=1)
-    rationale: str
-    contact: Contact
-    tags: list[str]
-    follow_up_days: int | None = None
-    score: int = Field(ge=1, le=5)
-    summary: str = Field(min_length=3, max_length=40)
 
 
 def test_default_rules_fit_the_triage_demo() -> None:
