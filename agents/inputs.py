@@ -2,7 +2,7 @@
 
 A batch's inputs travel as one flow run's parameters: Prefect encodes them as JSON and refuses
 more than 512 KiB. One bad input (a lone surrogate, nesting Prefect cannot serialise, a
-megabyte of text) would then fail every input of its batch, so `CompiledAgent.run_batch`
+megabyte of text) would then fail every input of its batch, so `AgentRunner.arun_batch`
 screens each input here first (a failed `RunResult` for that one alone) and cuts the rest into
 flow runs that fit; the CLI's loader rejects the same lines into its quarantine file.
 
