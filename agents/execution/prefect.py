@@ -20,6 +20,7 @@ from prefect.utilities.annotations import quote
 
 from agents.declare.decision import Decision
 from agents.declare.options import Review
+from agents.digest import digest
 from agents.execution.call import RunScope, StepCall, StepTrace
 from agents.execution.review import Reviewer
 from agents.execution.shadow import live_shadow
@@ -37,8 +38,6 @@ if TYPE_CHECKING:
     from agents.graph import AgentGraph, StepNode
     from agents.result import RunResult
     from agents.store.tables import DecisionRecord
-
-from agents.digest import digest
 
 
 @dataclass
