@@ -32,6 +32,7 @@ __all__ = [
     "REDACTED",
     "add_secret_source",
     "is_sensitive_key",
+    "scrub_error",
     "scrub_text",
     "scrub_value",
 ]
@@ -193,6 +194,16 @@ def scrub_text(text: str) -> str:
         'postgresql://***@db/prod; got Bearer *** from [email]'
     """
     return _scrub_text(text, _configured_secrets())
+
+
+def scrub_error(exc: BaseException, width: int = 2000) -> str:
+    """An error as `Type: message`, scrubbed like `scrub_text` and cut to `width` characters.
+
+    Example:
+        >>> scrub_error(ValueError("no route to postgresql://app:pw@db/prod"))
+        'ValueError: no route to postgresql://***@db/prod'
+    """
+    return scrub_text(f"{type(exc).__name__}: {exc}")[:width]
 
 
 def _scrub_value(value: Any, literals: tuple[str, ...], depth: int = 0) -> Any:

@@ -37,6 +37,7 @@ from agents.execution.task import invoke
 from agents.graph import AgentGraph
 from agents.learning.feedback import answer, is_correct, latest
 from agents.pricing import cost_of
+from agents.redact import scrub_error
 from agents.resources.llm import LLM
 from agents.store.tables import DecisionRecord, Feedback
 
@@ -239,9 +240,7 @@ async def _replay_one(
         decision = await invoke(node, kwargs)
         case.candidate_latency_ms = (time.perf_counter() - started) * 1000
     except Exception as exc:  # one bad case must not stop the report
-        from agents.observe import scrub_text
-
-        case.error = scrub_text(f"{type(exc).__name__}: {exc}")[:300]
+        case.error = scrub_error(exc, 300)
         return case
     if isinstance(decision, BaseModel):
         case.candidate = decision.model_dump(mode="json")

@@ -20,16 +20,18 @@ from typing import TYPE_CHECKING, Any
 
 from prefect.context import TagsContext
 
+from agents.decisions import publish_artifact
 from agents.digest import digest
 from agents.errors import InputError
 from agents.execution.call import RunScope
 from agents.execution.prefect import PrefectStepRunner, result_storage
 from agents.execution.threads import in_thread
-from agents.execution.walk import RunWalk, StepRunner, describe
+from agents.execution.walk import RunWalk, StepRunner
 from agents.graph import META_KEYS
 from agents.observe import init_sentry
 from agents.observe.logs import install_log_scrubbing
 from agents.policy.tenants import run_slot, server_limit_name
+from agents.redact import scrub_error
 from agents.result import RunResult
 from agents.settings import get_current_settings
 from agents.store.records import RecordWriter
@@ -55,8 +57,6 @@ async def run_flow_body(
     """The body of the agent's flow run: every input of the batch, then monitoring and the
     decisions artifact."""
     from prefect.runtime import deployment, flow_run
-
-    from agents.decisions import publish_artifact
 
     check_tenant(tenant)
     install_log_scrubbing()
@@ -163,7 +163,7 @@ async def run_one(
         raise
     except Exception as exc:  # a runtime bug must fail this input only
         result.status = "failed"
-        result.error = describe(exc)
+        result.error = scrub_error(exc)
         records = walk.records
     decisions, recovered = records.decisions, records.recovered
     if result.status == "conflict":
@@ -206,7 +206,7 @@ async def monitor(graph: AgentGraph, tenant: str, deployment_id: Any) -> None:
     try:
         await check_drift(tenant, graph.name)
     except Exception as exc:  # monitoring must never fail the batch it watches
-        logger.warning("monitoring %s for %s failed: %s", graph.name, tenant, describe(exc))
+        logger.warning("monitoring %s for %s failed: %s", graph.name, tenant, scrub_error(exc))
 
 
 async def publish_graph(graph: AgentGraph) -> None:

@@ -15,7 +15,7 @@ from agents.declare.options import Review
 from agents.digest import canonical
 from agents.errors import ActionInProgress
 from agents.execution.threads import in_thread
-from agents.observe import scrub_text
+from agents.redact import scrub_text
 from agents.store import ledger
 
 if TYPE_CHECKING:

@@ -11,8 +11,8 @@ from pydantic import BaseModel
 
 from agents.declare.step import Step
 from agents.digest import canonical, digest
-from agents.observe import scrub_text
 from agents.pricing import cost_of
+from agents.redact import scrub_text
 from agents.store.tables import DecisionRecord, StepRun, new_id
 
 if TYPE_CHECKING:

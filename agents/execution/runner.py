@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
-import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, cast
 
@@ -26,7 +25,9 @@ from agents.store.results import SQLResultStorage
 
 logger = logging.getLogger(__name__)
 
-_runners: weakref.WeakKeyDictionary[AgentGraph, AgentRunner] = weakref.WeakKeyDictionary()
+#: One runner per graph, for the life of the process, like the Prefect flows they hold. (A weak
+#: mapping would never let go either: each runner holds its graph.)
+_runners: dict[AgentGraph, AgentRunner] = {}
 
 
 def runner_for(graph: AgentGraph) -> AgentRunner:

@@ -13,7 +13,7 @@ from agents.execution.inject import inject
 from agents.execution.ladder import LadderOutcome
 from agents.execution.rows import decision_row
 from agents.execution.task import invoke
-from agents.observe import scrub_text
+from agents.redact import scrub_error
 from agents.resources.llm import LLM, LLMCall
 
 if TYPE_CHECKING:
@@ -43,12 +43,7 @@ async def live_shadow(
     try:
         decision = await invoke(node, kwargs)
     except Exception as exc:
-        logger.debug(
-            "shadow %s.%s failed: %s",
-            call.agent,
-            node.name,
-            scrub_text(f"{type(exc).__name__}: {exc}")[:2000],
-        )
+        logger.debug("shadow %s.%s failed: %s", call.agent, node.name, scrub_error(exc))
         return None
     outcome = LadderOutcome(decision=decision, path=LadderPath.SHADOW)
     return decision_row(call.agent, node.step, result, args, outcome, calls, 1)

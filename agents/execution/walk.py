@@ -20,7 +20,8 @@ from agents.execution import ladder
 from agents.execution.call import RunScope, StepCall, StepTrace, step_call
 from agents.execution.ladder import LadderOutcome, Verdict
 from agents.execution.rows import decision_row, step_row
-from agents.observe import capture_failure, scrub_text
+from agents.observe import capture_failure
+from agents.redact import scrub_error
 
 if TYPE_CHECKING:
     from agents.graph import AgentGraph, StepNode
@@ -168,7 +169,7 @@ class RunWalk:
                 )
             if rescued is None:
                 return self.handle_failed(node, attempt)
-            return self.handle_rescued(node, attempt, args, call, rescued)
+            return self.handle_rescued(node, attempt, args, rescued)
         if step.layer == "reasoning" and isinstance(attempt.value, Decision):
             outcome = await self._climb(node, attempt.value, args)
             if attempt.cached:
@@ -219,14 +220,10 @@ class RunWalk:
             attempt.trace.attempts,
             call.decision_id if node.step.options.cache else None,
         )
-        self.records.decisions.append(row)
-        self.scope.decisions[node.name] = row
+        self._decided(node, attempt, outcome, row, self.records.decisions, llm_calls)
         shadow_row = await self.runner.shadow(node, call, args, self.result)
         if shadow_row is not None:
             self.records.decisions.append(shadow_row)
-        self.handle_completed(
-            node, attempt, outcome.decision, held=outcome.held, llm_calls=llm_calls
-        )
 
     async def handle_cached_decision(
         self,
@@ -245,39 +242,29 @@ class RunWalk:
         Either row is written again at the run's end: the logged one with its outcome, the
         recovered one unless the row it stands in for arrives first.
         """
+        llm_calls = [*attempt.trace.llm_calls, *outcome.llm_calls]
         logged = await self.runner.logged_decision(node, self.result, args)
         if logged is not None:
-            self.records.decisions.append(logged)
-            self.scope.decisions[node.name] = logged
-        else:
-            self.result.notes.append(
-                f"{node.name}: decision recovered from its cached result (the execution that "
-                "made it had not logged it)"
-            )
-            row = decision_row(
-                self.graph.name, node.step, self.result, args, outcome, [], 0, call.decision_id
-            )
-            self.records.recovered.append(row)
-            self.scope.decisions[node.name] = row
-        llm_calls = [*attempt.trace.llm_calls, *outcome.llm_calls]
-        self.handle_completed(
-            node, attempt, outcome.decision, held=outcome.held, llm_calls=llm_calls
+            self._decided(node, attempt, outcome, logged, self.records.decisions, llm_calls)
+            return
+        self.result.notes.append(
+            f"{node.name}: decision recovered from its cached result (the execution that "
+            "made it had not logged it)"
         )
+        row = decision_row(
+            self.graph.name, node.step, self.result, args, outcome, [], 0, call.decision_id
+        )
+        self._decided(node, attempt, outcome, row, self.records.recovered, llm_calls)
 
     def handle_rescued(
-        self,
-        node: StepNode,
-        attempt: Attempt,
-        args: dict[str, Any],
-        call: StepCall,
-        outcome: LadderOutcome,
+        self, node: StepNode, attempt: Attempt, args: dict[str, Any], outcome: LadderOutcome
     ) -> None:
         """The model was unreachable; the fallback model or the safe default decided."""
         assert attempt.error is not None
         path = outcome.path.value
         self.result.paths[node.name] = path
         self.result.notes.append(
-            f"{node.name}: no decision from the model ({describe(attempt.error)}); "
+            f"{node.name}: no decision from the model ({scrub_error(attempt.error)}); "
             f"took the {path.replace('_', ' ')}"
         )
         llm_calls = [*attempt.trace.llm_calls, *outcome.llm_calls]
@@ -291,7 +278,20 @@ class RunWalk:
             attempt.trace.attempts,
         )
         row.error_class = type(attempt.error).__name__
-        self.records.decisions.append(row)
+        self._decided(node, attempt, outcome, row, self.records.decisions, llm_calls)
+
+    def _decided(
+        self,
+        node: StepNode,
+        attempt: Attempt,
+        outcome: LadderOutcome,
+        row: DecisionRecord,
+        into: list[DecisionRecord],
+        llm_calls: list[LLMCall],
+    ) -> None:
+        """The step's decision is `row` (written at the run's end from `into`): learning steps
+        of the run can set its outcome; the step completes, or holds, on the ladder's decision."""
+        into.append(row)
         self.scope.decisions[node.name] = row
         self.handle_completed(
             node, attempt, outcome.decision, held=outcome.held, llm_calls=llm_calls
@@ -300,7 +300,7 @@ class RunWalk:
     def handle_failed(self, node: StepNode, attempt: Attempt) -> None:
         """The step failed after its retries: its branch stops; the run fails."""
         assert attempt.error is not None
-        error = describe(attempt.error)
+        error = scrub_error(attempt.error)
         self._stop(node, attempt, "failed", error, f"{node.name}: {error}", attempt.trace.llm_calls)
 
     def handle_conflict(self, node: StepNode, attempt: Attempt) -> None:
@@ -394,8 +394,3 @@ class RunWalk:
             return attempt.value, calls
 
         return ask
-
-
-def describe(exc: BaseException) -> str:
-    """An error as `Type: message`, scrubbed of secrets and cut to 2,000 characters."""
-    return scrub_text(f"{type(exc).__name__}: {exc}")[:2000]

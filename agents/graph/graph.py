@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from agents.declare.step import RESOURCES, Param, Step, StepInfo
@@ -97,7 +98,7 @@ class AgentGraph:
     def info(self, name: str) -> StepInfo:
         return self.nodes[name].info()
 
-    @property
+    @cached_property
     def input_names(self) -> tuple[str, ...]:
         """Every run input any step reads, in first-use order."""
         seen: dict[str, None] = {}
