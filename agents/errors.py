@@ -194,3 +194,12 @@ class ModelOutputError(StalwartError):
         self.endpoint = endpoint
         self.model = model
         self.attempts = attempts
+
+
+class ReviewNotFound(UserError):
+    """No review with this id belongs to this tenant (another tenant's review is not found
+    either: its existence is not revealed)."""
+
+
+class ReviewClosed(UserError):
+    """The review was answered already, or expired: a second answer is refused, never applied."""

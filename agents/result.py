@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-RunStatus = Literal["completed", "held", "failed", "conflict"]
-StepStatus = Literal["completed", "cached", "held", "skipped", "failed", "conflict"]
+RunStatus = Literal["completed", "held", "awaiting_review", "failed", "conflict"]
+StepStatus = Literal[
+    "completed", "cached", "held", "awaiting_review", "skipped", "failed", "conflict"
+]
 
 
 @dataclass(kw_only=True)
@@ -21,6 +23,8 @@ class RunResult:
 
     status: RunStatus
     """`completed`; `held` when a decision was below its threshold and no action ran on it;
+    `awaiting_review` when a decision waits for a person (`agents.reviews`): nothing downstream
+    of it ran, and `Agent.resume` continues the run once they answer;
     `failed` when a step failed after its retries or the input was invalid; `conflict` when
     another live execution of the same run (same tenant and run key) held an action's claim:
     this execution stopped before acting, the other one's outcome is the run's, and this one's
@@ -34,10 +38,11 @@ class RunResult:
     outputs: dict[str, Any] = field(default_factory=dict)
     """Each finished step's output, by step name."""
     steps: dict[str, StepStatus] = field(default_factory=dict)
-    """Each step's status: completed, cached, held, skipped or failed."""
+    """Each step's status: completed, cached, held, awaiting_review, skipped, failed or
+    conflict."""
     paths: dict[str, str] = field(default_factory=dict)
-    """Each reasoning step's path: direct, fallback_model, human, default, held or rejected
-    (the decision named an action the agent does not allow)."""
+    """Each reasoning step's path: direct, fallback_model, human, awaiting_review, default,
+    held or rejected (the decision named an action the agent does not allow)."""
     error: str | None = None
     """The first failure's type and message (never a secret), or None."""
     notes: list[str] = field(default_factory=list)

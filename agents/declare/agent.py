@@ -256,7 +256,7 @@ class Agent:
     @property
     def flow(self) -> Any:
         """The Prefect `Flow` that runs the agent (parameters: `inputs`, `tenant`,
-        `concurrency`)."""
+        `concurrency`, and `review`, set only on a review's own flow run)."""
         return self._runner().flow
 
     def graph(self) -> str:
@@ -324,6 +324,28 @@ class Agent:
     ) -> list[RunResult]:
         """Async twin of `batch`."""
         return await self._runner().arun_batch(inputs, tenant=tenant, concurrency=concurrency)
+
+    def resume(self, *, tenant: str = "default", concurrency: int = 16) -> list[RunResult]:
+        """Continue every run of `tenant` stopped at a review that is now answered, or past its
+        deadline (the step's safe default then applies), in one Prefect flow run.
+
+        Finished steps are taken from their persisted results (no model call is repeated) and
+        each action still runs at most once. Reviews still pending are left waiting; a run
+        already continued (by a rerun of its batch, say) is not run again.
+
+        Example:
+            >>> from agents import reviews  # doctest: +SKIP
+            >>> (waiting,) = reviews.pending(tenant="acme", agent="triage")  # doctest: +SKIP
+            >>> reviews.answer(waiting.id, tenant="acme", verdict="approve", reviewer="ana")
+            ... # doctest: +SKIP
+            >>> [r.status for r in triage.resume(tenant="acme")]  # doctest: +SKIP
+            ['completed']
+        """
+        return self._runner().resume(tenant=tenant, concurrency=concurrency)
+
+    async def aresume(self, *, tenant: str = "default", concurrency: int = 16) -> list[RunResult]:
+        """Async twin of `resume`."""
+        return await self._runner().aresume(tenant=tenant, concurrency=concurrency)
 
     def serve(
         self,

@@ -34,7 +34,7 @@ class LadderPath(StrEnum):
         >>> LadderPath("fallback_model") is LadderPath.FALLBACK_MODEL
         True
         >>> [p.value for p in LadderPath.rungs()]
-        ['direct', 'fallback_model', 'human', 'default', 'held', 'rejected']
+        ['direct', 'fallback_model', 'human', 'awaiting_review', 'default', 'held', 'rejected']
     """
 
     DIRECT = "direct"
@@ -43,6 +43,9 @@ class LadderPath(StrEnum):
     """Rung 1: the fallback model's decision cleared the threshold."""
     HUMAN = "human"
     """Rung 2: a person approved or corrected the decision."""
+    AWAITING_REVIEW = "awaiting_review"
+    """Rung 2, not yet answered: the run stopped here until a person (or the deadline) decides;
+    the row becomes `human` or `default` when the run continues."""
     DEFAULT = "default"
     """Rung 3: the step's safe default was taken."""
     HELD = "held"

@@ -25,6 +25,7 @@ from agents.digest import digest
 from agents.errors import InputError
 from agents.execution.call import RunScope
 from agents.execution.prefect import PrefectStepRunner, result_storage
+from agents.execution.review import Reviewer, take_form_answer
 from agents.execution.threads import in_thread
 from agents.execution.walk import RunWalk, StepRunner
 from agents.graph import META_KEYS
@@ -52,10 +53,15 @@ on_result: contextvars.ContextVar[Callable[[int, RunResult], None] | None] = con
 
 
 async def run_flow_body(
-    runner: AgentRunner, inputs: list[dict[str, Any]], tenant: str, concurrency: int
+    runner: AgentRunner,
+    inputs: list[dict[str, Any]],
+    tenant: str,
+    concurrency: int,
+    review: str | None = None,
 ) -> list[RunResult]:
     """The body of the agent's flow run: every input of the batch, then monitoring and the
-    decisions artifact."""
+    decisions artifact. A review's own flow run (`review` set) first records the answer its
+    form was given."""
     from prefect.runtime import deployment, flow_run
 
     check_tenant(tenant)
@@ -64,8 +70,12 @@ async def run_flow_body(
     if not isinstance(inputs, list):
         raise InputError(f"inputs: expected a list of objects, got {type(inputs).__name__}")
     graph = runner.graph
+    if review and flow_run.id:
+        await take_form_answer(review, tenant, flow_run.id)
     storage = await result_storage()
-    steps = PrefectStepRunner(graph, runner.tasks_for(storage), storage, runner.reviewer)
+    deployment_id = str(deployment.id) if deployment.id else None
+    reviewer = Reviewer(graph.name, deployment_id=deployment_id)
+    steps = PrefectStepRunner(graph, runner.tasks_for(storage), storage, reviewer)
     flow_run_id = str(flow_run.id) if flow_run.id else None
     await publish_graph(graph)
     gate = asyncio.Semaphore(max(1, int(concurrency)))
@@ -174,6 +184,10 @@ async def run_one(
             f"{len(decisions)} decision(s) of this execution not logged"
         )
         decisions, recovered = [], []
+    continued = []
+    if result.status in ("completed", "held"):
+        # The run went on past its reviews: `resume` has nothing more to do for them.
+        continued = records.reviews
     writer.end_run(
         run_id,
         status=result.status,
@@ -182,6 +196,8 @@ async def run_one(
         steps=records.steps,
         decisions=decisions,
         recovered=recovered,
+        continued=continued,
+        reviewed=bool(records.reviews) or result.status == "awaiting_review",
     )
     return result
 

@@ -21,20 +21,35 @@ if TYPE_CHECKING:
 
 
 class Verdict(Protocol):
-    """A reviewer's answer: `approve`, `correct` (with `correction`) or `reject`."""
+    """A review's answer: `approve`, `correct` (with `correction`) or `reject`; a `verdict` of
+    None means nobody answered by the deadline. `proposed` is the decision the person saw."""
 
     @property
-    def verdict(self) -> str: ...
+    def id(self) -> str: ...
+    @property
+    def verdict(self) -> str | None: ...
+    @property
+    def proposed(self) -> Any: ...
     @property
     def correction(self) -> dict[str, Any] | None: ...
     @property
     def reviewer(self) -> str | None: ...
 
 
+class ReviewPending:
+    """A person has been asked and has not answered yet: the run stops at this step."""
+
+    def __repr__(self) -> str:
+        return "REVIEW_PENDING"
+
+
+REVIEW_PENDING = ReviewPending()
+
 #: Asks the fallback model: its decision (None if it gave none) and the model calls it made.
 AskFallback = Callable[[], Awaitable[tuple[Decision | None, list["LLMCall"]]]]
-#: Asks a person about a proposed decision: their verdict, or None if nobody answered in time.
-AskReview = Callable[[Decision], Awaitable[Verdict | None]]
+#: Asks a person about a proposed decision: their verdict, `REVIEW_PENDING` while they think,
+#: or None when nobody answered by the deadline (or the verdict has no decision in it).
+AskReview = Callable[[Decision], Awaitable["Verdict | ReviewPending | None"]]
 
 
 @dataclass(kw_only=True)
@@ -45,6 +60,8 @@ class LadderOutcome:
     path: LadderPath
     held: bool = False
     """No action may run on the decision (below the threshold, or refused)."""
+    awaiting: bool = False
+    """A person has been asked and has not answered: nothing downstream runs yet."""
     llm_calls: list[LLMCall] = field(default_factory=list)
     reviewer: str | None = None
     correction: dict[str, Any] | None = None
@@ -61,7 +78,8 @@ async def climb(
     ask_review: AskReview,
 ) -> LadderOutcome:
     """The outcome for a model's `decision`: direct when it clears `threshold`, else the first
-    rung that does (fallback model, person, default), else held.
+    rung that does (fallback model, person, default), else held. A person who has not answered
+    yet stops the climb there (`awaiting`): the run continues when they do.
 
     Example:
         >>> import asyncio
@@ -94,12 +112,22 @@ async def climb(
                 proposed = second
     if options.review is not None:
         verdict = await ask_review(proposed)
+        if isinstance(verdict, ReviewPending):
+            return LadderOutcome(
+                decision=proposed,
+                path=LadderPath.AWAITING_REVIEW,
+                llm_calls=extra_calls,
+                held=True,
+                awaiting=True,
+                proposed=proposed,
+            )
         if verdict is not None and verdict.verdict in ("approve", "correct"):
-            final = proposed
+            # The person judged the decision they were shown (the continued run may have
+            # decided afresh, e.g. a step that does not cache).
+            seen = verdict.proposed if isinstance(verdict.proposed, dict) else None
+            final = type(proposed).model_validate(seen) if seen else proposed
             if verdict.verdict == "correct" and verdict.correction:
-                final = type(proposed).model_validate(
-                    {**proposed.model_dump(), **verdict.correction}
-                )
+                final = type(proposed).model_validate({**final.model_dump(), **verdict.correction})
             return LadderOutcome(
                 decision=final,
                 path=LadderPath.HUMAN,

@@ -19,7 +19,6 @@ from prefect.tasks import exponential_backoff
 from prefect.utilities.annotations import quote
 
 from agents.declare.decision import Decision
-from agents.declare.options import Review
 from agents.digest import digest
 from agents.execution.call import RunScope, StepCall, StepTrace
 from agents.execution.review import Reviewer
@@ -34,7 +33,7 @@ from agents.store.decisions import logged_decision
 from agents.store.results import SQLResultStorage
 
 if TYPE_CHECKING:
-    from agents.execution.ladder import Verdict
+    from agents.execution.ladder import ReviewPending, Verdict
     from agents.graph import AgentGraph, StepNode
     from agents.result import RunResult
     from agents.store.tables import DecisionRecord
@@ -106,15 +105,20 @@ def make_task(node: StepNode, storage: SQLResultStorage) -> Task[Any, Any]:
 
 
 def make_flow(
-    graph: AgentGraph, body: Callable[[list[dict[str, Any]], str, int], Coroutine[Any, Any, Any]]
+    graph: AgentGraph,
+    body: Callable[[list[dict[str, Any]], str, int, str | None], Coroutine[Any, Any, Any]],
 ) -> Flow[Any, Any]:
     """The agent's flow: one flow run runs a batch of inputs (`inputs`, `tenant`,
-    `concurrency`)."""
+    `concurrency`); `review` is set on a review's own flow run (it records the form's answer,
+    then continues the run)."""
 
     async def agent_flow(
-        inputs: list[dict[str, Any]], tenant: str = "default", concurrency: int = 16
+        inputs: list[dict[str, Any]],
+        tenant: str = "default",
+        concurrency: int = 16,
+        review: str | None = None,
     ) -> list[RunResult]:
-        results: list[RunResult] = await body(inputs, tenant, concurrency)
+        results: list[RunResult] = await body(inputs, tenant, concurrency, review)
         return results
 
     agent_flow.__doc__ = graph.description or f"Stalwart agent {graph.name!r}."
@@ -258,9 +262,16 @@ class PrefectStepRunner:
         return True, record.result
 
     async def review(
-        self, step: str, proposed: Decision, args: dict[str, Any], result: RunResult, review: Review
-    ) -> Verdict | None:
-        return await self.reviewer.ask(step, proposed, args, result, review)
+        self,
+        node: StepNode,
+        proposed: Decision,
+        args: dict[str, Any],
+        result: RunResult,
+        run_input: Mapping[str, Any],
+    ) -> Verdict | ReviewPending | None:
+        review = node.step.options.review
+        assert review is not None  # the ladder asks only when the step has a review
+        return await self.reviewer.ask(node.name, proposed, args, result, run_input, review)
 
     async def shadow(
         self, node: StepNode, call: StepCall, args: dict[str, Any], result: RunResult

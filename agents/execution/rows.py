@@ -102,3 +102,22 @@ def decision_row(
         attempts=attempts,
         error_class=getattr(last, "error_class", None),
     )
+
+
+def settled(row: DecisionRecord, outcome: LadderOutcome) -> DecisionRecord:
+    """`row` (a logged decision) saying where the ladder ended now: a decision logged while
+    awaiting review becomes the person's (or the default's) when its run continues."""
+    decision = outcome.decision
+    if row.path == str(outcome.path) and outcome.reviewer == row.reviewer:
+        return row
+    output = decision.model_dump(mode="json") if isinstance(decision, BaseModel) else decision
+    return row.model_copy(
+        update={
+            "path": str(outcome.path),
+            "output": output,
+            "confidence": getattr(decision, "confidence", None),
+            "rationale": scrub_text(str(getattr(decision, "rationale", "") or "")),
+            "reviewer": outcome.reviewer,
+            "correction": outcome.correction,
+        }
+    )

@@ -17,7 +17,7 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 
 from agents.execution import batch
 from agents.execution.prefect import make_flow, make_task
-from agents.execution.review import Reviewer
+from agents.execution.threads import in_thread
 from agents.graph import AgentGraph
 from agents.inputs import batches, input_problem
 from agents.result import RunResult
@@ -44,15 +44,14 @@ class AgentRunner:
     def __init__(self, graph: AgentGraph) -> None:
         self.graph = graph
         self.name = graph.name
-        self.reviewer = Reviewer(graph.name)
         self._tasks: dict[str, Task[Any, Any]] = {}
         self._tasks_storage: SQLResultStorage | None = None
         self.flow: Flow[Any, Any] = make_flow(graph, self._flow_body)
 
     async def _flow_body(
-        self, inputs: list[dict[str, Any]], tenant: str, concurrency: int
+        self, inputs: list[dict[str, Any]], tenant: str, concurrency: int, review: str | None
     ) -> list[RunResult]:
-        return await batch.run_flow_body(self, inputs, tenant, concurrency)
+        return await batch.run_flow_body(self, inputs, tenant, concurrency, review)
 
     def tasks_for(self, storage: SQLResultStorage) -> dict[str, Task[Any, Any]]:
         """The step tasks, persisting results to `storage` (rebuilt when the storage changes)."""
@@ -131,6 +130,26 @@ class AgentRunner:
             for index, result in zip(where, done, strict=True):
                 results[index] = result
         return [r for r in results if r is not None]
+
+    def resume(self, *, tenant: str, concurrency: int = 16) -> list[RunResult]:
+        """Continue the runs stopped at reviews now answered or expired (`Agent.resume`)."""
+        return run_coro_as_sync(self.aresume(tenant=tenant, concurrency=concurrency))
+
+    async def aresume(self, *, tenant: str, concurrency: int = 16) -> list[RunResult]:
+        """Async twin of `resume`: one flow run for every run to continue, in review order."""
+        from agents.store import reviews
+
+        batch.check_tenant(tenant)
+        await in_thread(reviews.expire_due, tenant=tenant, agent=self.name)
+        waiting = await in_thread(reviews.to_continue, tenant=tenant, agent=self.name)
+        items: dict[str, dict[str, Any]] = {}
+        for review in waiting:  # one run may wait on several steps: continue it once
+            if isinstance(review.run_input, dict):
+                items.setdefault(review.run_key, dict(review.run_input))
+        if not items:
+            return []
+        logger.info("%s: continuing %d run(s) of tenant %s", self.name, len(items), tenant)
+        return await self.arun_batch(list(items.values()), tenant=tenant, concurrency=concurrency)
 
     def _flow_tags(self, items: list[dict[str, Any]], tenant: str) -> list[str]:
         found = [f"agent:{self.name}", f"tenant:{tenant}"]

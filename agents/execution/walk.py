@@ -1,5 +1,6 @@
 """The walk of one run: every step in graph order, steps that do not depend on each other at the
-same time, one handler per outcome (completed, cached, held, skipped, failed, conflict).
+same time, one handler per outcome (completed, cached, held, awaiting review, skipped, failed,
+conflict).
 
 The walk decides; a `StepRunner` does. The Prefect runner (`agents.execution.prefect`) runs each
 step as a task run; a test can pass a fake runner and walk a graph without Prefect.
@@ -14,12 +15,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from agents.declare.decision import Decision, LadderPath
-from agents.declare.options import Review
 from agents.errors import ProviderUnavailable
 from agents.execution import ladder
 from agents.execution.call import RunScope, StepCall, StepTrace, step_call
-from agents.execution.ladder import LadderOutcome, Verdict
-from agents.execution.rows import decision_row, step_row
+from agents.execution.ladder import LadderOutcome, ReviewPending, Verdict
+from agents.execution.rows import decision_row, settled, step_row
 from agents.observe import capture_failure
 from agents.redact import scrub_error
 
@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from agents.store.tables import DecisionRecord, StepRun
 
 logger = logging.getLogger(__name__)
+
+#: Upstream step statuses that stop a step from running.
+_BLOCKING = frozenset({"failed", "skipped", "conflict", "awaiting_review"})
 
 
 @dataclass(kw_only=True)
@@ -63,9 +66,16 @@ class StepRunner(Protocol):
         ...
 
     async def review(
-        self, step: str, proposed: Decision, args: dict[str, Any], result: RunResult, review: Review
-    ) -> Verdict | None:
-        """Ask a person about a proposed decision; None when nobody answered in time."""
+        self,
+        node: StepNode,
+        proposed: Decision,
+        args: dict[str, Any],
+        result: RunResult,
+        run_input: Mapping[str, Any],
+    ) -> Verdict | ReviewPending | None:
+        """A person's verdict on a proposed decision (its `verdict` is None past the deadline),
+        or `REVIEW_PENDING` until they answer; never waits. `run_input` is what continuing the
+        run later needs."""
         ...
 
     async def shadow(
@@ -89,6 +99,8 @@ class RunRecords:
     decisions: list[DecisionRecord] = field(default_factory=list)
     recovered: list[DecisionRecord] = field(default_factory=list)
     """Decision rows rebuilt from a cached result, written only where none is stored."""
+    reviews: list[str] = field(default_factory=list)
+    """Reviews whose verdict (or expiry) this execution took: its run continued past them."""
 
 
 class RunWalk:
@@ -126,6 +138,8 @@ class RunWalk:
             status = "failed"
         elif "conflict" in values:
             status = "conflict"
+        elif "awaiting_review" in values:
+            status = "awaiting_review"
         elif "held" in values:
             status = "held"
         self.result.status = status
@@ -139,9 +153,7 @@ class RunWalk:
             self.statuses[d] == "held" or self._held_above.get(d, False) for d in node.depends_on
         )
         self._held_above[node.name] = held_above
-        blocked = [
-            d for d in node.depends_on if self.statuses[d] in ("failed", "skipped", "conflict")
-        ]
+        blocked = [d for d in node.depends_on if self.statuses[d] in _BLOCKING]
         if blocked or (step.layer == "action" and held_above):
             return self.handle_skipped(node)
         args = {p.name: self.inputs[p.name] for p in node.run_inputs if p.name in self.inputs}
@@ -172,6 +184,8 @@ class RunWalk:
             return self.handle_rescued(node, attempt, args, rescued)
         if step.layer == "reasoning" and isinstance(attempt.value, Decision):
             outcome = await self._climb(node, attempt.value, args)
+            if outcome.awaiting:
+                return await self.handle_awaiting_review(node, attempt, args, call, outcome)
             if attempt.cached:
                 return await self.handle_cached_decision(node, attempt, args, call, outcome)
             return await self.handle_decision(node, attempt, args, call, outcome)
@@ -180,7 +194,8 @@ class RunWalk:
     # -- one handler per outcome ------------------------------------------------------------
 
     def handle_skipped(self, node: StepNode) -> None:
-        """An upstream step failed, was skipped or conflicted, or an action is under a hold."""
+        """An upstream step failed, was skipped, conflicted or awaits review, or an action is
+        under a hold."""
         self.statuses[node.name] = "skipped"
         self.records.steps.append(step_row(self.graph.name, node.step, self.result, "skipped"))
 
@@ -245,7 +260,9 @@ class RunWalk:
         llm_calls = [*attempt.trace.llm_calls, *outcome.llm_calls]
         logged = await self.runner.logged_decision(node, self.result, args)
         if logged is not None:
-            self._decided(node, attempt, outcome, logged, self.records.decisions, llm_calls)
+            # The ladder may end elsewhere now (a review answered since): the row says where.
+            row = settled(logged, outcome)
+            self._decided(node, attempt, outcome, row, self.records.decisions, llm_calls)
             return
         self.result.notes.append(
             f"{node.name}: decision recovered from its cached result (the execution that "
@@ -255,6 +272,35 @@ class RunWalk:
             self.graph.name, node.step, self.result, args, outcome, [], 0, call.decision_id
         )
         self._decided(node, attempt, outcome, row, self.records.recovered, llm_calls)
+
+    async def handle_awaiting_review(
+        self,
+        node: StepNode,
+        attempt: Attempt,
+        args: dict[str, Any],
+        call: StepCall,
+        outcome: LadderOutcome,
+    ) -> None:
+        """A person has been asked and has not answered: the step (and so the run) stops here,
+        its decision logged as `awaiting_review` under the id the continued run will update."""
+        llm_calls = [*attempt.trace.llm_calls, *outcome.llm_calls]
+        row = None
+        if attempt.cached:
+            row = await self.runner.logged_decision(node, self.result, args)
+        if row is None:
+            row = decision_row(
+                self.graph.name,
+                node.step,
+                self.result,
+                args,
+                outcome,
+                llm_calls,
+                attempt.trace.attempts,
+                call.decision_id,
+            )
+        self.records.decisions.append(settled(row, outcome))
+        self.statuses[node.name] = "awaiting_review"
+        self._record(node, attempt, "awaiting_review", None, llm_calls)
 
     def handle_rescued(
         self, node: StepNode, attempt: Attempt, args: dict[str, Any], outcome: LadderOutcome
@@ -367,11 +413,17 @@ class RunWalk:
             self.result.notes.append(f"{node.name}: {refused}")
             outcome = LadderOutcome(decision=decision, path=LadderPath.REJECTED, held=True)
         else:
-            review = node.step.options.review
 
-            async def ask_review(proposed: Decision) -> Verdict | None:
-                assert review is not None  # the ladder asks only when the step has a review
-                return await self.runner.review(node.name, proposed, args, self.result, review)
+            async def ask_review(proposed: Decision) -> Verdict | ReviewPending | None:
+                run_input = {
+                    **self.inputs,
+                    "subject": self.result.subject,
+                    "run_key": self.result.run_key,
+                }
+                verdict = await self.runner.review(node, proposed, args, self.result, run_input)
+                if verdict is not None and not isinstance(verdict, ReviewPending):
+                    self.records.reviews.append(verdict.id)
+                return verdict
 
             outcome = await ladder.climb(
                 node.step.options,

@@ -47,6 +47,8 @@ class _Pending:
     steps: list[StepRun] = field(default_factory=list)
     decisions: list[DecisionRecord] = field(default_factory=list)
     recovered: list[DecisionRecord] = field(default_factory=list)
+    continued: list[tuple[str, str]] = field(default_factory=list)
+    superseding: list[tuple[str, str, str, str]] = field(default_factory=list)
 
     def size(self) -> int:
         return (
@@ -55,6 +57,8 @@ class _Pending:
             + len(self.steps)
             + len(self.decisions)
             + len(self.recovered)
+            + len(self.continued)
+            + len(self.superseding)
         )
 
 
@@ -66,6 +70,8 @@ class RecordWriter:
         self._lock = threading.Lock()
         self._flushing = threading.Lock()
         self._pending = _Pending()
+        #: Runs started and not yet ended (their tenant, agent and run key, for `end_run`).
+        self._started: dict[str, AgentRun] = {}
         #: Every decision queued through this writer (for the flow run's decision artifact).
         self.decisions_seen: list[DecisionRecord] = []
 
@@ -73,6 +79,7 @@ class RecordWriter:
         """Queue a run's start row."""
         with self._lock:
             self._pending.runs[run.id] = run
+            self._started[run.id] = run
 
     def end_run(
         self,
@@ -84,16 +91,25 @@ class RecordWriter:
         steps: list[StepRun] | None = None,
         decisions: list[DecisionRecord] | None = None,
         recovered: list[DecisionRecord] | None = None,
+        continued: list[str] | None = None,
+        reviewed: bool = False,
     ) -> None:
         """Queue how a run ended, with its step and decision rows.
 
         `recovered` decisions stand in for rows another execution may still write (a step taken
         from the cache reports the decision its first execution logged, under that decision's
-        id): they are inserted only where no row is stored.
+        id): they are inserted only where no row is stored. `continued` reviews were taken by
+        this run, which went on past them. A `reviewed` run (one that asked or took a review)
+        supersedes the earlier executions of its run still recorded as awaiting review.
         """
         finished = utcnow()
         with self._lock:
             pending = self._pending
+            run = pending.runs.get(run_id) or self._started.get(run_id)
+            if reviewed and run is not None:
+                pending.superseding.append((run.tenant, run.agent, run.run_key, run_id))
+            pending.continued.extend((review, run_id) for review in continued or ())
+            self._started.pop(run_id, None)
             run = pending.runs.get(run_id)
             if run is not None:  # not written yet: write it once, already finished
                 run.status, run.error = status, error
@@ -134,6 +150,8 @@ class RecordWriter:
                     self._pending.steps[:0] = pending.steps
                     self._pending.decisions[:0] = pending.decisions
                     self._pending.recovered[:0] = pending.recovered
+                    self._pending.continued[:0] = pending.continued
+                    self._pending.superseding[:0] = pending.superseding
                 raise
             return count
 
@@ -167,6 +185,11 @@ class RecordWriter:
                 from agents.store.decisions import record_decisions_in
 
                 record_decisions_in(s, pending.decisions, recovered=pending.recovered)
+            if pending.continued or pending.superseding:
+                from agents.store.reviews import mark_continued_in, supersede_in
+
+                mark_continued_in(s, pending.continued)
+                supersede_in(s, pending.superseding)
 
 
 _RUN_END_COLUMNS = ("status", "error", "finished_at", "duration_ms")

@@ -280,3 +280,63 @@ class ExampleUse(SQLModel, table=True):
     run_key: str | None = Field(default=None, max_length=200)
     example_ids: Any = Field(default=None, nullable=True, sa_type=sa.JSON)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime())
+
+
+class ReviewRequest(SQLModel, table=True):
+    """A decision waiting for a person: one per (tenant, agent, run key, step), kept for good.
+
+    Created when a reasoning step with `review=Review(...)` stays below its threshold after the
+    fallback model; the run stops there (`awaiting_review`) and holds nothing while it waits.
+    `state` goes `pending` → `answered` (a verdict, its reviewer and correction) or `expired`
+    (past `deadline_at`: the step's safe default applies). `continued_at` is set when an
+    execution of the run took the verdict and ended; until then `resume` continues it.
+    """
+
+    __tablename__ = "review_request"
+    __table_args__ = (
+        sa.UniqueConstraint("tenant", "agent", "run_key", "step", name="uq_review_request_run"),
+        sa.Index("ix_review_request_tenant_state", "tenant", "state", "created_at"),
+    )
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    tenant: str = Field(index=True, max_length=200)
+    agent: str = Field(max_length=200)
+    step: str = Field(max_length=200)
+    run_key: str = Field(max_length=200)
+    subject: str | None = Field(default=None, max_length=500)
+    agent_run_id: str | None = Field(default=None, max_length=32)
+    flow_run_id: str | None = Field(
+        default=None, max_length=36, description="The flow run of the execution that asked."
+    )
+    deployment_id: str | None = Field(
+        default=None, max_length=36, description="Its deployment: where the run continues."
+    )
+    review_flow_run_id: str | None = Field(
+        default=None, max_length=36, description="The suspended flow run with the review form."
+    )
+    proposed: Any = Field(
+        default=None, nullable=True, sa_type=sa.JSON, description="The proposed decision."
+    )
+    decision_schema: Any = Field(
+        default=None, nullable=True, sa_type=sa.JSON, description="JSON schema a correction fits."
+    )
+    confidence: float | None = None
+    rationale: str | None = Field(default=None, sa_type=sa.Text)
+    inputs: Any = Field(
+        default=None, nullable=True, sa_type=sa.JSON, description="The step's redacted inputs."
+    )
+    run_input: Any = Field(
+        default=None,
+        nullable=True,
+        sa_type=sa.JSON,
+        description="The run's input as given (what continuing the run needs); never shown.",
+    )
+    state: str = Field(default="pending", max_length=20, description="pending, answered, expired")
+    verdict: str | None = Field(default=None, max_length=20, description="approve/correct/reject")
+    reviewer: str | None = Field(default=None, max_length=200)
+    correction: Any = Field(default=None, nullable=True, sa_type=sa.JSON)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime())
+    deadline_at: datetime = Field(sa_type=UTCDateTime())
+    answered_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
+    continued_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
+    continued_run_id: str | None = Field(default=None, max_length=32)

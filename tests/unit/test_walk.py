@@ -16,6 +16,7 @@ from agents.declare.options import Review, StepOptions
 from agents.errors import ProviderUnavailable
 from agents.execution import ladder
 from agents.execution.call import RunScope, StepCall, StepTrace
+from agents.execution.ladder import REVIEW_PENDING
 from agents.execution.walk import Attempt, RunWalk
 from agents.graph import AgentGraph, StepNode
 from agents.result import RunResult
@@ -28,10 +29,12 @@ class Route(Decision):
 
 
 class Reviewed:
-    def __init__(self, verdict: str, correction: dict[str, Any] | None = None) -> None:
+    def __init__(self, verdict: str | None, correction: dict[str, Any] | None = None) -> None:
+        self.id = "review-1"
         self.verdict = verdict
         self.correction = correction
         self.reviewer = "ana"
+        self.proposed: dict[str, Any] | None = None
 
 
 Script = Callable[[StepCall], Attempt | None]
@@ -70,7 +73,12 @@ class FakeRunner:
         return Attempt(outcome="completed", trace=trace, value=value)
 
     async def review(
-        self, step: str, proposed: Decision, args: dict[str, Any], result: RunResult, review: Any
+        self,
+        node: Any,
+        proposed: Decision,
+        args: dict[str, Any],
+        result: RunResult,
+        run_input: Any,
     ) -> Any:
         self.reviews.append(proposed)
         return self.verdict
@@ -292,3 +300,58 @@ def test_a_default_below_the_threshold_is_taken_but_held() -> None:
         True,
         weak_default,
     )
+
+
+# -- durable review ---------------------------------------------------------------------------
+
+
+def test_a_pending_review_stops_the_run_there_and_logs_the_decision_as_awaiting() -> None:
+    graph, sent = triage(threshold=0.8, review=Review(timeout="3d"))
+    runner = FakeRunner(verdict=REVIEW_PENDING)
+    result, records = walk(graph, runner, "hello")
+    assert result.status == "awaiting_review" and sent == []
+    assert result.steps == {
+        "ticket": "completed",
+        "route": "awaiting_review",
+        "send": "skipped",
+        "remember": "skipped",
+    }
+    assert result.paths == {"route": "awaiting_review"}
+    (row,) = records.decisions
+    route_call = next(c for c in runner.calls if c.step == "route")
+    # Logged under the id the continued run finds and updates: one row per decision.
+    assert (row.path, row.id, row.confidence) == ("awaiting_review", route_call.decision_id, 0.3)
+    assert records.reviews == []  # nothing answered yet: the review stays to be continued
+
+
+def test_an_answered_review_continues_the_run_and_settles_the_logged_row() -> None:
+    graph, sent = triage(threshold=0.8, review=Review(timeout="3d"))
+    waiting = FakeRunner(verdict=REVIEW_PENDING)
+    _, first = walk(graph, waiting, "hello")
+    logged = first.decisions[0]
+    proposed = Route(queue="billing", confidence=0.3, rationale="words")
+
+    def cached(call: StepCall) -> Attempt:
+        return Attempt(outcome="completed", trace=StepTrace(), value=proposed, cached=True)
+
+    corrected = Reviewed("correct", {"queue": "shipping"})
+    corrected.proposed = proposed.model_dump()
+    runner = FakeRunner({"route": cached}, verdict=corrected)
+    runner.logged = logged
+    result, records = walk(graph, runner, "hello")
+    assert result.status == "completed" and sent == ["shipping"]
+    (row,) = records.decisions
+    assert (row.id, row.path, row.reviewer) == (logged.id, "human", "ana")
+    assert row.output["queue"] == "shipping" and row.correction == {"queue": "shipping"}
+    assert records.reviews == ["review-1"]
+
+
+def test_a_review_past_its_deadline_takes_the_default_or_holds_without_one() -> None:
+    safe = Route(queue="other", confidence=1.0, rationale="safe")
+    graph, sent = triage(threshold=0.8, review=Review(timeout="1h"), default=safe)
+    result, records = walk(graph, FakeRunner(verdict=Reviewed(None)), "hello")
+    assert (result.status, result.paths["route"], sent) == ("completed", "default", ["other"])
+    assert records.reviews == ["review-1"]
+    graph, sent = triage(threshold=0.8, review=Review(timeout="1h"))
+    result, _ = walk(graph, FakeRunner(verdict=Reviewed(None)), "hello")
+    assert (result.status, result.paths["route"], sent) == ("held", "held", [])
