@@ -13,6 +13,7 @@ from rich.table import Table
 from agents.cli._decisions import decisions_command, prune_command
 from agents.cli._eval import eval_command
 from agents.cli._feedback import calibrate_command, feedback_command
+from agents.cli._reviews import resume_command, review_command, reviews_command
 from agents.cli._run import run_command
 from agents.cli._shadow import shadow_command
 from agents.cli._stats import report_command, stats_command
@@ -39,6 +40,9 @@ app.command("stats")(stats_command)
 app.command("report")(report_command)
 app.command("feedback")(feedback_command)
 app.command("calibrate")(calibrate_command)
+app.command("reviews")(reviews_command)
+app.command("review")(review_command)
+app.command("resume")(resume_command)
 
 
 def parse_since(value: str | None) -> datetime | None:

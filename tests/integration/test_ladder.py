@@ -1,11 +1,8 @@
-"""The fallback ladder below a confidence threshold: fallback model, human review in the Prefect
-UI (approve, correct, reject, timeout), safe default — through real HTTP to the model server."""
+"""The fallback ladder below a confidence threshold: fallback model, human review (approve,
+correct, reject, deadline), safe default — through real HTTP to the model server."""
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import threading
 import time
 import uuid
 from typing import Any
@@ -36,54 +33,6 @@ def ladder_agent(name: str, acted: list[str], **ladder: Any) -> Agent:
         return route.category
 
     return agent
-
-
-class Reviewer:
-    """Answers the first paused flow run it sees, like a person in the Prefect UI."""
-
-    def __init__(self, run_input: dict[str, Any] | None) -> None:
-        self.run_input = run_input
-        self.seen_description: str | None = None
-        self._ctx = contextvars.copy_context()
-        self._thread = threading.Thread(target=self._ctx.run, args=(self._main,), daemon=True)
-
-    def __enter__(self) -> Reviewer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._thread.join(timeout=60)
-
-    def _main(self) -> None:
-        asyncio.run(self._answer())
-
-    async def _answer(self) -> None:
-        from prefect import get_client
-        from prefect.client.schemas.filters import (
-            FlowRunFilter,
-            FlowRunFilterState,
-            FlowRunFilterStateType,
-        )
-        from prefect.client.schemas.objects import StateType
-        from prefect.flow_runs import resume_flow_run
-
-        deadline = time.monotonic() + 45
-        async with get_client() as client:
-            while time.monotonic() < deadline:
-                runs = await client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(
-                        state=FlowRunFilterState(
-                            type=FlowRunFilterStateType(any_=[StateType.PAUSED])
-                        )
-                    )
-                )
-                if runs:
-                    if self.run_input is None:
-                        return  # a reviewer who never answers
-                    await asyncio.sleep(1.0)  # the input schema is saved just after the pause
-                    await resume_flow_run(runs[0].id, run_input=self.run_input)
-                    return
-                await asyncio.sleep(0.2)
 
 
 def test_below_threshold_the_fallback_model_decides(
@@ -129,7 +78,7 @@ def test_a_fallback_decision_costs_each_call_at_its_own_model_price(
 
 
 @pytest.mark.parametrize(
-    ("run_input", "path", "category", "acts"),
+    ("answer", "path", "category", "acts"),
     [
         ({"verdict": "approve", "reviewer": "ana"}, "human", "billing", True),
         (
@@ -146,11 +95,13 @@ def test_a_fallback_decision_costs_each_call_at_its_own_model_price(
 def test_human_review_approves_corrects_or_rejects_and_the_default_catches_the_rest(
     state_db: str,
     model_server: ModelServer,
-    run_input: dict[str, Any] | None,
+    answer: dict[str, Any] | None,
     path: str,
     category: str,
     acts: bool,
 ) -> None:
+    from agents import decisions, reviews
+
     tenant = f"acme-{uuid.uuid4().hex[:8]}"
     model_server.faults.update(force_confidence=0.4)
     acted: list[str] = []
@@ -158,11 +109,19 @@ def test_human_review_approves_corrects_or_rejects_and_the_default_catches_the_r
     agent = ladder_agent(
         f"ladder-review-{path}-{category}",
         acted,
-        review=Review(timeout=8 if run_input is None else 40, poll_interval=1),
+        review=Review(timeout=2 if answer is None else "1h"),
         default=escalate,
     )
-    with Reviewer(run_input):
-        result = agent.run(tenant=tenant, raw="I want a refund")
+    first = agent.run(tenant=tenant, raw="I want a refund")
+    assert (first.status, first.paths["route"], acted) == ("awaiting_review", "awaiting_review", [])
+    (waiting,) = reviews.pending(tenant=tenant, agent=agent.name)
+    assert waiting.confidence == pytest.approx(0.4) and waiting.proposed["category"] == "billing"
+    if answer is None:
+        time.sleep(2.2)  # nobody answers before the deadline
+        assert reviews.pending(tenant=tenant, agent=agent.name) == []
+    else:
+        reviews.answer(waiting.id, tenant=tenant, **answer)
+    (result,) = agent.resume(tenant=tenant)
     assert result.paths["route"] == path
     assert result.outputs["route"].category == category
     if acts:
@@ -171,14 +130,15 @@ def test_human_review_approves_corrects_or_rejects_and_the_default_catches_the_r
         # The safe default is not confident enough to act on: the run is held, nothing done.
         assert result.status == "held" and acted == []
         assert result.steps["send"] == "skipped"
-    from agents import decisions
-
+    # One model call in all: the continued run took the decision from its persisted result.
+    assert model_server.stats.requests_total == 1
     (logged,) = decisions.query(tenant=tenant, agent=agent.name)
     assert logged.path == path
-    if run_input and path == "human":
-        assert logged.reviewer == run_input["reviewer"]
-    if run_input and run_input["verdict"] == "correct":
+    if answer and path == "human":
+        assert logged.reviewer == answer["reviewer"]
+    if answer and answer["verdict"] == "correct":
         assert logged.correction == {"category": "shipping"}
+    assert agent.resume(tenant=tenant) == []  # continued once, never again
 
 
 def test_a_decision_below_threshold_with_no_ladder_is_held(
