@@ -7,7 +7,8 @@ again with the same parameters is safe: finished steps come from the results cac
 from the ledger (an action in doubt is retried under its idempotency key). `recover` re-submits
 each such run from its deployment, tagged `stalwart:retry-of:<id>` and `stalwart:attempt:<n>`,
 at most `max_attempts` times per original run, and never twice for the same dead run: calling
-it again, from a cron or another machine, is harmless.
+it again, from a cron or another machine, is harmless, and so are two calls at once (the retry
+is created under an idempotency key, `retry_key`, so the server keeps one).
 
 A process can only be seen dead on its own machine (`infrastructure_pid` is `host:pid`). For
 workers on other machines, turn on Prefect's flow-run heartbeats
@@ -43,6 +44,7 @@ __all__ = [
     "Recovery",
     "process_alive",
     "recover",
+    "retry_key",
 ]
 
 AGENT_TAG = "agent:"
@@ -96,6 +98,16 @@ def process_alive(infrastructure_pid: str | None) -> bool | None:
     except (OSError, IndexError):
         return False
     return state not in ("Z", "X")  # a zombie is dead, only not reaped
+
+
+def retry_key(flow_run_id: Any) -> str:
+    """The idempotency key of the one flow run that re-submits `flow_run_id`.
+
+    Example:
+        >>> retry_key("3f2a")
+        'stalwart:retry-of:3f2a'
+    """
+    return f"{RETRY_TAG}{flow_run_id}"
 
 
 def _tag_value(tags: list[str], prefix: str) -> str | None:
@@ -171,10 +183,13 @@ def recover(
             found.append(Recovery(str(run.id), name, state, "gave up", attempt, reason=reason))
             continue
         kept = [t for t in tags if t != RETRIED and not t.startswith((RETRY_TAG, ATTEMPT_TAG))]
+        # The key makes the server create one retry per dead run, however many `recover`
+        # calls race past the `retried` check: the others get that same flow run back.
         new = client.create_flow_run_from_deployment(
             run.deployment_id,
             parameters=run.parameters,
             tags=[*kept, RETRIED, f"{RETRY_TAG}{run.id}", f"{ATTEMPT_TAG}{attempt + 1}"],
+            idempotency_key=retry_key(run.id),
         )
         found.append(
             Recovery(str(run.id), name, state, "resubmitted", attempt, str(new.id), reason)

@@ -15,12 +15,15 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import platformdirs
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from agents.durations import parse_timedelta
 
 DEFAULT_MODEL = "stalwart-test"
 
@@ -175,6 +178,13 @@ class Settings(BaseSettings):
     tenant_limits: dict[str, int] = Field(
         default_factory=dict,
         description="Per-tenant overrides of tenant_concurrency (STALWART_TENANT_LIMITS, JSON).",
+    )
+    retention: Annotated[timedelta, BeforeValidator(parse_timedelta)] = Field(
+        default=timedelta(days=90),
+        gt=timedelta(0),
+        description="How long runs, steps, decisions, step results, completed actions and cached "
+        "model answers are kept (STALWART_RETENTION, e.g. 90d, 12w): the maintenance "
+        "deployment's nightly prune deletes what is older.",
     )
 
     def resolved_database_url(self) -> str:

@@ -35,10 +35,12 @@ def deployed(
     postgres_server_url: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, Any]]:
-    """The work pool, the three deployments and two workers on the session's Prefect server."""
+    """The work pool, the deployments and two workers on the session's Prefect server (the
+    maintenance deployment paused: triggered only)."""
     server = prefect_server
     server.cli("work-pool", "create", "stalwart", "--type", "process", "--overwrite")
     deployed_out = server.cli("deploy", "--all", cwd=ROOT, timeout=240)
+    _pause(server, MAINTENANCE)
     server.cli("block", "register", "-m", "blocks", cwd=ROOT)
     save = (
         "from blocks import StateDatabase; "
@@ -66,6 +68,19 @@ def deployed(
     finally:
         for worker in workers:
             worker.stop()
+
+
+MAINTENANCE = "maintenance/stalwart-maintenance"
+
+
+def _pause(server: PrefectServer, name: str) -> None:
+    """No scheduled runs of `name` in the suite (the maintenance sweeps run every minute and
+    would take the workers' slots); pausing a deployment deletes its scheduled runs. Its runs
+    can still be triggered."""
+    from prefect.client.orchestration import SyncPrefectClient
+
+    with SyncPrefectClient(server.api_url) as client:
+        client.pause_deployment(client.read_deployment_by_name(name).id)
 
 
 async def _trigger(name: str, parameters: dict[str, Any] | None = None) -> Any:
@@ -131,6 +146,33 @@ def test_deploy_created_every_reference_deployment(deployed: dict[str, Any]) -> 
         deployed["server"].cli("deployment", "inspect", "ticket-triage/ticket-triage")
     )
     assert "*/30 * * * *" in described and "stalwart" in described
+
+
+@pytest.mark.usefixtures("on_prefect_server")
+def test_the_maintenance_deployment_schedules_its_sweeps_and_runs_them(
+    deployed: dict[str, Any],
+) -> None:
+    """Three schedules, each naming its sweep; two sweeps triggered at once both complete."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        schedules = client.read_deployment_by_name(MAINTENANCE).schedules
+    by_task = {s.parameters["task"]: getattr(s.schedule, "cron", None) for s in schedules}
+    assert by_task == {"reviews": "*/5 * * * *", "recover": "* * * * *", "prune": "30 3 * * *"}
+
+    async def both() -> list[Any]:
+        return list(
+            await asyncio.gather(
+                _trigger(MAINTENANCE, {"task": "reviews"}),
+                _trigger(MAINTENANCE, {"task": "prune", "retention": "3650d"}),
+            )
+        )
+
+    for flow_run in asyncio.run(both()):
+        assert flow_run.state.is_completed(), (
+            flow_run.state,
+            [w.log_tail() for w in deployed["workers"]],
+        )
 
 
 def _child_runs(parent_id: Any) -> list[Any]:
