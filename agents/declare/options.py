@@ -49,10 +49,12 @@ class Calibration:
 
 @dataclass(frozen=True, kw_only=True)
 class Review:
-    """Human review, the second rung of the fallback ladder.
+    """Human review, the second rung of the fallback ladder, asked durably.
 
-    The flow run pauses with a typed form in the Prefect UI showing the input, the proposed
-    decision, its confidence and rationale; the reviewer approves, corrects or rejects it.
+    The run stops (`awaiting_review`) and a review request is stored: the input, the proposed
+    decision, its confidence and rationale. A person approves, corrects or rejects it through
+    `agents.reviews`, `stalwart review` or the Prefect UI form (deployments), and the run
+    continues; nothing waits meanwhile. Past `timeout` the step's safe default applies.
 
     Example:
         >>> Review(timeout="4h").timeout_seconds
@@ -60,9 +62,8 @@ class Review:
     """
 
     timeout: float | str = "4h"
-    """How long to wait for a reviewer before falling to the default."""
-    poll_interval: float = 10.0
-    """How often the paused run checks for the reviewer's answer, in seconds."""
+    """How long a review may wait for an answer (`"3d"`, `"4h"`, seconds) before it expires
+    and the step's safe default applies."""
 
     @property
     def timeout_seconds(self) -> float:

@@ -7,7 +7,7 @@
 * `task`: a step's task body, actions through the action ledger.
 * `inject`: the resources a step declares, resolved per call.
 * `ladder`: fallback model, person, safe default; refused actions.
-* `review`: human review through a paused flow run.
+* `review`: human review asked durably (the request row; a deployment's suspended form).
 * `shadow`: a candidate model deciding a share of live runs.
 * `rows`: the step and decision rows a run writes.
 * `call`: one step call's keys (`StepCall`) and report (`StepTrace`).
