@@ -85,7 +85,8 @@ def test_a_batch_with_unsure_inputs_returns_at_once_and_resumes_as_each_verdict_
     cli = CliRunner()
     listed = cli.invoke(app, ["reviews", "--tenant", other, "--json"])
     assert listed.exit_code == 0 and listed.stdout.strip() == ""
-    refused = cli.invoke(app, ["review", pending[0].id, "--tenant", other, "--approve", "--by", "m"])
+    steal = ["review", pending[0].id, "--tenant", other, "--approve", "--by", "mallory"]
+    refused = cli.invoke(app, steal)
     assert refused.exit_code == 1 and "no review" in refused.output
 
     # Answer in random order, half from Python and half from the CLI.
