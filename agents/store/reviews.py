@@ -250,7 +250,9 @@ def expire_due(
     if agent is not None:
         conditions.append(col(ReviewRequest.agent) == agent)
     with session(url) as s:
-        due = list(s.exec(select(ReviewRequest).where(*conditions)).all())
+        # In id order: two sweeps at once lock rows in the same order (no deadlock).
+        query = select(ReviewRequest).where(*conditions).order_by(col(ReviewRequest.id))
+        due = list(s.exec(query).all())
         expired: list[ReviewRequest] = []
         table = ReviewRequest.metadata.tables["review_request"]
         for row in due:
