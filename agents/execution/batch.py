@@ -73,7 +73,10 @@ async def run_flow_body(
     if review and flow_run.id:
         await take_form_answer(review, tenant, flow_run.id)
     storage = await result_storage()
-    deployment_id = str(deployment.id) if deployment.id else None
+    # A review's form is a flow run of the agent's own deployment: none when the agent runs
+    # inside another deployment's flow (whose parameters are not the agent's).
+    own = deployment.id and flow_run.flow_name == graph.name
+    deployment_id = str(deployment.id) if own else None
     reviewer = Reviewer(graph.name, deployment_id=deployment_id)
     steps = PrefectStepRunner(graph, runner.tasks_for(storage), storage, reviewer)
     flow_run_id = str(flow_run.id) if flow_run.id else None
