@@ -9,6 +9,10 @@ answers):
 
     stalwart run ticket-triage --input flows/data/tickets.jsonl
     stalwart eval ticket-triage
+
+A ticket both models are unsure of waits for a person (the run ends `awaiting_review`; the
+batch does not wait): `stalwart reviews --tenant default` lists them, `stalwart review`
+answers one, `stalwart resume ticket-triage --tenant default` acts on the answers.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from agents import LLM, Agent, Decision, Memory, RunContext
+from agents import LLM, Agent, Decision, Memory, Review, RunContext
 from flows.helpdesk import current_helpdesk
 
 #: What a decision may tell the action step to do (the agent refuses anything else).
@@ -79,7 +83,8 @@ class Routing(Decision):
     )
 
 
-#: Rung 3: nobody was sure, so a person decides; escalating is always safe, hence it may act.
+#: Rung 3: nobody was sure and no reviewer answered in time (or one rejected the decision), so
+#: the ticket goes to a person; escalating is always safe, hence it may act.
 ESCALATE_TO_A_PERSON = Routing(
     category="other",
     urgency="normal",
@@ -123,9 +128,12 @@ def ticket(raw: dict[str, Any], memory: Memory) -> Ticket:
 @triage.reasoning(
     threshold=THRESHOLD,
     fallback_model=FALLBACK_MODEL,
-    # No human rung here: a review pauses the batch's one flow run, one ticket at a time, so
-    # even a short timeout would stall the offline demo. Add `review=Review(timeout="4h")`
-    # in a deployment where someone watches the Prefect UI.
+    # Rung 2: a ticket both models are unsure of waits for a person. Nothing blocks on it: the
+    # run ends `awaiting_review` (the rest of the batch goes on) and stores a review request.
+    # Answered with `stalwart review`, `stalwart resume ticket-triage --tenant T` acts on the
+    # verdict; in a deployment, answering the review's form in the Prefect UI continues the
+    # run by itself. Rejected, or unanswered for 3 days, the default below applies.
+    review=Review(timeout="3d"),
     default=ESCALATE_TO_A_PERSON,
     retries=2,
     retry_delay=0.5,

@@ -1,9 +1,10 @@
 """`stalwart eval`: run an agent over labelled inputs and score it.
 
 This module owns scoring: accuracy per labelled field and overall, the share of decisions made
-at each rung of the fallback ladder, cost and latency. Reading the input file is
-`agents.cli._run`'s job (a line's labels sit under `LABELS_KEY`, step → field → value, and are
-never passed to a run); running is the agent runner's (`agents.execution.runner`).
+at each rung of the fallback ladder, the runs still awaiting a person's review, cost and
+latency. Reading the input file is `agents.cli._run`'s job (a line's labels sit under
+`LABELS_KEY`, step → field → value, and are never passed to a run); running is the agent
+runner's (`agents.execution.runner`).
 
 Example:
     ```
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -86,9 +88,12 @@ class Evaluation:
     runs: int
     """Inputs run."""
     statuses: dict[str, int] = field(default_factory=dict)
-    """Runs per status: completed, held, failed."""
+    """Runs per status: completed, held, awaiting_review, failed."""
+    awaiting_review: int = 0
+    """Runs stopped at a human review: their decision is the reviewer's, still to come."""
     labelled: int = 0
-    """Inputs that carried labels."""
+    """Labelled inputs scored as a whole: every input that carried labels, but for a run
+    awaiting review whose labelled step has no decision yet (see `score`)."""
     fields: list[FieldScore] = field(default_factory=list)
     """Accuracy per labelled (step, field)."""
     overall_correct: int = 0
@@ -173,7 +178,12 @@ def score(
     """Score finished runs against their labels; cost and latency come from their log rows.
 
     A step's *final* output is scored, whatever rung of the ladder produced it; an input
-    whose run has no output for a labelled step (it failed) counts as wrong.
+    whose run has no output for a labelled step (it failed) counts as wrong. A run that stopped
+    at a human review (`awaiting_review`) has no final decision yet, neither right nor wrong:
+    the labelled steps it did not reach (the one under review and those after it) are not
+    scored, and the input is left out of `labelled` and `overall_correct`, so the accuracy is
+    that of the decisions made. Such runs are counted in `awaiting_review` and on the ladder's
+    `awaiting_review` rung.
 
     Example:
         >>> score("a", "t", [], [], ["route"]).runs
@@ -185,14 +195,18 @@ def score(
         tenant=tenant,
         runs=len(results),
         statuses=dict(Counter(r.status for r in results)),
+        awaiting_review=sum(1 for r in results if r.status == "awaiting_review"),
     )
     tallies: dict[tuple[str, str], list[int]] = {}
     for result, wanted in zip(results, labels, strict=True):
         if not wanted:
             continue
-        evaluation.labelled += 1
+        # A run awaiting review has no decision yet for the step under review and the steps
+        # after it (no output, yet not failed): those labels wait, the others are scored.
+        waiting = result.status == "awaiting_review"
+        scored = {s: v for s, v in wanted.items() if not waiting or s in result.outputs}
         all_right = True
-        for step, values in wanted.items():
+        for step, values in scored.items():
             output = result.outputs.get(step)
             for name, value in values.items():
                 right = output is not None and field_value(output, name) == value
@@ -200,7 +214,9 @@ def score(
                 tally[0] += right
                 tally[1] += 1
                 all_right = all_right and right
-        evaluation.overall_correct += all_right
+        if len(scored) == len(wanted):
+            evaluation.labelled += 1
+            evaluation.overall_correct += all_right
     evaluation.fields = [
         FieldScore(step=step, field=name, correct=c, total=t)
         for (step, name), (c, t) in tallies.items()
@@ -401,6 +417,7 @@ def print_evaluation(evaluation: Evaluation, source: Path | None = None) -> None
     accuracy.add_row(
         "all labels right", f"{e.overall_correct}/{e.labelled}", f"{e.overall_accuracy:.1%}"
     )
+    accuracy.add_row("awaiting review (not scored)", str(e.awaiting_review), "")
     console.print(accuracy)
 
     for step in e.ladder:
@@ -425,3 +442,11 @@ def print_evaluation(evaluation: Evaluation, source: Path | None = None) -> None
     cost.add_row("run latency p50 / p95", f"{_ms(e.run_ms_p50)} / {_ms(e.run_ms_p95)}")
     cost.add_row("model latency p50 / p95", f"{_ms(e.model_ms_p50)} / {_ms(e.model_ms_p95)}")
     console.print(cost)
+    if e.awaiting_review:
+        console.print(
+            f"{e.awaiting_review} run(s) await a person's review: "
+            + escape(
+                f"stalwart reviews --tenant {e.tenant}, then stalwart resume {e.agent} "
+                f"--tenant {e.tenant}"
+            )
+        )

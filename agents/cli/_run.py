@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -172,7 +173,7 @@ def run_command(
                 )
             )
     else:
-        _summary(target.name, tenant, accepted, results, rejected)
+        _summary(target.name, agent, tenant, accepted, results, rejected)
     failed = sum(1 for r in results if r.status == "failed")
     if failed or rejected:
         raise typer.Exit(1)
@@ -196,6 +197,7 @@ def _let_prefect_settle() -> None:
 
 def _summary(
     name: str,
+    agent: str,
     tenant: str,
     accepted: list[tuple[int, dict[str, Any]]],
     results: list[RunResult],
@@ -208,13 +210,22 @@ def _summary(
     table = Table(title=f"{name} · tenant {tenant}")
     table.add_column("outcome")
     table.add_column("runs", justify="right")
-    for status in ("completed", "held", "failed"):
+    for status in ("completed", "held", "awaiting_review", "failed"):
         table.add_row(status, str(counts.get(status, 0)))
     table.add_row("quarantined lines", str(len(rejected)))
     table.add_section()
-    for status in ("completed", "cached", "held", "skipped", "failed"):
+    for status in ("completed", "cached", "held", "awaiting_review", "skipped", "failed"):
         table.add_row(f"steps {status}", str(step_counts.get(status, 0)))
     console.print(table)
     for (line, _), r in zip(accepted, results, strict=True):
         if r.status == "failed":
             console.print(f"[red]line {line} failed:[/red] {r.error}")
+    waiting = counts.get("awaiting_review", 0)
+    if waiting:
+        # The agent as the user named it: `stalwart resume` loads it the same way.
+        resume = escape(f"stalwart resume {agent} --tenant {tenant}")
+        console.print(
+            f"{waiting} run(s) await a person's review: see them with "
+            f"[bold]{escape(f'stalwart reviews --tenant {tenant}')}[/bold], answer each with "
+            f"`stalwart review`, then continue the runs with [bold]{resume}[/bold]."
+        )

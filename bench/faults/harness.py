@@ -29,8 +29,9 @@ Example (a scenario in a dozen lines; see `s2_worker_kill.py`):
 keeps watching meanwhile), and returns once every ticket has a finished agent run or the
 deadline passed. Measures:
 
-- completed: tickets with a `completed` (or `held`: refused by policy, nothing to do) agent run
-  in the state database; lost: the others.
+- completed: tickets with a `completed` (or `held`: refused by policy, nothing to do; or
+  `awaiting_review`: durably stopped for a person) agent run in the state database; lost: the
+  others.
 - duplicate actions: tickets with more than one distinct effect at the helpdesk; re-deliveries
   the helpdesk absorbed by idempotency key are reported in the notes.
 - LLM calls re-made: the model server's successful answers beyond the first per hash of model +
@@ -94,7 +95,9 @@ __all__ = [
 #: Admin URL of the local PostgreSQL (databases for the Prefect server and the state are made here).
 PG = os.environ.get("STALWART_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 DEPLOYMENT = "ticket-triage/ticket-triage"
-FINISHED = ("completed", "held")
+#: A ticket's run with one of these statuses is done for W1: an unsure ticket of the sample stops
+#: at ticket-triage's review rung (`awaiting_review`) until a person answers, and is not lost.
+FINISHED = ("completed", "held", "awaiting_review")
 #: W1 and its short version: (tickets, tenants, tickets per flow run).
 FULL = (1000, 10, 50)
 # The short version is what CI runs for each of scenarios 1-4: few flow runs, because starting a

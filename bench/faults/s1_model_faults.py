@@ -22,7 +22,7 @@ from bench.faults.report import ScenarioResult
 
 NAME = "1 model faults (30%)"
 KINDS = ["429", "500", "timeout", "drop", "malformed"]
-FALLBACK_PATHS = ("fallback_model", "human", "default")
+FALLBACK_PATHS = ("fallback_model", "human", "awaiting_review", "default")
 
 
 def run(

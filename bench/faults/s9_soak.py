@@ -521,7 +521,10 @@ def run_inprocess(
             Wave(
                 index=index,
                 runs=len(results),
-                completed=sum(r.status in ("completed", "held") for r in results),
+                # awaiting_review: an unsure ticket stopped for a person, durably (not lost).
+                completed=sum(
+                    r.status in ("completed", "held", "awaiting_review") for r in results
+                ),
                 duplicates=0,
                 wall_s=wall,
                 worker_rss_mb=peak.roots_mb,

@@ -1,14 +1,20 @@
-"""The three reference agents run from the CLI by their registered names."""
+"""The three reference agents run from the CLI by their registered names; the ticket-triage
+demo hands its unsure tickets to a person and returns."""
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from agents import reviews
 from agents.cli import app
 from agents.store import queries
+from flows.ticket_triage import SAMPLE_INPUTS
+from tests.support.triage import refused, sample, unsure
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -38,3 +44,43 @@ def test_a_reference_agent_runs_from_the_cli(
     assert result.exit_code == 0, result.output
     runs = queries.runs(tenant="cli-ref", agent=agent)
     assert len(runs) == lines and {r.status for r in runs} == {"completed"}
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api", "model_server")
+def test_the_triage_demo_asks_a_person_about_the_unsure_tickets_and_returns(
+    sqlite_url: str,
+) -> None:
+    """The README's demo command over the whole bundled sample: the tickets both models are
+    unsure of end `awaiting_review` (nothing waits for the reviewer), the injections `held`."""
+    lines = sample()
+    waits, refusals = unsure(lines), refused(lines)
+    assert waits and refusals and not waits & refusals
+    decided = len(lines) - len(waits) - len(refusals)
+    result = runner.invoke(
+        app, ["run", "ticket-triage", "--input", str(SAMPLE_INPUTS), "--tenant", "demo"]
+    )
+    assert result.exit_code == 0, result.output  # a run awaiting review is not a failure
+
+    runs = queries.runs(tenant="demo", agent="ticket-triage", limit=1000)
+    assert Counter(r.status for r in runs) == {
+        "completed": decided,
+        "awaiting_review": len(waits),
+        "held": len(refusals),
+    }
+    pending = reviews.pending(tenant="demo", agent="ticket-triage")
+    assert sorted(p.inputs["ticket"]["id"] for p in pending) == sorted(waits)
+
+    table = {
+        label.strip(): int(count)
+        for label, count in re.findall(r"│ ([a-z_ ]+?)\s+│\s+(\d+) │", result.stdout)
+    }
+    assert table["completed"] == decided and table["failed"] == 0
+    assert table["awaiting_review"] == table["steps awaiting_review"] == len(waits)
+    assert table["held"] == table["steps held"] == len(refusals)
+    # Two skipped steps (act, remember) behind each review and each refusal.
+    assert table["steps skipped"] == 2 * (len(waits) + len(refusals))
+    said = " ".join(result.stdout.split())
+    assert f"{len(waits)} run(s) await a person's review" in said
+    assert "stalwart reviews --tenant demo" in said
+    assert "stalwart resume ticket-triage --tenant demo" in said

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -16,13 +15,14 @@ from agents.settings import temporary_settings
 from agents.shadow import shadow
 from agents.store import queries
 from flows.ticket_triage import triage
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.triage import sample, unsure
 
 
 def _tickets(count: int) -> list[dict]:
-    lines = (ROOT / "flows/data/tickets.jsonl").read_text().splitlines()[:count]
-    return [json.loads(line) for line in lines]
+    """The sample's first `count` tickets the agent decides on (none waits for a review)."""
+    lines = sample()
+    waits = unsure(lines)
+    return [line for line in lines if line["raw"]["id"] not in waits][:count]
 
 
 @pytest.mark.usefixtures("prefect_api")
