@@ -110,6 +110,7 @@ async def climb(
                 )
             if second.confidence > proposed.confidence:
                 proposed = second
+    verdict: Verdict | ReviewPending | None = None
     if options.review is not None:
         verdict = await ask_review(proposed)
         if isinstance(verdict, ReviewPending):
@@ -136,9 +137,23 @@ async def climb(
                 correction=verdict.correction if verdict.verdict == "correct" else None,
                 proposed=proposed,
             )
+    # A person who rejected the decision is named on the row the default (or hold) makes.
+    rejected_by = None
+    if isinstance(verdict, ReviewPending) or verdict is None:
+        pass
+    elif verdict.verdict == "reject":
+        rejected_by = verdict.reviewer
     if options.default is not None:
-        return default_outcome(options.default, threshold, extra_calls, proposed)
-    return LadderOutcome(decision=proposed, path=LadderPath.HELD, llm_calls=extra_calls, held=True)
+        outcome = default_outcome(options.default, threshold, extra_calls, proposed)
+        outcome.reviewer = rejected_by
+        return outcome
+    return LadderOutcome(
+        decision=proposed,
+        path=LadderPath.HELD,
+        llm_calls=extra_calls,
+        held=True,
+        reviewer=rejected_by,
+    )
 
 
 async def without_model(

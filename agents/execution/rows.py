@@ -111,8 +111,10 @@ def settled(row: DecisionRecord, outcome: LadderOutcome) -> DecisionRecord:
     if row.path == str(outcome.path) and outcome.reviewer == row.reviewer:
         return row
     output = decision.model_dump(mode="json") if isinstance(decision, BaseModel) else decision
-    return row.model_copy(
-        update={
+    # A new row, not `model_copy`: a copy would share the logged row's SQLAlchemy state.
+    return DecisionRecord(
+        **{
+            **row.model_dump(),
             "path": str(outcome.path),
             "output": output,
             "confidence": getattr(decision, "confidence", None),

@@ -152,15 +152,6 @@ def test_escalation_asked_for_by_a_person_or_the_default_and_refused(
     assert Memory(who, "ticket-triage", "cust-e").get("history")["escalations"] == 1
 
 
-@pytest.mark.xfail(
-    reason=(
-        "agents/execution/rows.py settled() builds the continued decision row with "
-        "DecisionRecord.model_copy, which shares the original's SQLAlchemy state: once the "
-        "original is garbage collected, the learning step's context.set_outcome raises "
-        "ObjectDereferencedError and the resumed run fails. Remove this mark with the fix."
-    ),
-    strict=False,
-)
 def test_a_rejected_review_escalates_the_ticket_once_when_the_run_resumes(
     sqlite_url: str, model_server: ModelServer
 ) -> None:
@@ -184,6 +175,7 @@ def test_a_rejected_review_escalates_the_ticket_once_when_the_run_resumes(
     assert Memory(who, "ticket-triage", "cust-r").get("history")["escalations"] == 1
     (row,) = decisions.query(tenant=who, agent="ticket-triage")  # the same row, settled
     assert row.path == "default" and row.agent_run_id == vague.run_id
+    assert row.reviewer == "ana"  # who rejected it is named on the decision
     answered = reviews.get(review.id, tenant=who)
     assert (answered.state, answered.verdict, answered.reviewer) == ("answered", "reject", "ana")
     assert row.outcome == {"action": "escalate", "queue": "escalations", "urgency": "high"}
