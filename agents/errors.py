@@ -203,3 +203,8 @@ class ReviewNotFound(UserError):
 
 class ReviewClosed(UserError):
     """The review was answered already, or expired: a second answer is refused, never applied."""
+
+
+class ToolLoopExhausted(StalwartError):
+    """A reasoning step's tool loop used up its `max_turns` (or its bad-call budget) without an
+    answer: the step has no decision, and the ladder's fallback model or safe default apply."""

@@ -28,7 +28,16 @@ R = TypeVar("R")
 
 #: Options only reasoning steps take.
 _REASONING_OPTIONS = frozenset(
-    {"threshold", "fallback_model", "review", "default", "shadow", "calibrate"}
+    {
+        "threshold",
+        "fallback_model",
+        "review",
+        "default",
+        "shadow",
+        "calibrate",
+        "tools",
+        "max_turns",
+    }
 )
 
 
@@ -156,6 +165,8 @@ class Agent:
     ) -> Any:
         if "tags" in options:
             options["tags"] = tuple(options["tags"])
+        if "tools" in options:
+            options["tools"] = tuple(options["tools"] or ())
         unknown = set(options) - {f.name for f in dataclasses.fields(StepOptions)}
         if layer != "reasoning":
             unknown |= _REASONING_OPTIONS & set(options)

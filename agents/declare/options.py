@@ -125,3 +125,8 @@ class StepOptions:
     within `Calibration.bounds`, to meet `Calibration.target_precision`."""
     shadow: Shadow | None = None
     """Reasoning only: a candidate model also decides a share of runs, logged, never acted on."""
+    tools: tuple[Any, ...] = ()
+    """Reasoning only: read-only functions the model may call before it answers
+    (`llm.decide` runs the loop); see `agents.declare.tool.Tool`."""
+    max_turns: int = 6
+    """Reasoning only: model turns a tool loop may take before the step fails."""

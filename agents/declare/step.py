@@ -189,6 +189,12 @@ class Step(Generic[P, R]):
                     f"{where}: option 'threshold' is {self.options.threshold}; "
                     "use a value in [0, 1]"
                 )
+        if self.options.tools and self.layer != "reasoning":
+            problems.append(
+                f"{where}: option 'tools' only applies to reasoning steps (the model calls them)"
+            )
+        if self.options.max_turns < 1:
+            problems.append(f"{where}: option 'max_turns' must be at least 1")
         if self.options.retries < 0:
             problems.append(f"{where}: option 'retries' is negative")
         if self.options.timeout is not None and self.options.timeout <= 0:

@@ -24,8 +24,9 @@ from agents.decisions import publish_artifact
 from agents.digest import digest
 from agents.errors import InputError
 from agents.execution.call import RunScope
-from agents.execution.prefect import PrefectStepRunner, result_storage
+from agents.execution.prefect import PrefectStepRunner
 from agents.execution.review import Reviewer, take_form_answer
+from agents.execution.storage import result_storage
 from agents.execution.threads import in_thread
 from agents.execution.walk import RunWalk, StepRunner
 from agents.graph import META_KEYS

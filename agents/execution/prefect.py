@@ -3,9 +3,7 @@ flow that runs a batch; and the step runner the walk uses to run step calls as t
 
 from __future__ import annotations
 
-import asyncio
 import time
-import weakref
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,8 +25,7 @@ from agents.execution.task import execute, twin_conflict
 from agents.execution.threads import in_thread
 from agents.execution.walk import Attempt
 from agents.observe import flow_failure_hook
-from agents.policy.retry import is_retryable_by_step
-from agents.settings import get_current_settings
+from agents.policy.retry import retry_unless_user_error
 from agents.store.decisions import logged_decision
 from agents.store.results import SQLResultStorage
 
@@ -65,13 +62,6 @@ def caches(node: StepNode) -> bool:
     return node.step.options.cache or node.step.layer == "action"
 
 
-def _retry_unless_user_error(task: Task[Any, Any], task_run: Any, state: Any) -> bool:
-    """A developer's mistake is never retried, nor a provider failure the LLM layer already
-    retried (retries live in one layer); everything else follows the step's retries."""
-    error = getattr(state, "data", None)
-    return not isinstance(error, BaseException) or is_retryable_by_step(error)
-
-
 def make_task(node: StepNode, storage: SQLResultStorage) -> Task[Any, Any]:
     """The Prefect task of one step, named `<agent>.<step>`; its runs are named after the run."""
     step = node.step
@@ -93,7 +83,7 @@ def make_task(node: StepNode, storage: SQLResultStorage) -> Task[Any, Any]:
         retries=retries,
         retry_delay_seconds=exponential_backoff(step.options.retry_delay) if retries else 0,
         retry_jitter_factor=0.5 if retries else None,
-        retry_condition_fn=_retry_unless_user_error,
+        retry_condition_fn=retry_unless_user_error,
         timeout_seconds=step.options.timeout,
         cache_policy=STEP_CACHE if caching else NO_CACHE,
         persist_result=caching,
@@ -143,52 +133,6 @@ def flow_run_name() -> str:
         label = inputs[0].get("subject") or inputs[0].get("run_key")
         return f"{name}/{label}" if label else f"{name}/run"
     return f"{name}/batch-{len(inputs)}"
-
-
-# -- result storage ---------------------------------------------------------------------------
-
-_storages: dict[tuple[str, str], SQLResultStorage] = {}
-_storage_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-async def result_storage() -> SQLResultStorage:
-    """The SQL result storage block, saved once per Prefect API and process."""
-    from prefect.settings import PREFECT_API_URL
-
-    name = get_current_settings().result_storage_block
-    key = (str(PREFECT_API_URL.value() or "ephemeral"), name)
-    loop = asyncio.get_running_loop()
-    lock = _storage_locks.get(loop)
-    if lock is None:
-        lock = _storage_locks[loop] = asyncio.Lock()
-    # Concurrent first batches (one per tenant) would both register the block type: 409.
-    async with lock:
-        storage = _storages.get(key)
-        if storage is None:
-            storage = SQLResultStorage()
-            await _save_block(storage, name)
-            _storages[key] = storage
-    return storage
-
-
-async def _save_block(block: SQLResultStorage, name: str, attempts: int = 5) -> None:
-    """Save the block, retrying when another process registers its type or schema first.
-
-    Flow runs starting at once on a fresh server (one worker process each) all try to create
-    the block type; the losers get 409 `ObjectAlreadyExists` and succeed on the next try.
-    """
-    from prefect.exceptions import ObjectAlreadyExists
-
-    for attempt in range(attempts):
-        try:
-            await block.save(name, overwrite=True)
-            return
-        except ObjectAlreadyExists:
-            if attempt == attempts - 1:
-                raise
-            await asyncio.sleep(0.1 * (attempt + 1))
 
 
 # -- the step runner --------------------------------------------------------------------------

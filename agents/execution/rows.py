@@ -101,6 +101,7 @@ def decision_row(
         latency_ms=sum(c.latency_ms for c in llm_calls) if llm_calls else None,
         attempts=attempts,
         error_class=getattr(last, "error_class", None),
+        tool_calls=[dict(t) for c in llm_calls for t in c.tool_calls] or None,
     )
 
 

@@ -14,6 +14,7 @@ from agents.errors import ActionInProgress
 from agents.execution.call import RunScope, StepCall, StepTrace
 from agents.execution.inject import inject
 from agents.execution.threads import in_thread
+from agents.execution.tools import PrefectToolRunner
 from agents.graph import StepNode
 from agents.resources.llm import LLM
 from agents.store import ledger
@@ -30,7 +31,14 @@ async def execute(
 
     def model_client() -> LLM:
         endpoint = resolve_endpoint(call.model) if call.model else None
-        return LLM(endpoint=endpoint, calls=trace.llm_calls, tenant=call.tenant)
+        return LLM(
+            endpoint=endpoint,
+            calls=trace.llm_calls,
+            tenant=call.tenant,
+            tools=node.tools,
+            max_turns=step.options.max_turns,
+            tool_runner=PrefectToolRunner(node, call) if node.tools else None,
+        )
 
     kwargs = {**args, **inject(node.resources, call, llm=model_client, decisions=scope.decisions)}
     if step.layer == "action":

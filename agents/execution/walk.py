@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from agents.declare.decision import Decision, LadderPath
-from agents.errors import ProviderUnavailable
+from agents.errors import ProviderUnavailable, ToolLoopExhausted
 from agents.execution import ladder
 from agents.execution.call import RunScope, StepCall, StepTrace, step_call
 from agents.execution.ladder import LadderOutcome, ReviewPending, Verdict
@@ -175,7 +175,10 @@ class RunWalk:
                 extra={"run_id": self.result.run_id, "subject": self.result.subject},
             )
             rescued = None
-            if step.layer == "reasoning" and isinstance(attempt.error, ProviderUnavailable):
+            # No decision at all (the model unreachable, or a tool loop without an answer):
+            # the fallback model, else the safe default.
+            no_decision = (ProviderUnavailable, ToolLoopExhausted)
+            if step.layer == "reasoning" and isinstance(attempt.error, no_decision):
                 rescued = await ladder.without_model(
                     step.options, self._threshold(node), ask_fallback=self._fallback(node, args)
                 )

@@ -16,6 +16,7 @@ from agents.declare.step import (
     resolve_hints,
     returns_decision,
 )
+from agents.declare.tool import Tool
 from agents.errors import DeclarationError
 from agents.graph.graph import AgentGraph, StepNode
 
@@ -123,6 +124,7 @@ def build_graph(
                     f"perception step '{step_name}': its output reaches no step; name "
                     f"'{step_name}' as a parameter of a step that uses it, or remove it"
                 )
+    tools = {n: _tools_of(by_name[n], by_name, problems) for n in by_name}
     if problems:
         raise DeclarationError(name, problems)
     nodes = {
@@ -132,6 +134,7 @@ def build_graph(
             run_inputs=run_inputs[n],
             resources=tuple(p.name for p in by_name[n].params if p.name in RESOURCES),
             returns=hints[n][1],
+            tools=tools[n],
         )
         for n in order
     }
@@ -143,6 +146,34 @@ def build_graph(
         else MappingProxyType(dict(allowed_actions)),
         nodes=MappingProxyType(nodes),
     )
+
+
+def _tools_of(
+    step: Step[Any, Any], steps: Mapping[str, Step[Any, Any]], problems: list[str]
+) -> tuple[Tool, ...]:
+    """The step's tools, analysed once; what is wrong with them goes to `problems`, naming the
+    step and the tool."""
+    where = f"{step.layer} step '{step.name}'"
+    functions = {id(s.fn): s for s in steps.values()}
+    found: list[Tool] = []
+    for declared in step.options.tools:
+        if isinstance(declared, Step) or id(declared) in functions:
+            other = declared if isinstance(declared, Step) else functions[id(declared)]
+            problems.append(
+                f"{where}: tool '{other.name}' is the agent's {other.layer} step; a tool is a "
+                "plain read-only function (actions are decided, never called by the model)"
+            )
+            continue
+        tool = Tool.of(declared)
+        problems.extend(f"{where}: tool '{tool.name}' {p}" for p in tool.problems)
+        found.append(tool)
+    counts = Counter(t.name for t in found)
+    problems.extend(
+        f"{where}: tool name '{n}' is declared {c} times; tool names must be unique"
+        for n, c in counts.items()
+        if c > 1
+    )
+    return tuple(found)
 
 
 def toposort(

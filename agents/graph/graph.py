@@ -12,6 +12,7 @@ from functools import cached_property
 from typing import Any
 
 from agents.declare.step import RESOURCES, Param, Step, StepInfo
+from agents.declare.tool import Tool
 from agents.errors import DeclarationError
 
 #: Keys of a run's input that are run metadata, not step inputs.
@@ -31,6 +32,8 @@ class StepNode:
     """Its parameters the runtime injects (`memory`, `llm`, `context`, `idempotency_key`)."""
     returns: Any
     """Its resolved return annotation (`Any` when it cannot be resolved)."""
+    tools: tuple[Tool, ...] = ()
+    """The tools its model may call (reasoning steps), analysed once."""
 
     @property
     def name(self) -> str:

@@ -36,7 +36,7 @@ from typing import Any, Literal
 import openai
 from pydantic import ValidationError
 
-from agents.errors import ModelOutputError, ProviderUnavailable, UserError
+from agents.errors import ModelOutputError, ProviderUnavailable, ToolLoopExhausted, UserError
 
 __all__ = [
     "FATAL_STATUS_CODES",
@@ -46,6 +46,7 @@ __all__ = [
     "is_retryable_by_step",
     "is_transient",
     "retry_after_seconds",
+    "retry_unless_user_error",
     "retry_wait_seconds",
     "status_code_of",
     "unwrap",
@@ -246,4 +247,13 @@ def is_retryable_by_step(exc: BaseException) -> bool:
         >>> is_retryable_by_step(ProviderUnavailable("down"))
         False
     """
-    return not isinstance(exc, UserError | ProviderUnavailable | ModelOutputError)
+    return not isinstance(
+        exc, UserError | ProviderUnavailable | ModelOutputError | ToolLoopExhausted
+    )
+
+
+def retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
+    """A developer's mistake is never retried, nor a provider failure the LLM layer already
+    retried (retries live in one layer); everything else follows the step's retries."""
+    error = getattr(state, "data", None)
+    return not isinstance(error, BaseException) or is_retryable_by_step(error)

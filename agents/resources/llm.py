@@ -34,13 +34,14 @@ import time
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar, cast
 
 import instructor
 import openai
 from instructor.core.hooks import Hooks
 from pydantic import BaseModel, ValidationError
 
+from agents.declare.tool import Tool
 from agents.endpoint import Endpoint, resolve_endpoint, use_offline_server
 from agents.errors import ModelOutputError, ProviderRejected, ProviderUnavailable
 from agents.policy import llm_cache
@@ -53,6 +54,14 @@ from agents.policy.retry import (
     unwrap,
 )
 from agents.redact import scrub_text
+from agents.resources.toolloop import (
+    DirectToolRunner,
+    ToolRunner,
+    Turn,
+    run_loop,
+    tool_specs,
+    turn_of,
+)
 from agents.settings import Settings, get_current_settings
 
 __all__ = ["LLM", "LLMCall", "bundled_model_url"]
@@ -87,6 +96,7 @@ class LLMCall:
         logprobs: `choices[0].logprobs` of the answer as JSON, when the endpoint sent them.
         cached: Whether the answer came from the LLM cache (no request made).
         path_model: "primary", or "fallback" when the primary model's breaker was open.
+        tool_calls: The tool calls of a tool loop, on its last turn's record.
 
     Example:
         >>> LLMCall(endpoint="bundled", model="m", output_type="Routing", tokens_in=10,
@@ -107,6 +117,8 @@ class LLMCall:
     logprobs: Any = None
     cached: bool = False
     path_model: PathModel = "primary"
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    """On the last turn of a tool loop: every tool call of the loop (`toolloop.ToolCall`)."""
 
 
 _bundled_lock = threading.Lock()
@@ -295,9 +307,14 @@ class _Call(Generic[T]):
     tokens_out: int = 0
     last_error: BaseException | None = None
     fallback_looked_up: bool = False
+    tools: list[dict[str, Any]] | None = None
+    """A tool-loop turn: the tools offered (the request goes out without instructor)."""
+    answer_type: str | None = None
 
     def __post_init__(self) -> None:
         self.schema = _schema_of(self.output)
+        if self.tools is not None:
+            self.schema = {"turn": self.schema, "tools": self.tools}
         self.digest = llm_cache.prompt_digest(self.messages, self.schema)
         fallback = self.endpoint.fallback_model
         self.fallback = fallback if fallback and fallback != self.primary else None
@@ -530,7 +547,7 @@ class _Call(Generic[T]):
             LLMCall(
                 endpoint=self.endpoint.name,
                 model=model,
-                output_type=self.output.__name__,
+                output_type=self.answer_type or self.output.__name__,
                 tokens_in=result_tokens[0],
                 tokens_out=result_tokens[1],
                 latency_ms=(time.perf_counter() - self.started) * 1000,
@@ -602,6 +619,9 @@ class LLM:
         calls: Where successful calls are recorded (the runner passes a shared list).
         tenant: The tenant asking; scopes the answer cache (None: "").
         cache: Use the LLM answer cache (None: `STALWART_LLM_CACHE_ENABLED`, on by default).
+        tools: The step's tools (`@agent.reasoning(tools=[...])`); `decide` loops with them.
+        max_turns: Model turns a tool loop may take.
+        tool_runner: How tool calls run (in a run: one durable Prefect task run each).
 
     Example:
         >>> @triage.reasoning(threshold=0.7)  # doctest: +SKIP
@@ -613,6 +633,11 @@ class LLM:
     calls: list[LLMCall] = field(default_factory=list)
     tenant: str | None = None
     cache: bool | None = None
+    tools: tuple[Tool, ...] = ()
+    """The step's tools: `decide` runs the tool loop when there are any."""
+    max_turns: int = 6
+    tool_runner: ToolRunner | None = None
+    """How tools run (the runtime makes each call a Prefect task run); None: called directly."""
 
     def _resolved(self) -> Endpoint:
         if self.endpoint is None:
@@ -628,6 +653,7 @@ class LLM:
         max_reasks: int | None,
         cache: bool | None,
         params: dict[str, Any],
+        tools: list[dict[str, Any]] | None = None,
     ) -> _Call[T]:
         endpoint = self._resolved()
         settings = get_current_settings()
@@ -643,6 +669,7 @@ class LLM:
             max_reasks=endpoint.max_reasks if max_reasks is None else max_reasks,
             use_cache=cache,
             primary=model or endpoint.model,
+            tools=tools,
         )
 
     def decide(
@@ -654,6 +681,8 @@ class LLM:
         model: str | None = None,
         max_reasks: int | None = None,
         cache: bool | None = None,
+        tools: Sequence[Any] | None = None,
+        max_turns: int | None = None,
         **params: Any,
     ) -> T:
         """Ask the model for an `output` object: cached, guarded, retried, recorded.
@@ -665,6 +694,9 @@ class LLM:
             model: Override the endpoint's model for this call.
             max_reasks: Re-asks after a validation failure (default from settings).
             cache: Use the answer cache for this call (default: the handle's `cache`).
+            tools: Read-only functions the model may call first (default: the step's tools);
+                `[]` for none. With tools, the call is a loop (`agents.resources.toolloop`).
+            max_turns: Model turns the loop may take (default: the step's `max_turns`).
             **params: Passed to the chat completion (`temperature`, `max_tokens`, ...).
 
         Returns:
@@ -675,12 +707,30 @@ class LLM:
             ProviderUnavailable: Transient failures outlasted the retries, or the breaker is
                 open and no fallback model could answer.
             ModelOutputError: The answer never validated as `output`.
+            ToolLoopExhausted: The tool loop ended without an answer (`max_turns`).
 
         Example:
             >>> llm = LLM(tenant="acme")  # doctest: +SKIP
             >>> llm.decide(Routing, "Route this ticket: refund please").category  # doctest: +SKIP
             'billing'
         """
+        loop_tools = self._tools(tools)
+        if loop_tools:
+            from prefect.utilities.asyncutils import run_coro_as_sync
+
+            return run_coro_as_sync(
+                self.adecide(
+                    output,
+                    prompt,
+                    system=system,
+                    model=model,
+                    max_reasks=max_reasks,
+                    cache=cache,
+                    tools=loop_tools,
+                    max_turns=max_turns,
+                    **params,
+                )
+            )
         call = self._call(output, prompt, system, model, max_reasks, cache, params)
         hit = call.lookup(call.primary, "primary")
         if hit is not None:
@@ -713,6 +763,8 @@ class LLM:
         model: str | None = None,
         max_reasks: int | None = None,
         cache: bool | None = None,
+        tools: Sequence[Any] | None = None,
+        max_turns: int | None = None,
         **params: Any,
     ) -> T:
         """Async twin of `decide` (database work runs in a worker thread).
@@ -721,7 +773,16 @@ class LLM:
             >>> await LLM().adecide(Routing, "Route: my parcel is late")  # doctest: +SKIP
             Routing(category='shipping', ...)
         """
+        loop_tools = self._tools(tools)
+        if loop_tools:
+            return await self._loop(
+                output, prompt, system, model, max_reasks, cache, params, loop_tools, max_turns
+            )
         call = self._call(output, prompt, system, model, max_reasks, cache, params)
+        return await self._adrive(call)
+
+    async def _adrive(self, call: _Call[T]) -> T:
+        """One policy-governed call: cache, breaker, retries, recording."""
         hit = await asyncio.to_thread(call.lookup, call.primary, "primary")
         if hit is not None:
             return hit.result
@@ -731,9 +792,20 @@ class LLM:
                 return route.result
             client = _client(call.endpoint, asynchronous=True)
             try:
-                result, completion = await client.chat.completions.create_with_completion(
-                    **call.send_kwargs(route)
-                )
+                if call.tools is not None:  # a tool-loop turn: a plain completion, parsed here
+                    completion = await client.client.chat.completions.create(
+                        **call.params,
+                        model=route.model,
+                        messages=[dict(m) for m in call.messages],
+                        tools=call.tools,
+                        tool_choice="required",
+                    )
+                    call.counter.requests += 1
+                    result = cast(T, turn_of(completion))
+                else:
+                    result, completion = await client.chat.completions.create_with_completion(
+                        **call.send_kwargs(route)
+                    )
             except Exception as exc:
                 wait = await asyncio.to_thread(call.failed, route, exc)
                 if wait > 0:
@@ -743,6 +815,45 @@ class LLM:
                 call.abandoned(route)
                 raise
             return await asyncio.to_thread(call.succeeded, route, result, completion)
+
+    def _tools(self, tools: Sequence[Any] | None) -> tuple[Tool, ...]:
+        if tools is None:
+            return self.tools
+        return tuple(Tool.of(t) for t in tools)
+
+    async def _loop(
+        self,
+        output: type[T],
+        prompt: str | Sequence[Message],
+        system: str | None,
+        model: str | None,
+        max_reasks: int | None,
+        cache: bool | None,
+        params: dict[str, Any],
+        tools: tuple[Tool, ...],
+        max_turns: int | None,
+    ) -> T:
+        """`decide` with tools: turns until the model answers (`toolloop.run_loop`)."""
+        specs = tool_specs(tools, output)
+        messages = _messages(prompt, system)
+        endpoint = self._resolved()
+        reasks = endpoint.max_reasks if max_reasks is None else max_reasks
+
+        async def ask(current: list[dict[str, Any]]) -> Turn:
+            call = self._call(Turn, current, None, model, max_reasks, cache, params, specs)
+            call.answer_type = output.__name__
+            return await self._adrive(call)
+
+        return await run_loop(
+            self,
+            messages,
+            output,
+            tools,
+            max_turns=self.max_turns if max_turns is None else max_turns,
+            budget=reasks + 1,
+            runner=self.tool_runner or DirectToolRunner(),
+            ask=ask,
+        )
 
     @property
     def tokens(self) -> tuple[int, int]:

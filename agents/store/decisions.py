@@ -59,7 +59,7 @@ PRUNED_TABLES = ("agent_run", "step_run", "decision_record", "step_result", "act
 PRUNED_CACHE_TABLES = ("llm_cache", "example_use")
 """The tables `prune` deletes from, in the order of its result."""
 
-_JSON_FIELDS = ("input_snapshot", "output", "logprobs", "correction", "outcome")
+_JSON_FIELDS = ("input_snapshot", "output", "logprobs", "correction", "tool_calls", "outcome")
 
 
 def _row(record: DecisionRecord) -> dict[str, Any]:

@@ -180,6 +180,12 @@ class DecisionRecord(SQLModel, table=True):
     latency_ms: float | None = None
     attempts: int = 1
     error_class: str | None = Field(default=None, max_length=200)
+    tool_calls: Any = Field(
+        default=None,
+        nullable=True,
+        sa_type=sa.JSON,
+        description="A tool loop's calls: turn, tool, arguments, result (redacted), status.",
+    )
     outcome: Any = Field(default=None, nullable=True, sa_type=sa.JSON)
     outcome_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), index=True)
