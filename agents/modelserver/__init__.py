@@ -5,11 +5,12 @@ This package owns Stalwart's offline default model endpoint, also used by tests.
 JSON, JSON_SCHEMA and MD_JSON modes): answers are generated from the requested JSON schema,
 deterministically from a digest of the request, steered by keyword rules, and broken on demand
 by fault injection (latency, 429/500/any status, timeouts, dropped connections, malformed or
-schema-invalid JSON).
+schema-invalid JSON). Offered a step's tools and a `final_result` answer tool, it calls the tools
+its rules name before answering from their results.
 
 Modules: `schema` (values from a JSON schema), `patterns` (strings matching a regex),
 `rules` (steering), `faults` (fault settings), `stats` (counters), `completions` (the reply to
-one request), `app` (the Starlette routes), `server` (running it).
+one request), `tools` (tool turns), `app` (the Starlette routes), `server` (running it).
 
 Example:
     >>> import instructor, openai

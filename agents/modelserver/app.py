@@ -6,6 +6,9 @@ This module owns the routes and the order in which a request meets its fault:
   the configured latency, then answer with an HTTP error (429 with `Retry-After`, any 4xx/5xx),
   drop the connection, stall past the client's timeout, or answer (possibly with malformed or
   schema-invalid JSON, see `agents.modelserver.completions`).
+  A tool-loop request (a step's tools plus the `final_result` answer tool) meets its fault the
+  same way, whether its answer would be tool calls or the final answer
+  (`agents.modelserver.tools`).
 - `GET /v1/models`, `GET /v1/models/{id}`, `GET /health`.
 - `GET|POST /_stalwart/faults` (read or partially update the `Faults`; `{"reset": true}` first
   resets them), `GET /_stalwart/stats`, `POST /_stalwart/reset` (faults and counters).
@@ -35,6 +38,7 @@ from agents.modelserver.completions import complete
 from agents.modelserver.faults import Faults, is_status_kind
 from agents.modelserver.rules import Rules
 from agents.modelserver.stats import Stats
+from agents.modelserver.tools import ANSWER_TOOL, tool_loop
 from agents.settings import DEFAULT_MODEL
 
 OWNER = "stalwart"
@@ -211,6 +215,11 @@ class _Handlers:
         )
         usage = reply["usage"]
         state.stats.record_tokens(usage["prompt_tokens"], usage["completion_tokens"])
+        if tool_loop(body) is not None:
+            calls = reply["choices"][0]["message"].get("tool_calls") or []
+            served = [c for c in calls if c["function"]["name"] != ANSWER_TOOL]
+            if served:
+                state.stats.record_tool_calls(len(served))
         if fault is None or fault == "timeout":
             # A usable answer (a timeout fault still answers if the client waited): a second
             # one to the same prompt is a model call paid twice.

@@ -49,6 +49,7 @@ from typing import Any, Literal
 
 from agents.modelserver.rules import Rules
 from agents.modelserver.schema import Steering, generate, is_valid, resolve
+from agents.modelserver.tools import ANSWER_TOOL, next_calls, tool_loop
 
 REASK_PREFIXES: tuple[str, ...] = ("Correct your JSON ONLY RESPONSE", "Validation Error found")
 INSTRUCTOR_SUFFIXES: tuple[str, ...] = (
@@ -491,10 +492,14 @@ def complete(
 ) -> dict[str, Any]:
     """The full `chat.completion` reply to a validated request body.
 
+    A tool-loop request (tools plus a `final_result` answer tool, see
+    `agents.modelserver.tools`) gets the calls its rules name, or, when none is left, the
+    answer as a `final_result` call, steered by the user's text and the tool results.
+
     Args:
         body: The request JSON (needs `model` and `messages`).
         rules: Steering rules matched against the last user message.
-        force_confidence: Value forced into any `confidence` field.
+        force_confidence: Value forced into any `confidence` field (and tool parameter).
         fault: A content fault to apply: "malformed" or "schema_invalid" (others ignored).
 
     Returns:
@@ -508,24 +513,46 @@ def complete(
     """
     messages: Sequence[Any] = body.get("messages") or []
     model = str(body.get("model"))
-    target = find_target(body)
+    loop = tool_loop(body)
+    if loop is None:
+        target = find_target(body)
+        schema_name = target.name or (target.schema or {}).get("title")
+    else:
+        target = Target(mode="tools", schema=dict(loop.answer_schema), name=ANSWER_TOOL)
+        schema_name = loop.answer_schema.get("title") or ANSWER_TOOL
     seed = request_seed(body, target)
     user_text = last_user_text(messages)
-    if target.mode == "text":
+    calls: list[tuple[str, Any]] = []
+    if loop is not None:
+        calls = next_calls(
+            loop, rules, user_text, schema=schema_name, force_confidence=force_confidence
+        )
+    if calls and loop is not None:
+        arguments = [
+            _content_fault(value, loop.offered[name], fault, fenced=False) for name, value in calls
+        ]
+        names = [name for name, _ in calls]
+        text = "\n".join(arguments)
+    elif target.mode == "text":
         text = plain_reply(user_text)
         if fault == "malformed":
             text = json.dumps({"answer": text})[: len(text) // 2 + 1]
     else:
-        schema_name = target.name or (target.schema or {}).get("title")
-        match = rules.match(user_text, schema=schema_name)
+        steer_text = user_text
+        if loop is not None and loop.results_text():
+            steer_text = f"{user_text}\n{loop.results_text()}"
+        match = rules.match(steer_text, schema=schema_name)
         schema = target.schema if target.schema is not None else GENERIC_JSON_SCHEMA
-        names = _field_names(schema)
-        values, rationale = dict(match.values), match.rationale(fields=names)
+        fields = _field_names(schema)
+        values, rationale = dict(match.values), match.rationale(fields=fields)
+        if loop is not None and loop.consulted():
+            consulted = ", ".join(loop.consulted())
+            rationale = f"{rationale or ''} It used the results of {consulted}.".strip()
         shots = few_shot_examples(messages)
-        if shots and names:
+        if shots and fields:
             # Rules keep precedence: a field any rule set (a keyword, or a catch-all default
             # such as urgency=normal) keeps the rules' value and confidence.
-            open_fields = [name for name in sorted(names) if name not in match.values]
+            open_fields = [name for name in sorted(fields) if name not in match.values]
             learned = example_answer(user_text, shots, open_fields)
             if learned is not None:
                 values.update(learned.values)
@@ -538,13 +565,8 @@ def complete(
             context=user_text,
         )
         value = generate(schema, seed=seed, steering=steering)
-        if fault == "schema_invalid":
-            value = break_required(value, schema)
-        text = json.dumps(value, ensure_ascii=False)
-        if fault == "malformed":
-            text = text[: max(1, len(text) // 2)]
-        if target.fenced:
-            text = f"```json\n{text}\n```"
+        text = _content_fault(value, schema, fault, fenced=target.fenced)
+        arguments, names = [text], [target.name or "answer"]
     message: dict[str, Any]
     if target.mode == "tools":
         message = {
@@ -553,10 +575,11 @@ def complete(
             "refusal": None,
             "tool_calls": [
                 {
-                    "id": f"call_{seed[:24]}",
+                    "id": _call_id(seed, index, len(names)),
                     "type": "function",
-                    "function": {"name": target.name, "arguments": text},
+                    "function": {"name": name, "arguments": argument},
                 }
+                for index, (name, argument) in enumerate(zip(names, arguments, strict=True))
             ],
         }
         finish_reason = "tool_calls"
@@ -584,3 +607,22 @@ def complete(
             "total_tokens": prompt_tokens + completion_tokens,
         },
     }
+
+
+def _content_fault(
+    value: Any, schema: Mapping[str, Any], fault: str | None, *, fenced: bool
+) -> str:
+    """`value` as JSON text, broken as the content fault says (and fenced for MD_JSON)."""
+    if fault == "schema_invalid":
+        value = break_required(value, schema)
+    text = json.dumps(value, ensure_ascii=False)
+    if fault == "malformed":
+        text = text[: max(1, len(text) // 2)]
+    return f"```json\n{text}\n```" if fenced else text
+
+
+def _call_id(seed: str, index: int, count: int) -> str:
+    """The id of a reply's tool call `index`: `call_<hex>`, unique per request and call."""
+    if count == 1:
+        return f"call_{seed[:24]}"  # the id single answers have always had
+    return f"call_{hashlib.sha256(f'{seed}|{index}'.encode()).hexdigest()[:24]}"

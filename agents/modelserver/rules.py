@@ -7,6 +7,21 @@ are used for fields of those names, wherever they exist in the requested schema 
 valid there. Earlier rules win field by field; a rule without `when` (or with an empty
 `contains`) always matches, so it serves as a fallback at the end of the list.
 
+**Tool calls.** A rule may also (or instead) name tools to call when a request offers tools
+and an answer tool named `final_result` (see `agents.modelserver.tools`):
+
+    {"when": {"contains": ["order"]},
+     "call": [{"tool": "lookup_order",
+               "arguments": {"order_id": {"regex": "order #?(\\\\d+)"}, "verbose": false}}]}
+
+Each argument is a literal JSON value, or `{"regex": "<pattern>"}`: the pattern is searched
+(case-insensitively) in the user's text and the tool results so far, and the argument is its
+first group (the whole match when the pattern has no group; `"group": n` picks another). When a
+regex finds nothing, that call is skipped. To pass a literal object that has a `regex` key, wrap
+it as `{"literal": {...}}`. Arguments are fitted to the tool's parameter schema (a captured
+`"42"` becomes `42` for an integer parameter; a required parameter no rule gives is generated
+from the schema). A rule with `call` and no `set` never steers an answer's fields.
+
 A rules file is JSON: either a list of rules or an object with a `rules` list. The bundled
 `default_rules.json` suits the support-ticket triage demo.
 """
@@ -14,6 +29,7 @@ A rules file is JSON: either a list of rules or an object with a `rules` list. T
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,13 +42,121 @@ EXTRA_RULES_DIR = Path(__file__).with_name("rules.d")
 
 
 @dataclass(frozen=True)
+class Capture:
+    """An argument taken from the text: group `group` of the first match of `pattern`.
+
+    Example:
+        >>> Capture(r"order #?(\d+)").find("About ORDER #123, please")
+        '123'
+    """
+
+    pattern: str
+    group: int | None = None
+
+    def find(self, text: str) -> str | None:
+        """The captured string, or None when the pattern does not occur in `text`.
+
+        Example:
+            >>> Capture(r"cust-\d+").find("no customer here") is None
+            True
+        """
+        found = re.search(self.pattern, text, flags=re.IGNORECASE)
+        if found is None:
+            return None
+        group = self.group if self.group is not None else (1 if found.re.groups else 0)
+        value = found.group(group)
+        return value if value is not None else None
+
+
+@dataclass(frozen=True)
+class ToolCallRule:
+    """A tool call a rule asks for: the tool's name and its arguments (literals or captures).
+
+    Example:
+        >>> call = ToolCallRule.from_dict({"tool": "lookup_order",
+        ...     "arguments": {"order_id": {"regex": "order (\\d+)"}, "full": True}})
+        >>> call.arguments_for("my order 55102 is late")
+        {'order_id': '55102', 'full': True}
+    """
+
+    tool: str
+    arguments: Mapping[str, Any] = field(default_factory=dict)
+
+    def arguments_for(self, text: str) -> dict[str, Any] | None:
+        """The arguments with every capture resolved in `text`; None if a capture finds nothing.
+
+        Example:
+            >>> ToolCallRule("t", {"a": Capture("x(\\d)")}).arguments_for("no digits") is None
+            True
+        """
+        resolved: dict[str, Any] = {}
+        for name, value in self.arguments.items():
+            if isinstance(value, Capture):
+                found = value.find(text)
+                if found is None:
+                    return None
+                resolved[name] = found
+            else:
+                resolved[name] = value
+        return resolved
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ToolCallRule:
+        """Parse one entry of a rule's `call` list; raise `ConfigurationError` when malformed.
+
+        Example:
+            >>> ToolCallRule.from_dict({"tool": "t", "arguments": {"x": {"literal": {"regex": 1}}}})
+            ToolCallRule(tool='t', arguments={'x': {'regex': 1}})
+        """
+        if not isinstance(data, Mapping):
+            raise ConfigurationError(f"A rule's 'call' entry must be an object, got {data!r}.")
+        tool = data.get("tool")
+        if not isinstance(tool, str) or not tool:
+            raise ConfigurationError(f"A rule's 'call' entry needs a 'tool' name, got {data!r}.")
+        raw = data.get("arguments") or {}
+        if not isinstance(raw, Mapping):
+            raise ConfigurationError(f"Call of {tool!r}: 'arguments' must be an object: {raw!r}.")
+        arguments: dict[str, Any] = {}
+        for name, value in raw.items():
+            arguments[str(name)] = _argument(tool, str(name), value)
+        return cls(tool=tool, arguments=arguments)
+
+
+def _argument(tool: str, name: str, value: Any) -> Any:
+    """One argument of a call rule: a `Capture` for `{"regex": ...}`, else the literal value."""
+    if not isinstance(value, Mapping):
+        return value
+    if set(value) == {"literal"}:
+        return value["literal"]
+    if "regex" not in value:
+        return dict(value)
+    pattern, group = value["regex"], value.get("group")
+    where = f"Call of {tool!r}, argument {name!r}"
+    if not isinstance(pattern, str) or set(value) - {"regex", "group"}:
+        raise ConfigurationError(
+            f"{where}: a capture is {{'regex': <string>, 'group': <int>}}, got {value!r}."
+        )
+    if group is not None and (not isinstance(group, int) or isinstance(group, bool)):
+        raise ConfigurationError(f"{where}: 'group' must be an integer, got {group!r}.")
+    try:
+        compiled = re.compile(pattern, flags=re.IGNORECASE)
+    except re.error as exc:
+        raise ConfigurationError(f"{where}: invalid regex {pattern!r}: {exc}.") from exc
+    if group is not None and not 0 <= group <= compiled.groups:
+        raise ConfigurationError(f"{where}: regex {pattern!r} has no group {group}.")
+    return Capture(pattern=pattern, group=group)
+
+
+@dataclass(frozen=True)
 class Rule:
-    """One steering rule: keywords to look for and the field values they imply.
+    """One steering rule: keywords to look for, the field values and the tool calls they imply.
 
     Attributes:
         contains: Keywords; any one found (case-insensitive) in the user's text matches.
             Empty means the rule always matches.
         values: Field name to value, used where the schema has that field.
+        schemas: Schema names the rule is scoped to (`when.schema`); empty for any schema.
+        calls: Tools to call when the request offers them (`call`; see the module docstring).
 
     Example:
         >>> Rule(contains=("refund",), values={"category": "billing"}).matches("A REFUND please")
@@ -42,6 +166,7 @@ class Rule:
     contains: tuple[str, ...] = ()
     values: Mapping[str, Any] = field(default_factory=dict)
     schemas: tuple[str, ...] = ()
+    calls: tuple[ToolCallRule, ...] = ()
 
     def applies_to(self, schema: str | None) -> bool:
         """Whether the rule may steer answers of `schema` (unscoped rules steer any schema).
@@ -80,16 +205,25 @@ class Rule:
 
         Example:
             >>> Rule.from_dict({"when": {"contains": "refund"}, "set": {"category": "billing"}})
-            Rule(contains=('refund',), values={'category': 'billing'}, schemas=())
+            Rule(contains=('refund',), values={'category': 'billing'}, schemas=(), calls=())
         """
         if not isinstance(data, Mapping):
             raise ConfigurationError(f"A steering rule must be a JSON object, got {data!r}.")
         when = data.get("when") or {}
-        values = data.get("set")
+        raw_calls = data.get("call", [])
         if not isinstance(when, Mapping):
             raise ConfigurationError(f"Rule 'when' must be an object, got {when!r}.")
-        if not isinstance(values, Mapping) or not values:
-            raise ConfigurationError(f"Rule 'set' must be a non-empty object, got {values!r}.")
+        if isinstance(raw_calls, Mapping):
+            raw_calls = [raw_calls]
+        if not isinstance(raw_calls, list):
+            raise ConfigurationError(f"Rule 'call' must be a list of calls, got {raw_calls!r}.")
+        calls = tuple(ToolCallRule.from_dict(item) for item in raw_calls)
+        values = data.get("set", {} if calls else None)
+        if not isinstance(values, Mapping) or not (values or calls):
+            raise ConfigurationError(
+                f"Rule 'set' must be a non-empty object (or the rule needs a 'call'), "
+                f"got {values!r}."
+            )
         contains = when.get("contains", [])
         if isinstance(contains, str):
             contains = [contains]
@@ -103,7 +237,10 @@ class Rule:
         if not isinstance(schemas, list) or not all(isinstance(k, str) for k in schemas):
             raise ConfigurationError(f"Rule 'when.schema' must be a string or list: {schemas!r}.")
         return cls(
-            contains=tuple(k for k in contains if k), values=dict(values), schemas=tuple(schemas)
+            contains=tuple(k for k in contains if k),
+            values=dict(values),
+            schemas=tuple(schemas),
+            calls=calls,
         )
 
 
@@ -187,6 +324,28 @@ class Rules:
             values.update(fresh)
             keywords.extend(k for k in rule.matched_keywords(text) if k not in keywords)
         return RuleMatch(values=values, keywords=tuple(keywords))
+
+    def calls(self, text: str, schema: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """The tool calls of every rule matching `text`, in rule order (scoped rules first),
+        with captures resolved in `text`; calls whose capture finds nothing are left out.
+
+        Example:
+            >>> rules = Rules.from_list([{"when": {"contains": ["order"]}, "call": [
+            ...     {"tool": "lookup_order", "arguments": {"order_id": {"regex": "#(\\d+)"}}}]}])
+            >>> rules.calls("Where is order #7?")
+            [('lookup_order', {'order_id': '7'})]
+        """
+        found: list[tuple[str, dict[str, Any]]] = []
+        scoped = [rule for rule in self.rules if rule.schemas and rule.applies_to(schema)]
+        unscoped = [rule for rule in self.rules if not rule.schemas]
+        for rule in scoped + unscoped:
+            if not rule.calls or not rule.matches(text):
+                continue
+            for call in rule.calls:
+                arguments = call.arguments_for(text)
+                if arguments is not None:
+                    found.append((call.tool, arguments))
+        return found
 
     @classmethod
     def from_list(cls, items: Iterable[Mapping[str, Any]] | Mapping[str, Any]) -> Rules:

@@ -37,8 +37,8 @@ def load_rules(rules: RulesSpec) -> Rules:
     """Rules from a `Rules`, a JSON file path, their JSON form, or None (the bundled defaults).
 
     Example:
-        >>> load_rules([{"when": {"contains": ["refund"]}, "set": {"category": "billing"}}])
-        Rules(rules=(Rule(contains=('refund',), values={'category': 'billing'}, schemas=()),))
+        >>> load_rules([{"when": {"contains": ["refund"]}, "set": {"category": "billing"}}]).rules
+        (Rule(contains=('refund',), values={'category': 'billing'}, schemas=(), calls=()),)
     """
     if rules is None:
         return Rules.default()

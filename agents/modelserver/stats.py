@@ -41,6 +41,8 @@ class Stats:
         prompt_tokens: Estimated prompt tokens of answered requests.
         completion_tokens: Estimated completion tokens served.
         tokens_served: prompt_tokens + completion_tokens.
+        tool_calls_total: Calls of a step's tools served in tool-loop turns (the answers,
+            `final_result` calls, not counted).
         in_flight: Chat-completion requests being served now (received, not yet answered).
         in_flight_ports: Client (peer) ports of those requests, with how many each.
         answers_by_prompt: Successful answers (no fault) per `prompt_hash` of model + messages.
@@ -58,6 +60,7 @@ class Stats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     tokens_served: int = 0
+    tool_calls_total: int = 0
     in_flight: int = 0
     in_flight_ports: Counter[int] = field(default_factory=Counter)
     answers_by_prompt: Counter[str] = field(default_factory=Counter)
@@ -95,6 +98,16 @@ class Stats:
             self.prompt_tokens += prompt
             self.completion_tokens += completion
             self.tokens_served += prompt + completion
+
+    def record_tool_calls(self, count: int) -> None:
+        """Count `count` tool calls served in one tool-loop turn.
+
+        Example:
+            >>> stats = Stats(); stats.record_tool_calls(2); stats.tool_calls_total
+            2
+        """
+        with self._lock:
+            self.tool_calls_total += count
 
     def begin(self, port: int | None = None) -> None:
         """One more request in flight, from client `port` if known (pair with `end`).
@@ -172,6 +185,7 @@ class Stats:
                 "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens,
                 "tokens_served": self.tokens_served,
+                "tool_calls_total": self.tool_calls_total,
                 "in_flight": self.in_flight,
                 "answers": sum(self.answers_by_prompt.values()),
                 "distinct_prompts": len(self.answers_by_prompt),
@@ -193,4 +207,5 @@ class Stats:
             self.prompt_tokens = 0
             self.completion_tokens = 0
             self.tokens_served = 0
+            self.tool_calls_total = 0
             self.answers_by_prompt = Counter()

@@ -457,6 +457,85 @@ def test_latency_does_not_block_other_requests(server: ModelServer) -> None:
     assert time.monotonic() - started < 2.0  # concurrent, not 4 x 0.7 s
 
 
+# -- tool loop -----------------------------------------------------------------------------------
+
+
+def test_tool_loop_through_the_openai_client() -> None:
+    """Two tools in one turn, a 500 on the next turn, then an answer steered by a tool result."""
+    rules: list[dict[str, Any]] = [
+        {
+            "when": {"contains": ["order"]},
+            "call": [
+                {"tool": "lookup_order", "arguments": {"order_id": {"regex": r"order #?(\d+)"}}},
+                {"tool": "customer_history", "arguments": {"customer": {"regex": r"cust-\d+"}}},
+            ],
+        },
+        {"when": {"contains": ["refund"]}, "set": {"category": "billing", "confidence": 0.92}},
+    ]
+    tools: Any = [
+        {
+            "type": "function",
+            "function": {
+                "name": name,
+                "description": f"The {name} tool.",
+                "parameters": {
+                    "type": "object",
+                    "properties": {arg: {"type": "string"}},
+                    "required": [arg],
+                },
+            },
+        }
+        for name, arg in (("lookup_order", "order_id"), ("customer_history", "customer"))
+    ]
+    tools.append(
+        {
+            "type": "function",
+            "function": {"name": "final_result", "parameters": Triage.model_json_schema()},
+        }
+    )
+    messages: list[Any] = [{"role": "user", "content": "Order #981 for cust-12 is missing."}]
+    with (
+        ModelServer(port=0, rules=rules) as server,
+        openai.OpenAI(base_url=server.url, api_key="t", max_retries=0, timeout=10) as raw,
+    ):
+        first = raw.chat.completions.create(
+            model=MODEL, messages=messages, tools=tools, tool_choice="required"
+        )
+        choice = first.choices[0]
+        assert choice.finish_reason == "tool_calls" and choice.message.content is None
+        calls = choice.message.tool_calls or []
+        made = {c.function.name: json.loads(c.function.arguments) for c in calls}  # type: ignore[union-attr]
+        assert made == {
+            "lookup_order": {"order_id": "981"},
+            "customer_history": {"customer": "cust-12"},
+        }
+        results = {"lookup_order": '{"status": "refund issued"}', "customer_history": "[]"}
+        messages.append(
+            {"role": "assistant", "content": None, "tool_calls": [c.model_dump() for c in calls]}
+        )
+        messages.extend(
+            {"role": "tool", "tool_call_id": c.id, "content": results[c.function.name]}  # type: ignore[union-attr]
+            for c in calls
+        )
+
+        server.faults.fail_next = ["500"]
+        with pytest.raises(openai.InternalServerError):
+            raw.chat.completions.create(
+                model=MODEL, messages=messages, tools=tools, tool_choice="required"
+            )
+        final = raw.chat.completions.create(
+            model=MODEL, messages=messages, tools=tools, tool_choice="required"
+        )
+
+        [answer] = final.choices[0].message.tool_calls or []
+        assert answer.function.name == "final_result"  # type: ignore[union-attr]
+        triaged = Triage.model_validate_json(answer.function.arguments)  # type: ignore[union-attr]
+        assert triaged.category == "billing" and triaged.confidence == pytest.approx(0.92)
+        stats = server.stats.snapshot()
+        assert stats["requests_total"] == 3 and stats["tool_calls_total"] == 2
+        assert stats["faults_by_kind"] == {"500": 1}
+
+
 # -- admin routes, stats, life cycle -------------------------------------------------------------
 
 
