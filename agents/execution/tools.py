@@ -3,9 +3,9 @@ run.
 
 Each call is a task run named `<agent>.<step>.<tool>[<subject>]` whose result is persisted in
 the SQL result storage under a key of tenant, agent, run key, step, turn, tool and arguments:
-a step re-executed after a kill replays its finished tool calls from there instead of calling
-the tools again, and two tenants never share a result. A tool gets the run's `context` and a
-read-only `memory` when it asks for them; it follows its step's retries for failures.
+a step re-executed after a kill reads its finished tool calls from there (no task run) instead
+of calling the tools again, and two tenants never share a result. A tool gets the run's
+`context` and a read-only `memory` when it asks for them; it follows its step's retries.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 from prefect import Task
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
+from prefect.results import ResultStore
 from prefect.tasks import exponential_backoff
+from prefect.transactions import CommitMode, atransaction
 from prefect.utilities.annotations import quote
 
 from agents.digest import digest
@@ -130,17 +132,28 @@ class PrefectToolRunner:
             },
             64,
         )
+        try:
+            # Finished before (this run, killed mid-loop, is executing again): replay it
+            # without a task run, as a step's persisted result is read.
+            record = await ResultStore(result_storage=storage).aread(key)
+        except Exception:  # missing (the usual case) or unreadable: run the tool
+            pass
+        else:
+            return record.result
         resources = inject(tool.resources, call, llm=_no_llm)
         if "memory" in resources:
             resources["memory"] = ReadOnlyMemory(resources["memory"])
         label = f"{call.agent}.{call.step}.{tool.name}[{call.subject or call.run_key[:12]}]"
-        state = await tool_task(self.node, tool, storage)(
-            key=key,
-            label=label,
-            arguments=quote(arguments),
-            resources=quote(resources),
-            return_state=True,
-        )
+        # EAGER: the tool's result is written when the tool finishes. By default a task run
+        # nested in the step's task run commits with it, so a kill mid-loop would lose it.
+        async with atransaction(commit_mode=CommitMode.EAGER):
+            state = await tool_task(self.node, tool, storage)(
+                key=key,
+                label=label,
+                arguments=quote(arguments),
+                resources=quote(resources),
+                return_state=True,
+            )
         return await state.aresult()
 
 

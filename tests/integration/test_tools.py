@@ -1,0 +1,186 @@
+"""Tool-using reasoning through the bundled model server over real HTTP and Prefect: tools
+called concurrently in one turn, durable tool task runs replayed on rerun and after a kill, the
+decision log trace, errors fed back, `max_turns`, tenant isolation, prompt injection."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agents.modelserver import ModelServer
+from tests.support import tool_agent
+from tests.support.models import Routing
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def tool_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModelServer]:
+    from agents.settings import reload_settings
+
+    with ModelServer(port=0, rules=tool_agent.RULES) as server:
+        monkeypatch.setenv("STALWART_MODEL_URL", server.url)
+        monkeypatch.setenv("STALWART_API_KEY", "sk-test-not-a-real-key-0000000000000000000")
+        reload_settings()
+        yield server
+    reload_settings()
+
+
+@pytest.fixture
+def out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(tool_agent, "OUT", str(tmp_path))
+    return tmp_path
+
+
+def _task_runs(name_prefix: str) -> list[str]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=name_prefix)), limit=200
+        )
+    return [r.name for r in runs]
+
+
+def test_a_two_tool_loop_is_durable_logged_and_replayed_without_calls(
+    state_db: str, tool_server: ModelServer, out: Path
+) -> None:
+    from agents import decisions
+
+    tenant = f"acme-{uuid.uuid4().hex[:8]}"
+    name = f"tools-{uuid.uuid4().hex[:6]}"
+    agent = tool_agent.build(name)
+    items = tool_agent.tickets(3)
+    results = agent.batch(items, tenant=tenant)
+    assert [r.status for r in results] == ["completed"] * 3, [r.error for r in results]
+    # The tool results steered the answer: "refund" came from lookup_order.
+    assert {r.outputs["route"].category for r in results} == {"billing"}
+    assert sorted(tool_agent.lines("lookup_order")) == ["1000", "1001", "1002"]
+    assert sorted(tool_agent.lines("customer_history")) == ["cust-0", "cust-1", "cust-2"]
+    requests = tool_server.stats.requests_total
+    assert requests == 6  # two turns a run: the tools (both in one turn), then the answer
+    assert tool_server.stats.tool_calls_total == 6
+
+    logged = decisions.query(tenant=tenant, agent=name)
+    assert len(logged) == 3
+    trace = logged[0].tool_calls
+    assert [(c["turn"], c["status"]) for c in trace] == [(1, "ok"), (1, "ok")]
+    assert {c["tool"] for c in trace} == {"lookup_order", "customer_history"}
+    assert all(c["latency_ms"] >= 0 and c["result"] for c in trace)
+    assert logged[0].tokens_in > 0  # both turns' tokens
+    names = _task_runs(f"{name}.route.")
+    assert f"{name}.route.lookup_order[cust-0]" in names
+
+    # The same batch again: no tool runs, no model call.
+    again = agent.batch(items, tenant=tenant)
+    assert [r.status for r in again] == ["completed"] * 3
+    assert len(tool_agent.lines("lookup_order")) == 3
+    assert tool_server.stats.requests_total == requests
+
+    # Another tenant, same arguments: its own tool executions (cached results are per tenant).
+    other = agent.batch(items[:1], tenant=f"rival-{uuid.uuid4().hex[:8]}")
+    assert other[0].status == "completed"
+    assert sorted(tool_agent.lines("lookup_order")) == ["1000", "1000", "1001", "1002"]
+
+
+def test_max_turns_exhausted_takes_the_default_and_an_injected_call_finds_no_tool(
+    sqlite_url: str, tool_server: ModelServer, out: Path
+) -> None:
+    from agents import decisions
+
+    tenant = f"acme-{uuid.uuid4().hex[:8]}"
+    safe = Routing(category="other", confidence=1.0, rationale="escalate to a person")
+    agent = tool_agent.build(
+        f"tools-turns-{uuid.uuid4().hex[:6]}", max_turns=1, threshold=0.5, default=safe
+    )
+    (result,) = agent.batch(tool_agent.tickets(1), tenant=tenant)
+    assert (result.status, result.paths["route"]) == ("completed", "default")
+    assert result.outputs["send"] == "other"
+    assert "max_turns=1" in " ".join(result.notes)
+    (row,) = decisions.query(tenant=tenant)
+    assert row.path == "default" and row.error_class == "ToolLoopExhausted"
+
+
+def test_a_tool_that_fails_is_reported_to_the_model_and_the_loop_recovers(
+    sqlite_url: str, tool_server: ModelServer, out: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agents import decisions
+
+    calls: list[str] = []
+
+    def flaky_history(customer: str) -> list[str]:
+        """The customer's last tickets (fails the first time)."""
+        calls.append(customer)
+        if len(calls) == 1:
+            raise ConnectionError("history service timed out")
+        return ["refund pending"]
+
+    flaky_history.__name__ = "customer_history"
+    monkeypatch.setattr(tool_agent, "customer_history", flaky_history)
+    tenant = f"acme-{uuid.uuid4().hex[:8]}"
+    agent = tool_agent.build(f"tools-flaky-{uuid.uuid4().hex[:6]}")
+    (result,) = agent.batch(tool_agent.tickets(1), tenant=tenant)
+    assert result.status == "completed", result.error
+    assert calls == ["cust-0", "cust-0"]  # failed, reported, asked again by the model
+    (row,) = decisions.query(tenant=tenant)
+    statuses = [(c["tool"], c["status"]) for c in row.tool_calls]
+    assert ("customer_history", "error") in statuses and ("customer_history", "ok") in statuses
+    failed = next(c for c in row.tool_calls if c["status"] == "error")
+    assert "ConnectionError: history service timed out" in failed["result"]
+
+
+def test_killed_mid_loop_a_rerun_repeats_no_finished_tool_call(
+    state_db: str, tool_server: ModelServer, out: Path
+) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    tenant = f"acme-{uuid.uuid4().hex[:8]}"
+    name = f"tools-kill-{uuid.uuid4().hex[:6]}"
+    env = dict(os.environ)
+    env.update(
+        STALWART_TEST_OUT=str(out),
+        STALWART_TEST_AGENT=name,
+        STALWART_TEST_TENANT=tenant,
+        STALWART_TEST_SLOW_TOOL="60",
+        PREFECT_API_URL=str(PREFECT_API_URL.value()),
+        PYTHONPATH=f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}",
+    )
+    script = [sys.executable, "-m", "tests.support.tool_agent", "2"]
+    proc = subprocess.Popen(script, env=env, cwd=ROOT, start_new_session=True)
+    try:
+        # Both loops in turn 2 (customer_history, named by turn 1's lookup_order): kill.
+        deadline = time.monotonic() + 120
+        while len(tool_agent.lines("customer_history")) < 2 and time.monotonic() < deadline:
+            assert proc.poll() is None, "the batch ended before it could be killed"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert sorted(tool_agent.lines("lookup_order")) == ["1000", "1001"]  # finished calls
+
+    agent = tool_agent.build(name)
+    requests = tool_server.stats.requests_total
+    results = agent.batch(tool_agent.tickets(2, with_customer=False), tenant=tenant)
+    assert [r.status for r in results] == ["completed"] * 2, [r.error for r in results]
+    # lookup_order finished before the kill: not called again; customer_history was cut off.
+    assert sorted(tool_agent.lines("lookup_order")) == ["1000", "1001"]
+    from agents import decisions
+
+    trace = [d.tool_calls for d in decisions.query(tenant=tenant)]
+    assert Counter(tool_agent.lines("customer_history")) == {"cust-0": 2, "cust-1": 2}, trace
+    # Turn 1 was replayed from the answer cache: only turn 3 (the answers) went to the model.
+    assert tool_server.stats.requests_total == requests + 2
+    assert [[c["turn"] for c in t] for t in trace] == [[1, 2], [1, 2]]
+    assert json.dumps(sorted(tool_agent.lines("sent"))) == json.dumps(["0:billing", "1:billing"])
