@@ -15,7 +15,7 @@ Example:
     ...     _ = decisions.set_outcome(d.id, tenant="acme", outcome={"correct": False},
     ...                               url="sqlite://")
     >>> print(decisions.summary_table(unsure).splitlines()[0])
-    | step | subject | path | confidence | model | tokens | cost | latency ms | rationale |
+    | step | subject | path | confidence | model | tools | tokens | cost | latency ms | rationale |
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ SUMMARY_COLUMNS = (
     "path",
     "confidence",
     "model",
+    "tools",
     "tokens",
     "cost",
     "latency ms",
@@ -170,6 +171,7 @@ def summary_rows(rows: Iterable[DecisionRecord]) -> list[dict[str, str]]:
                 "path": _cell(row.path),
                 "confidence": "" if row.confidence is None else f"{row.confidence:.2f}",
                 "model": _cell(row.model),
+                "tools": str(len(row.tool_calls or ())) if row.tool_calls else "",
                 "tokens": f"{row.tokens_in}/{row.tokens_out}",
                 "cost": f"{row.cost:.4f}",
                 "latency ms": "" if row.latency_ms is None else f"{row.latency_ms:.0f}",
@@ -186,16 +188,17 @@ def _markdown_cell(text: str) -> str:
 def summary_table(rows: Iterable[DecisionRecord]) -> str:
     """Decisions as a Markdown table (for a Prefect artifact, a report, a terminal).
 
-    Columns: step, subject, path, confidence, model, tokens (in/out), cost (USD), latency ms
-    and the rationale cut to 80 characters. Every value is passed through `scrub_text`.
+    Columns: step, subject, path, confidence, model, tools (calls of a tool loop), tokens
+    (in/out), cost (USD), latency ms and the rationale cut to 80 characters. Every value is
+    passed through `scrub_text`.
 
     Example:
         >>> print(summary_table([DecisionRecord(tenant="acme", agent="a", step="route",
         ...                                     input_digest="0" * 64, confidence=0.42,
         ...                                     rationale="refund asked")]))
-        | step | subject | path | confidence | model | tokens | cost | latency ms | rationale |
-        |---|---|---|---|---|---|---|---|---|
-        | route |  | direct | 0.42 |  | 0/0 | 0.0000 |  | refund asked |
+        | step | subject | path | confidence | model | tools | tokens | cost | latency ms | rationale |
+        |---|---|---|---|---|---|---|---|---|---|
+        | route |  | direct | 0.42 |  |  | 0/0 | 0.0000 |  | refund asked |
     """
     lines = [
         "| " + " | ".join(SUMMARY_COLUMNS) + " |",

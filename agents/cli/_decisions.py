@@ -28,6 +28,7 @@ _COLUMNS = (
     ("subject", "subject"),
     ("path", "path"),
     ("confidence", "conf"),
+    ("tools", "tools"),
     ("rationale", "rationale"),
 )
 _WIDE_COLUMNS = (("model", "model"), ("tokens", "tokens"), ("cost", "cost"))

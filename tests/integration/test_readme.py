@@ -25,9 +25,16 @@ def test_the_twenty_line_agent_runs_as_the_readme_says(sqlite_url: str, prefect_
     lines = declaration.splitlines(keepends=True)
     linecache.cache[filename] = (len(declaration), None, lines, filename)
     exec(compile(declaration, filename, "exec", dont_inherit=True), namespace)
+    from agents import decisions
+
     triage = namespace["triage"]
     result = triage.run(tenant="acme", subject="cust-42", raw={"body": "I was charged twice"})
     assert (result.status, result.outputs["route"].category) == ("completed", "billing")
     assert result.outputs["send"].startswith("sent to billing (")
     again = triage.run(tenant="acme", subject="cust-42", raw={"body": "I was charged twice"})
     assert set(again.steps.values()) == {"cached"}
+    # The step's tool: the bundled model server looks an order number up before it answers.
+    looked = triage.run(tenant="acme", subject="cust-7", raw={"body": "where is order 48213?"})
+    assert looked.status == "completed", looked.error
+    (row,) = [d for d in decisions.query(tenant="acme") if d.subject == "cust-7"]
+    assert [c["tool"] for c in row.tool_calls] == ["lookup_order"]

@@ -184,3 +184,26 @@ def test_killed_mid_loop_a_rerun_repeats_no_finished_tool_call(
     assert tool_server.stats.requests_total == requests + 2
     assert [[c["turn"] for c in t] for t in trace] == [[1, 2], [1, 2]]
     assert json.dumps(sorted(tool_agent.lines("sent"))) == json.dumps(["0:billing", "1:billing"])
+
+
+def test_stalwart_decisions_shows_the_tool_count_and_json_the_trace(
+    sqlite_url: str, tool_server: ModelServer, out: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from agents.cli import app
+
+    tenant = f"acme-{uuid.uuid4().hex[:8]}"
+    agent = tool_agent.build(f"tools-cli-{uuid.uuid4().hex[:6]}")
+    (result,) = agent.batch(tool_agent.tickets(1), tenant=tenant)
+    assert result.status == "completed"
+    cli = CliRunner()
+    table = cli.invoke(app, ["decisions", "--tenant", tenant], env={"COLUMNS": "200"})
+    assert table.exit_code == 0 and "tools" in table.stdout
+    header = next(line for line in table.stdout.splitlines() if "tools" in line)
+    row = next(line for line in table.stdout.splitlines() if "billing" in line or "direct" in line)
+    assert row[header.index("tools") : header.index("tools") + 5].strip() == "2"
+    listed = cli.invoke(app, ["decisions", "--tenant", tenant, "--json"])
+    (line,) = listed.stdout.strip().splitlines()
+    trace = json.loads(line)["tool_calls"]
+    assert sorted(c["tool"] for c in trace) == ["customer_history", "lookup_order"]
