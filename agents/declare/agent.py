@@ -19,6 +19,7 @@ from agents.errors import DeclarationError
 from agents.graph import AgentGraph, build_graph
 
 if TYPE_CHECKING:
+    from agents.declare.tool import Tool
     from agents.execution.runner import AgentRunner
     from agents.result import RunResult
     from agents.store.tables import Feedback
@@ -118,6 +119,8 @@ class Agent:
         default: Any = ...,
         shadow: Shadow | None = ...,
         calibrate: Calibration | None = ...,
+        tools: Sequence[Callable[..., Any] | Tool] = ...,
+        max_turns: int = ...,
         retries: int = ...,
         retry_delay: float = ...,
         timeout: float | None = ...,
