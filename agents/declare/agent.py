@@ -118,6 +118,8 @@ class Agent:
         default: Any = ...,
         shadow: Shadow | None = ...,
         calibrate: Calibration | None = ...,
+        tools: Sequence[Callable[..., Any]] = ...,
+        max_turns: int = ...,
         retries: int = ...,
         retry_delay: float = ...,
         timeout: float | None = ...,
