@@ -2,7 +2,10 @@
 
 This module owns scoring: accuracy per labelled field and overall, the share of decisions made
 at each rung of the fallback ladder, the runs still awaiting a person's review, cost and
-latency. Reading the input file is `agents.cli._run`'s job (a line's labels sit under
+latency, and, for an agent whose reasoning steps use tools, what the tools are worth: the same
+agent run again with every reasoning step's tools removed (`--no-tools` alone, or
+`--compare-tools` for both runs and the difference). Reading the input file is
+`agents.cli._run`'s job (a line's labels sit under
 `LABELS_KEY`, step → field → value, and are never passed to a run); running is the agent
 runner's (`agents.execution.runner`).
 
@@ -10,6 +13,7 @@ Example:
     ```
     stalwart eval ticket-triage                      # the bundled 200 labelled tickets
     stalwart eval ticket-triage --input mine.jsonl --json
+    stalwart eval ticket-triage --compare-tools      # with the tools, then without them
     ```
 """
 
@@ -41,7 +45,7 @@ from agents.cli._run import (
 from agents.cli._utilities import console, err_console, exit_with_error, load_agent
 from agents.declare.decision import LadderPath
 from agents.execution.runner import runner_for
-from agents.graph import AgentGraph
+from agents.graph import AgentGraph, without_tools
 from agents.result import RunResult
 from agents.settings import get_current_settings
 from agents.store.tables import AgentRun, DecisionRecord
@@ -87,6 +91,8 @@ class Evaluation:
     tenant: str
     runs: int
     """Inputs run."""
+    tools: bool = True
+    """False when the agent ran with its reasoning steps' tools removed (`--no-tools`)."""
     statuses: dict[str, int] = field(default_factory=dict)
     """Runs per status: completed, held, awaiting_review, failed."""
     awaiting_review: int = 0
@@ -104,6 +110,8 @@ class Evaluation:
     """Runs whose decisions were replayed from an earlier run (cached): no new cost."""
     decisions_logged: int = 0
     """Decision-log rows written by this eval."""
+    tool_calls: int = 0
+    """Tool calls the logged decisions made (reasoning steps with tools)."""
     tokens_in: int = 0
     tokens_out: int = 0
     cost_usd: float = 0.0
@@ -232,6 +240,7 @@ def score(
     logged = {d.agent_run_id for d in mine}
     evaluation.replayed = sum(1 for r in results if r.paths and r.run_id not in logged)
     evaluation.decisions_logged = len(mine)
+    evaluation.tool_calls = sum(len(d.tool_calls or ()) for d in mine)
     evaluation.tokens_in = sum(d.tokens_in for d in mine)
     evaluation.tokens_out = sum(d.tokens_out for d in mine)
     evaluation.cost_usd = sum(d.cost for d in mine)
@@ -315,13 +324,18 @@ def evaluate(
     tenant: str,
     concurrency: int = 16,
     progress: Progress | None = None,
+    tools: bool = True,
 ) -> Evaluation:
     """Run labelled inputs (each may carry `LABELS_KEY`) and score them.
+
+    With `tools=False` the agent runs with its reasoning steps' tools removed
+    (`agents.graph.without_tools`); use a tenant of its own, or it replays the other runs.
 
     Example:
         >>> evaluate(triage.compile(), lines, tenant="eval-1").overall_accuracy  # doctest: +SKIP
         0.74
     """
+    graph = graph if tools else without_tools(graph)
     split = [split_labels(dict(item), graph) for item in items]
     inputs = [inputs for inputs, _ in split]
     labels = [labels for _, labels in split]
@@ -339,7 +353,37 @@ def evaluate(
     )
     reasoning = [s.name for s in graph.order if s.layer == "reasoning"]
     rows, runs = read_log(tenant, graph.name, since, len(results))
-    return score(graph.name, tenant, results, labels, reasoning, rows, runs)
+    evaluation = score(graph.name, tenant, results, labels, reasoning, rows, runs)
+    evaluation.tools = tools
+    return evaluation
+
+
+def has_tools(graph: AgentGraph) -> bool:
+    """Whether any reasoning step of the agent declares tools.
+
+    Example:
+        >>> has_tools(load_agent("ticket-triage").compile())  # doctest: +SKIP
+        True
+    """
+    return any(node.tools for node in graph.nodes.values())
+
+
+def tools_gain(with_tools: Evaluation, without: Evaluation) -> dict[str, float]:
+    """Accuracy with tools minus accuracy without, per labelled field and overall.
+
+    Example:
+        >>> tools_gain(Evaluation(agent="a", tenant="t", runs=1, labelled=2, overall_correct=2),
+        ...            Evaluation(agent="a", tenant="u", runs=1, labelled=2, overall_correct=1))
+        {'overall_accuracy': 0.5}
+    """
+    before = {f"{f.step}.{f.field}": f.accuracy for f in without.fields}
+    gain = {
+        f"{f.step}.{f.field}": f.accuracy - before[f"{f.step}.{f.field}"]
+        for f in with_tools.fields
+        if f"{f.step}.{f.field}" in before
+    }
+    gain["overall_accuracy"] = with_tools.overall_accuracy - without.overall_accuracy
+    return gain
 
 
 def eval_command(
@@ -355,9 +399,21 @@ def eval_command(
     faults: str | None = typer.Option(
         None, "--model-faults", help="JSON faults for a bundled model server (what-if runs)."
     ),
+    no_tools: bool = typer.Option(
+        False, "--no-tools", help="Run with every reasoning step's tools removed."
+    ),
+    compare_tools: bool = typer.Option(
+        False,
+        "--compare-tools",
+        help="Run twice, with the tools and without (tenant T, then T-no-tools): the gain.",
+    ),
 ) -> None:
     """Run AGENT over labelled inputs: accuracy, fallback-ladder shares, cost and latency."""
     graph = load_agent(agent).compile()
+    if no_tools and compare_tools:
+        exit_with_error("--no-tools and --compare-tools exclude each other")
+    if compare_tools and not has_tools(graph):
+        exit_with_error(f"agent {graph.name!r} declares no tools; nothing to compare")
     source = input or default_input(graph)
     if source is None:
         exit_with_error(f"agent {graph.name!r} ships no labelled sample; pass --input")
@@ -371,29 +427,43 @@ def eval_command(
         err_console.print(f"{len(rejected)} bad line(s) quarantined in {where}")
     if not accepted:
         exit_with_error(f"no runnable line in {source}")
-    with (
-        model_faults(faults),
-        Progress(
-            TextColumn(f"[bold]eval {graph.name}[/bold]"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err_console,
-            transient=True,
-        ) as progress,
-    ):
-        evaluation = evaluate(
-            graph,
-            [item for _, item in accepted],
-            tenant=tenant,
-            concurrency=concurrency,
-            progress=progress,
-        )
+    # With the tools first: their lookups then read no helpdesk state the other run left.
+    plans = [(tenant, True), (f"{tenant}-no-tools", False)] if compare_tools else []
+    plans = plans or [(tenant, not no_tools)]
+    found: list[Evaluation] = []
+    with model_faults(faults):
+        for where_to, tools in plans:
+            label = graph.name if tools else f"{graph.name} (no tools)"
+            with Progress(
+                TextColumn(f"[bold]eval {escape(label)}[/bold]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=err_console,
+                transient=True,
+            ) as progress:
+                found.append(
+                    evaluate(
+                        graph,
+                        [item for _, item in accepted],
+                        tenant=where_to,
+                        concurrency=concurrency,
+                        progress=progress,
+                        tools=tools,
+                    )
+                )
     _let_prefect_settle()
     if as_json:
-        console.print(json.dumps(evaluation.to_dict()), soft_wrap=True, markup=False)
-    else:
+        data = found[0].to_dict()
+        if compare_tools:
+            data["without_tools"] = found[1].to_dict()
+            data["tools_gain"] = tools_gain(found[0], found[1])
+        console.print(json.dumps(data), soft_wrap=True, markup=False)
+        return
+    for evaluation in found:
         print_evaluation(evaluation, source)
+    if compare_tools:
+        print_comparison(found[0], found[1])
 
 
 def _ms(value: float | None) -> str:
@@ -405,7 +475,10 @@ def print_evaluation(evaluation: Evaluation, source: Path | None = None) -> None
     e = evaluation
     statuses = ", ".join(f"{n} {s}" for s, n in sorted(e.statuses.items()))
     where = f" over {source}" if source else ""
-    console.print(f"[bold]{e.agent}[/bold]{where} · tenant {e.tenant} · {e.runs} runs ({statuses})")
+    tools = "" if e.tools else " · without tools"
+    console.print(
+        f"[bold]{e.agent}[/bold]{where}{tools} · tenant {e.tenant} · {e.runs} runs ({statuses})"
+    )
 
     accuracy = Table(title="accuracy")
     accuracy.add_column("label")
@@ -434,6 +507,8 @@ def print_evaluation(evaluation: Evaluation, source: Path | None = None) -> None
     cost.add_column("measure")
     cost.add_column("value", justify="right")
     cost.add_row("decisions logged", str(e.decisions_logged))
+    if e.tool_calls:
+        cost.add_row("tool calls", str(e.tool_calls))
     if e.replayed:
         cost.add_row("runs replayed from cache (no new cost)", str(e.replayed))
     cost.add_row("tokens in / out", f"{e.tokens_in:,} / {e.tokens_out:,}")
@@ -450,3 +525,63 @@ def print_evaluation(evaluation: Evaluation, source: Path | None = None) -> None
                 f"--tenant {e.tenant}"
             )
         )
+
+
+def print_comparison(with_tools: Evaluation, without: Evaluation) -> None:
+    """Print what the tools are worth: the two evals side by side, with the gain."""
+    table = Table(title="with tools vs without")
+    for column in ("measure", "with tools", "without", "gain"):
+        table.add_column(column, justify="left" if column == "measure" else "right")
+    gain = tools_gain(with_tools, without)
+    before = {f"{f.step}.{f.field}": f for f in without.fields}
+    for f in with_tools.fields:
+        name = f"{f.step}.{f.field}"
+        other = before.get(name)
+        if other is None:
+            continue
+        table.add_row(
+            name,
+            f"{f.accuracy:.1%} ({f.correct}/{f.total})",
+            f"{other.accuracy:.1%} ({other.correct}/{other.total})",
+            f"{gain[name] * 100:+.1f} pt",
+        )
+    table.add_row(
+        "all labels right",
+        f"{with_tools.overall_accuracy:.1%} ({with_tools.overall_correct}/{with_tools.labelled})",
+        f"{without.overall_accuracy:.1%} ({without.overall_correct}/{without.labelled})",
+        f"{gain['overall_accuracy'] * 100:+.1f} pt",
+    )
+    table.add_section()
+    table.add_row(
+        "awaiting review (not scored)",
+        str(with_tools.awaiting_review),
+        str(without.awaiting_review),
+        f"{with_tools.awaiting_review - without.awaiting_review:+d}",
+    )
+    table.add_row(
+        "tool calls",
+        str(with_tools.tool_calls),
+        str(without.tool_calls),
+        f"{with_tools.tool_calls - without.tool_calls:+d}",
+    )
+    table.add_row(
+        "tokens in / out",
+        f"{with_tools.tokens_in:,} / {with_tools.tokens_out:,}",
+        f"{without.tokens_in:,} / {without.tokens_out:,}",
+        f"{with_tools.tokens_in - without.tokens_in:+,} / "
+        f"{with_tools.tokens_out - without.tokens_out:+,}",
+    )
+    if with_tools.priced or without.priced:
+        table.add_row(
+            "cost",
+            f"${with_tools.cost_usd:.4f}",
+            f"${without.cost_usd:.4f}",
+            f"{with_tools.cost_usd - without.cost_usd:+.4f}",
+        )
+    table.add_row(
+        "run latency p50",
+        _ms(with_tools.run_ms_p50),
+        _ms(without.run_ms_p50),
+        "",
+    )
+    console.print(table)

@@ -222,3 +222,37 @@ def ancestors(order: list[str], deps: Mapping[str, tuple[str, ...]]) -> dict[str
             acc |= found.get(d, set())
         found[name] = acc
     return found
+
+
+def without_tools(graph: AgentGraph) -> AgentGraph:
+    """The same agent with every reasoning step's tools removed (the graph itself is unchanged;
+    one without tools is returned as is). Its steps decide from the prompt alone, so comparing
+    the two measures what the tools are worth (`stalwart eval --compare-tools`).
+
+    Example:
+        >>> from agents import Agent, Decision
+        >>> desk = Agent("desk")
+        >>> class Answer(Decision):
+        ...     text: str
+        >>> def lookup(key: str) -> str:
+        ...     '''The value stored under `key`.'''
+        ...     return key.upper()
+        >>> @desk.reasoning(tools=[lookup])
+        ... def answer(question: str) -> Answer:
+        ...     return Answer(text=question, confidence=1.0, rationale="echo")
+        >>> [t.name for t in desk.compile().node("answer").tools]
+        ['lookup']
+        >>> without_tools(desk.compile()).node("answer").tools
+        ()
+    """
+    if not any(node.tools for node in graph.nodes.values()):
+        return graph
+    return build_graph(
+        graph.name,
+        [
+            s.with_options(tools=()) if s.layer == "reasoning" and s.options.tools else s
+            for s in graph.order
+        ],
+        description=graph.description,
+        allowed_actions=graph.allowed_actions,
+    )

@@ -3,9 +3,11 @@
 This module owns the simulated outside system of ticket-triage: it honours `Idempotency-Key`
 (a second delivery under a key returns the first receipt and is counted as a re-delivery, not
 an effect), counts per key how often it was delivered and per ticket how many distinct effects
-it had, and can lose answers on purpose. It is served by a `LoopbackServer`
-(`agents.testing.loopback`): uvicorn in a daemon thread on 127.0.0.1, port 0 by default. Flow
-runs reach it through `HttpHelpdesk` (`STALWART_HELPDESK_URL`), exactly as a real API.
+it had, and can lose answers on purpose. It also answers the adapter's reads, never changing
+anything: orders, and each customer's recent tickets (those it handled, then the bundled ones).
+It is served by a `LoopbackServer` (`agents.testing.loopback`): uvicorn in a daemon thread on
+127.0.0.1, port 0 by default. Flow runs reach it through `HttpHelpdesk`
+(`STALWART_HELPDESK_URL`), exactly as a real API.
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from agents.testing.loopback import LoopbackServer
-from flows.helpdesk.adapter import HttpHelpdesk
+from flows.helpdesk.adapter import (
+    RECENT_TICKETS,
+    HttpHelpdesk,
+    bundled_order,
+    bundled_tickets,
+    handled_ticket,
+)
 
 
 @dataclass
@@ -61,6 +69,8 @@ class HelpdeskState:
     deliveries: Counter[str] = field(default_factory=Counter)
     receipts: dict[str, dict[str, Any]] = field(default_factory=dict)
     effects: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    handled: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    """Per customer, the tickets acted on (actions naming a `customer`), oldest first."""
     lose_next: int = 0
     """Apply the next N new actions, then answer 503 as if the answer were lost on the way."""
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -82,6 +92,10 @@ class HelpdeskState:
             }
             self.receipts[key] = receipt
             self.effects[ticket].append(key)
+            if action.get("customer"):
+                self.handled[str(action["customer"])].append(
+                    handled_ticket({**action, "ticket_id": ticket})
+                )
             if self.lose_next > 0:
                 self.lose_next -= 1
                 return 503, {"error": "upstream timeout"}
@@ -97,6 +111,12 @@ class HelpdeskState:
                 tickets=len(self.effects),
                 duplicate_tickets=sum(1 for keys in self.effects.values() if len(keys) > 1),
             )
+
+    def recent_tickets(self, customer: str, limit: int = RECENT_TICKETS) -> list[dict[str, Any]]:
+        """The customer's tickets, newest first: those handled here, then the bundled ones."""
+        with self.lock:
+            handled = [dict(t) for t in reversed(self.handled.get(customer, []))]
+        return [*handled, *bundled_tickets(customer)][: max(0, limit)]
 
     def effects_by_ticket(self) -> dict[str, int]:
         """Per ticket, how many distinct effects it had."""
@@ -120,6 +140,19 @@ def build_app(state: HelpdeskState) -> Starlette:
         status, body = state.deliver(str(request.path_params["ticket"]), key, action)
         return JSONResponse(body, status)
 
+    async def order(request: Request) -> JSONResponse:
+        found = bundled_order(str(request.path_params["order_id"]))
+        if found is None:
+            return JSONResponse({"error": "no such order"}, 404)
+        return JSONResponse(found)
+
+    async def tickets(request: Request) -> JSONResponse:
+        try:
+            limit = int(request.query_params.get("limit", RECENT_TICKETS))
+        except ValueError:
+            return JSONResponse({"error": "limit must be an integer"}, 422)
+        return JSONResponse(state.recent_tickets(str(request.path_params["customer"]), limit))
+
     async def summary(_: Request) -> JSONResponse:
         found = state.summary()
         return JSONResponse({**found.__dict__, "redeliveries": found.redeliveries})
@@ -127,6 +160,8 @@ def build_app(state: HelpdeskState) -> Starlette:
     return Starlette(
         routes=[
             Route("/tickets/{ticket}/actions", act, methods=["POST"]),
+            Route("/orders/{order_id}", order, methods=["GET"]),
+            Route("/customers/{customer}/tickets", tickets, methods=["GET"]),
             Route("/summary", summary, methods=["GET"]),
         ]
     )

@@ -1,6 +1,7 @@
 """`stalwart eval`: its numbers are the decision log's and the labels', the ladder's shares sum
-to one, runs awaiting a person's review are counted and not scored, and an unsure primary model
-moves decisions to the fallback rung."""
+to one, runs awaiting a person's review are counted and not scored, an unsure primary model
+moves decisions to the fallback rung, and `--compare-tools` measures the agent with its tools
+and without them."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from agents.cli import app
 from agents.cli._eval import RUNGS, percentile
 from agents.modelserver import ModelServer
 from flows.ticket_triage import FALLBACK_MODEL, SAMPLE_INPUTS
-from tests.support.triage import unsure
+from tests.support.triage import NEED_A_LOOKUP, unsure
 
 runner = CliRunner()
 SLICE = 36
@@ -156,3 +157,78 @@ def test_model_faults_need_the_bundled_server(model_server: ModelServer, tmp_pat
     )
     assert result.exit_code == 1
     assert "needs the bundled model server" in result.output
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_eval_compares_the_agent_with_its_tools_and_without(
+    sqlite_url: str, model_server: ModelServer, tmp_path: Path
+) -> None:
+    lines = SAMPLE_INPUTS.read_text().splitlines()
+    lookups = [line for line in lines if json.loads(line)["raw"]["id"] in NEED_A_LOOKUP]
+    source = tmp_path / "lookups.jsonl"
+    source.write_text("\n".join(lines[:4] + lookups) + "\n")
+    tenant = f"eval-{uuid.uuid4().hex[:8]}"
+    data = run_eval("--input", str(source), "--tenant", tenant, "--compare-tools")
+
+    without = data["without_tools"]
+    assert (data["tools"], without["tools"]) == (True, False)
+    assert (data["tenant"], without["tenant"]) == (tenant, f"{tenant}-no-tools")
+    read = read_lines(source)
+    labels = {line["raw"]["id"]: line["expected"]["route"] for line in read}
+    # Without the order or the history, two tickets are too vague to route: a person is asked.
+    assert data["awaiting_review"] == len(unsure(read))
+    assert (
+        without["awaiting_review"] == len(unsure(read, tools=False)) == data["awaiting_review"] + 2
+    )
+
+    # With the tools every ticket needing a lookup made one and was routed as labelled.
+    rows = decisions.query(tenant=tenant, agent="ticket-triage", limit=100)
+    looked = [r for r in rows if r.input_snapshot["ticket"]["id"] in NEED_A_LOOKUP]
+    assert len(looked) == len(NEED_A_LOOKUP)
+    for row in looked:
+        wanted = labels[row.input_snapshot["ticket"]["id"]]
+        assert {name: row.output[name] for name in wanted} == wanted
+        assert row.tool_calls and {c["status"] for c in row.tool_calls} == {"ok"}
+    assert data["tool_calls"] == sum(len(r.tool_calls or ()) for r in rows) >= len(looked)
+    # Without them none was: wrong, or waiting for a person.
+    blind = decisions.query(tenant=f"{tenant}-no-tools", agent="ticket-triage", limit=100)
+    assert without["tool_calls"] == 0 and not any(r.tool_calls for r in blind)
+    for row in blind:
+        ticket = row.input_snapshot["ticket"]["id"]
+        if ticket in NEED_A_LOOKUP and row.path != "awaiting_review":
+            assert row.output["category"] != labels[ticket]["category"]
+
+    gain = data["tools_gain"]
+    assert gain["overall_accuracy"] == pytest.approx(
+        data["overall_accuracy"] - without["overall_accuracy"]
+    )
+    assert gain["overall_accuracy"] > 0 and gain["route.category"] > 0
+    # Looking things up costs tokens: the tools' schemas and results go to the model.
+    assert data["tokens_in"] > without["tokens_in"]
+
+    # Both replay on their tenants; the table puts them side by side.
+    alone = run_eval("--input", str(source), "--tenant", f"{tenant}-no-tools", "--no-tools")
+    assert alone["replayed"] == len(read) and alone["fields"] == without["fields"]
+    shown = runner.invoke(
+        app, ["eval", "ticket-triage", "--input", str(source), "-t", tenant, "--compare-tools"]
+    )
+    assert shown.exit_code == 0, shown.output
+    said = " ".join(shown.stdout.split())
+    assert "with tools vs without" in said and "without tools · tenant" in said
+    right, blind_right = data["overall_correct"], without["overall_correct"]
+    assert re.search(
+        rf"all labels right │ [\d.]+% \({right}/{data['labelled']}\) │ "
+        rf"[\d.]+% \({blind_right}/{without['labelled']}\) │ \+[\d.]+ pt",
+        said,
+    ), said
+
+
+def test_compare_tools_needs_an_agent_with_tools_and_excludes_no_tools(tmp_path: Path) -> None:
+    source = sample_slice(tmp_path, size=2, injections=False)
+    both = runner.invoke(
+        app,
+        ["eval", "ticket-triage", "-i", str(source), "--compare-tools", "--no-tools"],
+    )
+    assert both.exit_code == 1 and "exclude each other" in both.output
+    toolless = runner.invoke(app, ["eval", "qa-runs", "--compare-tools"])
+    assert toolless.exit_code == 1 and "declares no tools" in toolless.output

@@ -1,5 +1,6 @@
 """The simulated helpdesk and its adapter: one effect per idempotency key, re-deliveries counted,
-a lost answer retried under the same key without a second effect, and the adapter chosen from
+a lost answer retried under the same key without a second effect, the read-only lookups (an
+order, a customer's recent tickets) alike in process and over HTTP, and the adapter chosen from
 `STALWART_HELPDESK_URL`."""
 
 from __future__ import annotations
@@ -55,3 +56,38 @@ def test_the_adapter_follows_the_environment(monkeypatch: pytest.MonkeyPatch) ->
     assert isinstance(chosen, HttpHelpdesk) and chosen.base_url == "http://127.0.0.1:9"
     with pytest.raises(HelpdeskError, match="no answer"):
         chosen.deliver({"ticket_id": "T1"}, idempotency_key="k")
+
+
+def test_the_lookups_read_the_same_over_http_as_in_process_and_change_nothing() -> None:
+    in_process = InProcessHelpdesk()
+    action = {"ticket_id": "T9", "action": "queue", "queue": "billing", "customer": "cust-061"}
+    in_process.deliver(action, idempotency_key="k9")
+    with SimulatedHelpdesk() as desk:
+        http = desk.adapter()
+        http.deliver(action, idempotency_key="k9")
+        before = desk.state.summary()
+        for adapter in (in_process, http):
+            assert adapter.order("48213") == adapter.order("#48213")
+            assert adapter.order("48213")["status"] == "cancelled"
+            assert adapter.order("99999") is None  # a 404 over HTTP
+            recent = adapter.recent_tickets("cust-061")
+            # The ticket it handled first (newest), then the bundled history.
+            assert [t["ticket_id"] for t in recent] == ["T9", "H-1187"]
+            assert recent[0] == {
+                "ticket_id": "T9",
+                "queue": "billing",
+                "action": "queue",
+                "status": "handled",
+            }
+            assert adapter.recent_tickets("cust-061", limit=1) == recent[:1]
+            assert adapter.recent_tickets("nobody") == []
+        assert http.order("48213") == in_process.order("48213")
+        assert desk.state.summary() == before  # reading delivered nothing
+
+
+def test_a_lookup_on_an_unreachable_helpdesk_raises() -> None:
+    unreachable = HttpHelpdesk("http://127.0.0.1:9")
+    with pytest.raises(HelpdeskError, match="no answer"):
+        unreachable.order("48213")
+    with pytest.raises(HelpdeskError, match="no answer"):
+        unreachable.recent_tickets("cust-061")

@@ -1,7 +1,8 @@
 """The ticket-triage reference agent: one action per ticket across reruns, a history per
 customer that grows and feeds the prompt, escalation (asked for, by a person or the default,
-refused), unsure tickets waiting for a person's review, and the outcome recorded in the
-decision log."""
+refused), unsure tickets waiting for a person's review, the outcome recorded in the decision
+log, and the helpdesk lookups (an order, the customer's recent tickets) that route a ticket the
+text alone gets wrong, kept in the decision log's `tool_calls`."""
 
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ import pytest
 from sqlmodel import Session, col, select
 
 from agents import Memory, decisions, reviews
+from agents.execution.runner import runner_for
+from agents.graph import without_tools
 from agents.modelserver import ModelServer
 from agents.store import ActionRecord, get_engine
+from flows.helpdesk import SimulatedHelpdesk
 from flows.ticket_triage import ESCALATE_TO_A_PERSON, SAMPLE_INPUTS, THRESHOLD, triage
 from tests.support.triage import unsure
 
@@ -208,3 +212,69 @@ def test_the_outcome_is_recorded_in_the_decision_log(
     assert [r.outputs["act"].action for r in results] == ["queue", "draft_reply"]
     assert results[0].outputs["act"].queue == "shipping"
     assert results[1].outputs["act"].reply_draft
+
+
+def test_a_ticket_naming_an_order_is_routed_by_the_order_it_looks_up(
+    sqlite_url: str, model_server: ModelServer
+) -> None:
+    who = tenant()
+    where = item(
+        "W1",
+        "cust-012",
+        "Where is order 48213?",
+        "Where is my parcel for order 48213? Nothing has come yet.",
+    )
+    found = triage.run(tenant=who, **where)
+    # The order was cancelled and its refund is pending: Finance owns it, not Logistics.
+    assert found.status == "completed", found.error
+    assert found.paths["route"] == "direct"
+    routing = found.outputs["route"]
+    assert (routing.category, routing.urgency, routing.action) == ("billing", "normal", "queue")
+    assert found.outputs["act"].queue == "billing"
+    (row,) = decisions.query(tenant=who, agent="ticket-triage")
+    (call,) = row.tool_calls
+    assert (call["turn"], call["tool"], call["status"]) == (1, "lookup_order", "ok")
+    assert call["arguments"] == {"order_id": "48213"}
+    assert json.loads(call["result"])["note"].endswith("the refund is pending with Finance.")
+    assert "lookup_order" in row.output["rationale"]
+
+    # The same agent without its tools reads "parcel" and sends it to shipping, sure of it.
+    blind = f"{who}-no-tools"
+    (guess,) = runner_for(without_tools(triage.compile())).run_batch([where], tenant=blind)
+    assert guess.outputs["route"].category == "shipping"
+    assert guess.outputs["route"].confidence >= THRESHOLD
+    (row,) = decisions.query(tenant=blind, agent="ticket-triage")
+    assert not row.tool_calls
+
+
+def test_a_vague_follow_up_is_routed_by_the_customers_recent_tickets_at_the_helpdesk(
+    sqlite_url: str, model_server: ModelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    who = tenant()
+    follow_up = ("Any update?", "Any update on this? Thanks.")
+    with SimulatedHelpdesk() as desk:
+        monkeypatch.setenv("STALWART_HELPDESK_URL", desk.url)  # every lookup over HTTP
+        first = triage.run(
+            tenant=who,
+            **item("F1", "cust-071", "Refund", "You approved my refund but the money is not back."),
+        )
+        again = triage.run(tenant=who, **item("F2", "cust-071", *follow_up))
+        # The bundled helpdesk history of cust-061: a parcel that never arrived.
+        bundled = triage.run(tenant=who, **item("F3", "cust-061", *follow_up))
+        summary = desk.state.summary()
+
+    assert first.outputs["route"].category == "billing"
+    # "Thanks" alone reads as Customer Care; the ticket the helpdesk handled says billing.
+    assert again.outputs["route"].category == "billing"
+    assert bundled.outputs["route"].category == "shipping"
+    assert summary.effects == summary.tickets == 3  # the lookups acted on nothing
+    rows = {r.agent_run_id: r for r in decisions.query(tenant=who, agent="ticket-triage")}
+    assert not rows[first.run_id].tool_calls  # no order number, no follow-up: no lookup
+    for result, customer, queue in (
+        (again, "cust-071", "billing"),
+        (bundled, "cust-061", "shipping"),
+    ):
+        (call,) = rows[result.run_id].tool_calls
+        assert (call["tool"], call["status"]) == ("customer_history", "ok")
+        assert call["arguments"] == {"customer": customer, "limit": 1}
+        assert json.loads(call["result"])[0]["queue"] == queue

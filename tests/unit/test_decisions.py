@@ -107,7 +107,8 @@ def test_summary_table_scrubs_secrets_and_truncates() -> None:
     assert "bob@example.com" not in table
     lines = table.splitlines()
     assert lines[0] == (
-        "| step | subject | path | confidence | model | tools | tokens | cost | latency ms | rationale |"
+        "| step | subject | path | confidence | model | tools | tokens | cost | latency ms "
+        "| rationale |"
     )
     assert len(lines) == 2 + len(rows)
     first = lines[2]

@@ -58,7 +58,7 @@ def test_scoring_counts_a_failed_run_as_wrong_and_as_no_decision() -> None:
 def test_run_and_eval_read_the_labels_but_never_pass_them_to_a_run(tmp_path: Path) -> None:
     compiled = triage.compile()
     accepted, rejected = read_inputs(SAMPLE_INPUTS, compiled, 1_000_000)
-    assert (len(accepted), rejected) == (200, [])
+    assert (len(accepted), rejected) == (207, [])
     assert all("expected" in item for _, item in accepted)
     assert compiled.check_inputs(accepted[0][1])  # as a run input, the key would be unknown
 
