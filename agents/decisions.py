@@ -14,8 +14,8 @@ Example:
     >>> for d in unsure:
     ...     _ = decisions.set_outcome(d.id, tenant="acme", outcome={"correct": False},
     ...                               url="sqlite://")
-    >>> print(decisions.summary_table(unsure).splitlines()[0][:48])
-    | step | subject | path | confidence | model | to
+    >>> print(decisions.summary_table(unsure).splitlines()[0][:50])
+    | step | subject | path | confidence | model | tools
 """
 
 from __future__ import annotations
