@@ -14,7 +14,7 @@ Example:
     >>> for d in unsure:
     ...     _ = decisions.set_outcome(d.id, tenant="acme", outcome={"correct": False},
     ...                               url="sqlite://")
-    >>> print(decisions.summary_table(unsure).splitlines()[0][:50])
+    >>> print(decisions.summary_table(unsure).splitlines()[0][:52])
     | step | subject | path | confidence | model | tools
 """
 
