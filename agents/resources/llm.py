@@ -415,6 +415,17 @@ class _Call(Generic[T]):
             "hooks": self.hooks,
         }
 
+    def turn_kwargs(self, route: _Route) -> dict[str, Any]:
+        """Arguments of the plain completion of one tool-loop turn (no instructor: the turn's
+        tool calls are parsed by `toolloop.turn_of`)."""
+        return {
+            **self.params,
+            "model": route.model,
+            "messages": [dict(m) for m in self.messages],
+            "tools": self.tools,
+            "tool_choice": "required",
+        }
+
     # -- outcomes -------------------------------------------------------------------------
 
     def succeeded(self, route: _Route, result: T, completion: Any) -> T:
@@ -718,20 +729,26 @@ class LLM:
         if loop_tools:
             from prefect.utilities.asyncutils import run_coro_as_sync
 
-            return run_coro_as_sync(
-                self.adecide(
-                    output,
-                    prompt,
-                    system=system,
-                    model=model,
-                    max_reasks=max_reasks,
-                    cache=cache,
-                    tools=loop_tools,
-                    max_turns=max_turns,
-                    **params,
-                )
+            # Turns go through the sync client (kept per process) in a worker thread; only the
+            # loop itself, and the tools, run on an event loop.
+            loop = self._loop(
+                output,
+                prompt,
+                system,
+                model,
+                max_reasks,
+                cache,
+                params,
+                loop_tools,
+                max_turns,
+                synchronous=True,
             )
+            return run_coro_as_sync(loop)
         call = self._call(output, prompt, system, model, max_reasks, cache, params)
+        return self._drive(call)
+
+    def _drive(self, call: _Call[T]) -> T:
+        """One policy-governed call, synchronously: cache, breaker, retries, recording."""
         hit = call.lookup(call.primary, "primary")
         if hit is not None:
             return hit.result
@@ -741,9 +758,15 @@ class LLM:
                 return route.result
             client = _client(call.endpoint, asynchronous=False)
             try:
-                result, completion = client.chat.completions.create_with_completion(
-                    **call.send_kwargs(route)
-                )
+                if call.tools is not None:  # a tool-loop turn: a plain completion, parsed here
+                    turn = call.turn_kwargs(route)
+                    completion = client.client.chat.completions.create(**turn)
+                    call.counter.requests += 1
+                    result = cast(T, turn_of(completion))
+                else:
+                    result, completion = client.chat.completions.create_with_completion(
+                        **call.send_kwargs(route)
+                    )
             except Exception as exc:
                 wait = call.failed(route, exc)
                 if wait > 0:
@@ -794,11 +817,7 @@ class LLM:
             try:
                 if call.tools is not None:  # a tool-loop turn: a plain completion, parsed here
                     completion = await client.client.chat.completions.create(
-                        **call.params,
-                        model=route.model,
-                        messages=[dict(m) for m in call.messages],
-                        tools=call.tools,
-                        tool_choice="required",
+                        **call.turn_kwargs(route)
                     )
                     call.counter.requests += 1
                     result = cast(T, turn_of(completion))
@@ -832,8 +851,11 @@ class LLM:
         params: dict[str, Any],
         tools: tuple[Tool, ...],
         max_turns: int | None,
+        *,
+        synchronous: bool = False,
     ) -> T:
-        """`decide` with tools: turns until the model answers (`toolloop.run_loop`)."""
+        """`decide` with tools: turns until the model answers (`toolloop.run_loop`); each turn
+        through the sync driver in a thread (`synchronous`, from `decide`) or the async one."""
         specs = tool_specs(tools, output)
         messages = _messages(prompt, system)
         endpoint = self._resolved()
@@ -842,6 +864,8 @@ class LLM:
         async def ask(current: list[dict[str, Any]]) -> Turn:
             call = self._call(Turn, current, None, model, max_reasks, cache, params, specs)
             call.answer_type = output.__name__
+            if synchronous:
+                return await asyncio.to_thread(self._drive, call)
             return await self._adrive(call)
 
         return await run_loop(
