@@ -298,7 +298,9 @@ class HostileModel:
                 user = [m for m in messages if m.get("role") == "user"]
                 text = str(user[-1].get("content", "")) if user else ""
                 tools = body.get("tools") or []
-                name = tools[0]["function"]["name"] if tools else "answer"
+                names = [t["function"]["name"] for t in tools]
+                # In a tool loop the model answers through `final_result`; else the one tool.
+                name = "final_result" if "final_result" in names else (names or ["answer"])[0]
                 reply = {
                     "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
                     "object": "chat.completion",

@@ -230,5 +230,5 @@ def test_compare_tools_needs_an_agent_with_tools_and_excludes_no_tools(tmp_path:
         ["eval", "ticket-triage", "-i", str(source), "--compare-tools", "--no-tools"],
     )
     assert both.exit_code == 1 and "exclude each other" in both.output
-    toolless = runner.invoke(app, ["eval", "qa-runs", "--compare-tools"])
+    toolless = runner.invoke(app, ["eval", "engagement-campaign", "--compare-tools"])
     assert toolless.exit_code == 1 and "declares no tools" in toolless.output
