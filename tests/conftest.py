@@ -149,6 +149,37 @@ def model_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     reload_settings()
 
 
+@pytest.fixture
+def steered_model_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """`steered_model_server(rules)`: the bundled model server with these steering rules, on an
+    ephemeral loopback port, made the endpoint in force (stopped at the end of the test)."""
+    from contextlib import ExitStack
+
+    from agents.modelserver import ModelServer
+    from agents.settings import reload_settings
+
+    with ExitStack() as stack:
+
+        def start(rules: Any) -> ModelServer:
+            server = stack.enter_context(ModelServer(port=0, rules=rules))
+            monkeypatch.setenv("STALWART_MODEL_URL", server.url)
+            monkeypatch.setenv("STALWART_API_KEY", "sk-test-not-a-real-key-0000000000000000000")
+            reload_settings()
+            return server
+
+        yield start
+    reload_settings()
+
+
+@pytest.fixture
+def steplog_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the cross-process test agents' execution logs (`tests.support.steplog`) here."""
+    from tests.support import steplog
+
+    monkeypatch.setattr(steplog, "OUT", str(tmp_path))
+    return tmp_path
+
+
 # -- database URLs for the store tests (not made the one in force) ---------------------------
 
 BACKENDS = [

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prefect import Flow, Task
-from prefect.cache_policies import NO_CACHE, CachePolicy
-from prefect.context import TaskRunContext
+from prefect.cache_policies import NO_CACHE
 from prefect.results import ResultStore
 from prefect.states import Completed
 from prefect.tasks import exponential_backoff
@@ -21,6 +19,7 @@ from agents.digest import digest
 from agents.execution.call import RunScope, StepCall, StepTrace
 from agents.execution.review import Reviewer
 from agents.execution.shadow import live_shadow
+from agents.execution.storage import ComputedKey
 from agents.execution.task import execute, twin_conflict
 from agents.execution.threads import in_thread
 from agents.execution.walk import Attempt
@@ -36,25 +35,8 @@ if TYPE_CHECKING:
     from agents.store.tables import DecisionRecord
 
 
-@dataclass
-class StepCacheKey(CachePolicy):
-    """Cache on the key Stalwart computed: tenant, agent, subject, step, source and inputs.
-
-    The run id is deliberately left out, so a rerun (in any process) hits the cache.
-    """
-
-    def compute_key(
-        self,
-        task_ctx: TaskRunContext,
-        inputs: dict[str, Any],
-        flow_parameters: dict[str, Any],
-        **kwargs: Any,
-    ) -> str | None:
-        call = inputs.get("call")
-        return call.cache_key if isinstance(call, StepCall) else None
-
-
-STEP_CACHE = StepCacheKey()
+#: A step's cache key is its `StepCall.cache_key` (tenant, agent, subject, step, source, inputs).
+STEP_CACHE = ComputedKey(parameter="call")
 
 
 def caches(node: StepNode) -> bool:

@@ -23,9 +23,9 @@ from prefect.input import RunInput
 from prefect.input.run_input import Keyset, keyset_from_base_key
 
 from agents.declare.decision import Decision
-from agents.digest import canonical
 from agents.errors import ReviewClosed, ReviewNotFound
 from agents.execution.ladder import REVIEW_PENDING, ReviewPending
+from agents.execution.rows import input_snapshot
 from agents.execution.threads import in_thread
 from agents.redact import scrub_error, scrub_text
 from agents.store import reviews as store
@@ -127,7 +127,7 @@ class Reviewer:
             decision_schema=type(proposed).model_json_schema(),
             confidence=proposed.confidence,
             rationale=scrub_text(proposed.rationale or ""),
-            inputs=_scrubbed(args),
+            inputs=input_snapshot(args),
             run_input=dict(run_input),
             created_at=created,
             deadline_at=created + timedelta(seconds=review.timeout_seconds),
@@ -143,13 +143,6 @@ class Reviewer:
                 request.id,
                 scrub_error(exc),
             )
-
-
-def _scrubbed(args: Mapping[str, Any]) -> Any:
-    text = scrub_text(json.dumps(canonical(dict(args)), default=repr))
-    if len(text) > 20_000:
-        return text[:20_000]
-    return json.loads(text)
 
 
 async def open_review_form(request: ReviewRequest) -> str:

@@ -53,6 +53,15 @@ def step_row(
     )
 
 
+def input_snapshot(args: dict[str, Any]) -> Any:
+    """A step's inputs as the decision log and a review request keep them: scrubbed of
+    secrets, at most 20,000 characters (as text when the cut leaves no valid JSON)."""
+    snapshot: Any = scrub_text(json.dumps(canonical(args), default=repr))[:20_000]
+    with contextlib.suppress(ValueError):
+        snapshot = json.loads(snapshot)
+    return snapshot
+
+
 def decision_row(
     agent: str,
     step: Step[Any, Any],
@@ -66,9 +75,6 @@ def decision_row(
     """The decision-log row of a reasoning step: what it saw (scrubbed), decided and cost."""
     decision = outcome.decision
     last = llm_calls[-1] if llm_calls else None
-    snapshot: Any = scrub_text(json.dumps(canonical(args), default=repr))[:20_000]
-    with contextlib.suppress(ValueError):  # cut at 20k it is no longer JSON: keep the text
-        snapshot = json.loads(snapshot)
     output = decision.model_dump(mode="json") if isinstance(decision, BaseModel) else decision
     return DecisionRecord(
         id=decision_id or new_id(),
@@ -80,7 +86,7 @@ def decision_row(
         subject=result.subject,
         run_key=result.run_key,
         input_digest=digest(args, 64),
-        input_snapshot=snapshot,
+        input_snapshot=input_snapshot(args),
         prompt_digest=getattr(last, "prompt_digest", None) or None,
         # The prompt lives in the step's code: its source digest versions the prompt.
         prompt_version=step.source_digest,

@@ -1,15 +1,41 @@
-"""The SQL result storage block every step and tool task persists to, saved once per Prefect API
-and process."""
+"""Where step and tool results persist: the SQL result storage block (saved once per Prefect API
+and process) and the cache policy that keys them on what the runtime computed."""
 
 from __future__ import annotations
 
 import asyncio
 import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from prefect.cache_policies import CachePolicy
+from prefect.context import TaskRunContext
 
 from agents.settings import get_current_settings
 from agents.store.results import SQLResultStorage
 
-__all__ = ["result_storage"]
+__all__ = ["ComputedKey", "result_storage"]
+
+
+@dataclass
+class ComputedKey(CachePolicy):
+    """Cache on the key the runtime computed, passed in the task's `parameter` argument: a
+    string, or an object with a `cache_key` (a `StepCall`). Prefect hashes nothing itself, so
+    the key is exactly Stalwart's (a step's leaves the run id out: a rerun hits the cache)."""
+
+    parameter: str = "key"
+
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> str | None:
+        value = inputs.get(self.parameter)
+        key = getattr(value, "cache_key", value)
+        return key if isinstance(key, str) else None
+
 
 _storages: dict[tuple[str, str], SQLResultStorage] = {}
 _storage_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (

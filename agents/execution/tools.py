@@ -10,12 +10,9 @@ of calling the tools again, and two tenants never share a result. A tool gets th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prefect import Task
-from prefect.cache_policies import CachePolicy
-from prefect.context import TaskRunContext
 from prefect.results import ResultStore
 from prefect.tasks import exponential_backoff
 from prefect.transactions import CommitMode, atransaction
@@ -23,7 +20,7 @@ from prefect.utilities.annotations import quote
 
 from agents.digest import digest
 from agents.execution.inject import inject
-from agents.execution.storage import result_storage
+from agents.execution.storage import ComputedKey, result_storage
 from agents.execution.threads import in_thread
 from agents.policy.retry import retry_unless_user_error
 
@@ -37,22 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["PrefectToolRunner", "ReadOnlyMemory"]
 
 
-@dataclass
-class ToolCacheKey(CachePolicy):
-    """Cache on the key the runner computed (its `key` parameter)."""
-
-    def compute_key(
-        self,
-        task_ctx: TaskRunContext,
-        inputs: dict[str, Any],
-        flow_parameters: dict[str, Any],
-        **kwargs: Any,
-    ) -> str | None:
-        key = inputs.get("key")
-        return key if isinstance(key, str) else None
-
-
-TOOL_CACHE = ToolCacheKey()
+TOOL_CACHE = ComputedKey(parameter="key")
 
 
 class ReadOnlyMemory:

@@ -14,7 +14,6 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,29 +22,21 @@ from typer.testing import CliRunner
 
 from agents.errors import ReviewClosed, ReviewNotFound
 from agents.modelserver import ModelServer
-from tests.support import review_agent
+from tests.support import review_agent, steplog
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def steered_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModelServer]:
-    """The bundled model server with rules that make "unsure" tickets unsure."""
-    from agents.settings import reload_settings
-
-    with ModelServer(port=0, rules=review_agent.RULES) as server:
-        monkeypatch.setenv("STALWART_MODEL_URL", server.url)
-        monkeypatch.setenv("STALWART_API_KEY", "sk-test-not-a-real-key-0000000000000000000")
-        reload_settings()
-        yield server
-    reload_settings()
+def steered_server(steered_model_server: Any) -> ModelServer:
+    server: ModelServer = steered_model_server(review_agent.RULES)
+    return server
 
 
 @pytest.fixture
-def out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(review_agent, "OUT", str(tmp_path))
-    return tmp_path
+def out(steplog_dir: Path) -> Path:
+    return steplog_dir
 
 
 def test_a_batch_with_unsure_inputs_returns_at_once_and_resumes_as_each_verdict_says(
@@ -124,11 +115,11 @@ def test_a_batch_with_unsure_inputs_returns_at_once_and_resumes_as_each_verdict_
         assert r.outputs["send"] == category
         assert r.paths["route"] == ("default" if category == "other" else "human")
     # Exactly once at the outside system; no model call repeated; nothing left to continue.
-    calls = review_agent.lines("calls")
+    calls = steplog.lines("calls")
     assert len(calls) == len(set(calls)) == 200
     assert len(review_agent.effects()) == 200
     assert steered_server.stats.requests_total == model_calls
-    assert Counter(review_agent.lines("route")) == Counter(str(i) for i in range(200))
+    assert Counter(steplog.lines("route")) == Counter(str(i) for i in range(200))
     assert agent.resume(tenant=tenant) == []
     assert queries.runs(tenant=tenant, agent=agent.name, status="awaiting_review") == []
 
@@ -253,10 +244,10 @@ def test_killed_between_the_action_and_the_end_of_its_continuation_resume_finish
     proc = subprocess.Popen(script, env=env, cwd=ROOT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while len(review_agent.lines("remember")) < 3 + 3 and time.monotonic() < deadline:
+        while len(steplog.lines("remember")) < 3 + 3 and time.monotonic() < deadline:
             assert proc.poll() is None, "the continuation ended before it could be killed"
             time.sleep(0.2)
-        assert len(review_agent.lines("calls")) == 6  # every action done, no run ended yet
+        assert len(steplog.lines("calls")) == 6  # every action done, no run ended yet
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
@@ -266,7 +257,7 @@ def test_killed_between_the_action_and_the_end_of_its_continuation_resume_finish
     done = [done_first, *rest]
     assert len(done) == 3 and {r.status for r in done} == {"completed"}
     assert {r.steps["send"] for r in done} == {"cached"}  # the action was not run again
-    calls = review_agent.lines("calls")
+    calls = steplog.lines("calls")
     assert len(calls) == len(set(calls)) == 6 and len(review_agent.effects()) == 6
     assert agent.resume(tenant=tenant) == []
     assert steered_server.stats.requests_total == 6

@@ -12,13 +12,13 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agents.modelserver import ModelServer
-from tests.support import tool_agent
+from tests.support import steplog, tool_agent
 from tests.support.models import Routing
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -26,21 +26,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def tool_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModelServer]:
-    from agents.settings import reload_settings
-
-    with ModelServer(port=0, rules=tool_agent.RULES) as server:
-        monkeypatch.setenv("STALWART_MODEL_URL", server.url)
-        monkeypatch.setenv("STALWART_API_KEY", "sk-test-not-a-real-key-0000000000000000000")
-        reload_settings()
-        yield server
-    reload_settings()
+def tool_server(steered_model_server: Any) -> ModelServer:
+    server: ModelServer = steered_model_server(tool_agent.RULES)
+    return server
 
 
 @pytest.fixture
-def out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(tool_agent, "OUT", str(tmp_path))
-    return tmp_path
+def out(steplog_dir: Path) -> Path:
+    return steplog_dir
 
 
 def _task_runs(name_prefix: str) -> list[str]:
@@ -67,8 +60,8 @@ def test_a_two_tool_loop_is_durable_logged_and_replayed_without_calls(
     assert [r.status for r in results] == ["completed"] * 3, [r.error for r in results]
     # The tool results steered the answer: "refund" came from lookup_order.
     assert {r.outputs["route"].category for r in results} == {"billing"}
-    assert sorted(tool_agent.lines("lookup_order")) == ["1000", "1001", "1002"]
-    assert sorted(tool_agent.lines("customer_history")) == ["cust-0", "cust-1", "cust-2"]
+    assert sorted(steplog.lines("lookup_order")) == ["1000", "1001", "1002"]
+    assert sorted(steplog.lines("customer_history")) == ["cust-0", "cust-1", "cust-2"]
     requests = tool_server.stats.requests_total
     assert requests == 6  # two turns a run: the tools (both in one turn), then the answer
     assert tool_server.stats.tool_calls_total == 6
@@ -80,19 +73,23 @@ def test_a_two_tool_loop_is_durable_logged_and_replayed_without_calls(
     assert {c["tool"] for c in trace} == {"lookup_order", "customer_history"}
     assert all(c["latency_ms"] >= 0 and c["result"] for c in trace)
     assert logged[0].tokens_in > 0  # both turns' tokens
-    names = _task_runs(f"{name}.route.")
-    assert f"{name}.route.lookup_order[cust-0]" in names
+    # Prefect records task runs from events, a moment after they ran: wait (bounded) for them.
+    wanted = {f"{name}.route.lookup_order[cust-{i}]" for i in range(3)}
+    deadline = time.monotonic() + 20
+    while not wanted <= set(_task_runs(f"{name}.route.")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert wanted <= set(_task_runs(f"{name}.route."))
 
     # The same batch again: no tool runs, no model call.
     again = agent.batch(items, tenant=tenant)
     assert [r.status for r in again] == ["completed"] * 3
-    assert len(tool_agent.lines("lookup_order")) == 3
+    assert len(steplog.lines("lookup_order")) == 3
     assert tool_server.stats.requests_total == requests
 
     # Another tenant, same arguments: its own tool executions (cached results are per tenant).
     other = agent.batch(items[:1], tenant=f"rival-{uuid.uuid4().hex[:8]}")
     assert other[0].status == "completed"
-    assert sorted(tool_agent.lines("lookup_order")) == ["1000", "1000", "1001", "1002"]
+    assert sorted(steplog.lines("lookup_order")) == ["1000", "1000", "1001", "1002"]
 
 
 def test_max_turns_exhausted_takes_the_default_and_an_injected_call_finds_no_tool(
@@ -162,28 +159,28 @@ def test_killed_mid_loop_a_rerun_repeats_no_finished_tool_call(
     try:
         # Both loops in turn 2 (customer_history, named by turn 1's lookup_order): kill.
         deadline = time.monotonic() + 120
-        while len(tool_agent.lines("customer_history")) < 2 and time.monotonic() < deadline:
+        while len(steplog.lines("customer_history")) < 2 and time.monotonic() < deadline:
             assert proc.poll() is None, "the batch ended before it could be killed"
             time.sleep(0.2)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-    assert sorted(tool_agent.lines("lookup_order")) == ["1000", "1001"]  # finished calls
+    assert sorted(steplog.lines("lookup_order")) == ["1000", "1001"]  # finished calls
 
     agent = tool_agent.build(name)
     requests = tool_server.stats.requests_total
     results = agent.batch(tool_agent.tickets(2, with_customer=False), tenant=tenant)
     assert [r.status for r in results] == ["completed"] * 2, [r.error for r in results]
     # lookup_order finished before the kill: not called again; customer_history was cut off.
-    assert sorted(tool_agent.lines("lookup_order")) == ["1000", "1001"]
+    assert sorted(steplog.lines("lookup_order")) == ["1000", "1001"]
     from agents import decisions
 
     trace = [d.tool_calls for d in decisions.query(tenant=tenant)]
-    assert Counter(tool_agent.lines("customer_history")) == {"cust-0": 2, "cust-1": 2}, trace
+    assert Counter(steplog.lines("customer_history")) == {"cust-0": 2, "cust-1": 2}, trace
     # Turn 1 was replayed from the answer cache: only turn 3 (the answers) went to the model.
     assert tool_server.stats.requests_total == requests + 2
     assert [[c["turn"] for c in t] for t in trace] == [[1, 2], [1, 2]]
-    assert json.dumps(sorted(tool_agent.lines("sent"))) == json.dumps(["0:billing", "1:billing"])
+    assert json.dumps(sorted(steplog.lines("sent"))) == json.dumps(["0:billing", "1:billing"])
 
     # The finished batch again, in a new process: no tool runs, no model call.
     env.pop("STALWART_TEST_SLOW_TOOL")
@@ -191,8 +188,8 @@ def test_killed_mid_loop_a_rerun_repeats_no_finished_tool_call(
     done = subprocess.run(script, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"completed": 2}
-    assert len(tool_agent.lines("lookup_order")) == 2
-    assert len(tool_agent.lines("customer_history")) == 4
+    assert len(steplog.lines("lookup_order")) == 2
+    assert len(steplog.lines("customer_history")) == 4
     assert tool_server.stats.requests_total == served
 
 
@@ -248,9 +245,9 @@ def test_a_prompt_injected_ticket_can_make_the_model_look_but_never_act(
     reload_settings()
     # Only the declared read-only tools were offered, so only they could run; the action ran
     # once, as the agent decided it (not as the ticket asked), through its own step.
-    assert tool_agent.lines("lookup_order") == ["1000"]
+    assert steplog.lines("lookup_order") == ["1000"]
     (row,) = decisions.query(tenant=tenant)
     called = {c["tool"] for c in row.tool_calls or []}
     assert "lookup_order" in called and called <= {"lookup_order", "customer_history"}
     assert result.steps["send"] in ("completed", "skipped")
-    assert len(tool_agent.lines("sent")) <= 1
+    assert len(steplog.lines("sent")) <= 1

@@ -19,9 +19,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from agents import LLM, Agent, Review
+from tests.support import steplog
 from tests.support.models import Routing
-
-OUT = os.environ.get("STALWART_TEST_OUT", ".")
+from tests.support.steplog import log
 
 #: Steering rules for the bundled model server: "unsure" tickets get a low confidence.
 RULES: list[dict[str, Any]] = [
@@ -39,23 +39,10 @@ class Ticket(BaseModel):
     text: str
 
 
-def log(name: str, line: str) -> None:
-    with open(os.path.join(OUT, f"{name}.log"), "a") as f:
-        f.write(line + "\n")
-
-
-def lines(name: str) -> list[str]:
-    path = os.path.join(OUT, f"{name}.log")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return f.read().split()
-
-
 def outside_post(key: str, category: str) -> None:
     """The outside system: logs every call; applies each idempotency key's effect once."""
     log("calls", key)
-    db = sqlite3.connect(os.path.join(OUT, "outside.db"), timeout=30)
+    db = sqlite3.connect(os.path.join(steplog.OUT, "outside.db"), timeout=30)
     with db:
         db.execute("CREATE TABLE IF NOT EXISTS effects (key TEXT PRIMARY KEY, category TEXT)")
         db.execute("INSERT OR IGNORE INTO effects VALUES (?, ?)", (key, category))
@@ -63,7 +50,7 @@ def outside_post(key: str, category: str) -> None:
 
 
 def effects() -> dict[str, str]:
-    path = os.path.join(OUT, "outside.db")
+    path = os.path.join(steplog.OUT, "outside.db")
     if not os.path.exists(path):
         return {}
     db = sqlite3.connect(path, timeout=30)

@@ -17,8 +17,7 @@ from pydantic import BaseModel
 
 from agents import LLM, Agent, Memory
 from tests.support.models import Routing
-
-OUT = os.environ.get("STALWART_TEST_OUT", ".")
+from tests.support.steplog import log
 
 #: Steering rules: an order number calls lookup_order, a customer id calls customer_history;
 #: a refund in either result makes the ticket billing.
@@ -34,19 +33,6 @@ RULES: list[dict[str, Any]] = [
     {"when": {"contains": ["refund"]}, "set": {"category": "billing", "confidence": 0.93}},
     {"set": {"category": "technical", "confidence": 0.9}},
 ]
-
-
-def log(name: str, line: str) -> None:
-    with open(os.path.join(OUT, f"{name}.log"), "a") as f:
-        f.write(line + "\n")
-
-
-def lines(name: str) -> list[str]:
-    path = os.path.join(OUT, f"{name}.log")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return f.read().split()
 
 
 class Ticket(BaseModel):
