@@ -143,11 +143,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Agent runs in flight at once in this process, across all batches and tenants.",
     )
-    tenant_concurrency: int = Field(
-        default=8,
+    tenant_concurrency: int | None = Field(
+        default=None,
         ge=1,
-        description="Agent runs in flight at once per tenant in this process (fair share: a busy "
-        "tenant cannot take every slot).",
+        description="A hard cap on one tenant's agent runs in flight in this process. Unset (the "
+        "default): none; a tenant alone gets every slot its batch asks for, and tenants that "
+        "compete for max_concurrency share it equally.",
     )
     action_lease_seconds: float = Field(
         default=15.0,
@@ -177,7 +178,8 @@ class Settings(BaseSettings):
     )
     tenant_limits: dict[str, int] = Field(
         default_factory=dict,
-        description="Per-tenant overrides of tenant_concurrency (STALWART_TENANT_LIMITS, JSON).",
+        description="Hard caps for some tenants, replacing tenant_concurrency for them "
+        "(STALWART_TENANT_LIMITS, JSON).",
     )
     retention: Annotated[timedelta, BeforeValidator(parse_timedelta)] = Field(
         default=timedelta(days=90),

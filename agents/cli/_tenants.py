@@ -21,8 +21,8 @@ def limit_command(
     """Cap a tenant's agent runs in flight on all workers together.
 
     Creates or changes the Prefect global concurrency limit `tenant:<TENANT>`; every batch of
-    that tenant then holds one of its slots per run. The per-process fair share
-    (STALWART_TENANT_CONCURRENCY) applies as well.
+    that tenant then holds one of its slots per run. The per-process share (and
+    STALWART_TENANT_CONCURRENCY, when set) applies as well.
     """
     from agents.policy.tenants import set_server_limit
 

@@ -83,6 +83,15 @@ async def run_flow_body(
     flow_run_id = str(flow_run.id) if flow_run.id else None
     await publish_graph(graph)
     gate = asyncio.Semaphore(max(1, int(concurrency)))
+    cap = get_current_settings().max_concurrency
+    if concurrency > cap and len(inputs) > cap:
+        logger.warning(
+            "concurrency=%d exceeds STALWART_MAX_CONCURRENCY=%d (the process's cap on agent runs "
+            "in flight): this batch runs at most %d at a time",
+            concurrency,
+            cap,
+            cap,
+        )
     report = on_result.get()
     thresholds = await thresholds_in_force(graph, tenant)
     server_limit = await server_limit_name(tenant)

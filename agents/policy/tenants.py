@@ -1,12 +1,14 @@
-"""Fair admission of agent runs across tenants: one busy tenant never starves the others.
+"""Fair admission of agent runs across tenants: one busy tenant never starves the others, and a
+tenant alone is never held back.
 
 Two layers, both keyed by tenant:
 
 - **In one process** (`TenantScheduler`): at most `STALWART_MAX_CONCURRENCY` agent runs are in
-  flight, at most `STALWART_TENANT_CONCURRENCY` of them per tenant (overrides per tenant in
-  `STALWART_TENANT_LIMITS`), and a freed slot goes to the next *tenant* in round-robin order,
-  not to the oldest waiting run. A tenant that queued 500 runs therefore waits its turn behind
-  a tenant that queued 10, instead of the other way round.
+  flight. Sharing is work-conserving: a tenant alone may fill every slot its batch asked for;
+  only when tenants compete does a freed slot go to the waiting tenant with the fewest runs in
+  flight (round robin among equals), so competing tenants converge on equal shares instead of
+  the oldest queue winning. A hard cap per tenant applies only when configured:
+  `STALWART_TENANT_CONCURRENCY` for every tenant, `STALWART_TENANT_LIMITS` for some.
 - **Across workers** (`server_limit`): when a Prefect global concurrency limit named
   `tenant:<tenant>` exists (`stalwart tenants limit acme 8`), each run also holds one of its slots,
   so the cap holds however many workers pick up that tenant's flow runs. No such limit: no API
@@ -45,12 +47,13 @@ class _Tenant:
 
 
 class TenantScheduler:
-    """Round-robin admission across tenants, with a total cap and a cap per tenant.
+    """Work-conserving admission across tenants, with a total cap and optional caps per tenant.
 
     Args:
         total: Runs in flight at once, all tenants together.
-        per_tenant: Runs in flight at once for one tenant.
-        overrides: Per-tenant caps that replace `per_tenant`.
+        per_tenant: A hard cap on one tenant's runs in flight; None: no cap of its own (the
+            tenant shares the total with whoever competes for it).
+        overrides: Per-tenant hard caps that replace `per_tenant`.
 
     Example:
         >>> TenantScheduler(total=8, per_tenant=2, overrides={"big": 1}).limit_of("big")
@@ -58,10 +61,13 @@ class TenantScheduler:
     """
 
     def __init__(
-        self, total: int, per_tenant: int, overrides: Mapping[str, int] | None = None
+        self,
+        total: int,
+        per_tenant: int | None = None,
+        overrides: Mapping[str, int] | None = None,
     ) -> None:
         self.total = max(1, int(total))
-        self.per_tenant = max(1, int(per_tenant))
+        self.per_tenant = None if per_tenant is None else max(1, int(per_tenant))
         self.overrides = {k: max(1, int(v)) for k, v in (overrides or {}).items()}
         self._tenants: dict[str, _Tenant] = {}
         self._turns: deque[str] = deque()  # tenants with waiters, in round-robin order
@@ -69,7 +75,8 @@ class TenantScheduler:
 
     def limit_of(self, tenant: str) -> int:
         """The cap in force for `tenant`."""
-        return min(self.total, self.overrides.get(tenant, self.per_tenant))
+        cap = self.overrides.get(tenant, self.per_tenant)
+        return self.total if cap is None else min(self.total, cap)
 
     def in_flight(self, tenant: str | None = None) -> int:
         """Runs holding a slot: of `tenant`, or of all tenants."""
@@ -120,27 +127,36 @@ class TenantScheduler:
         self._grant()
 
     def _grant(self) -> None:
-        """Give free slots to waiting tenants, one run per tenant per turn."""
-        skipped = 0
-        while self._turns and self._running < self.total and skipped < len(self._turns):
-            tenant = self._turns[0]
+        """Give free slots to waiting tenants: each to the tenant with the fewest runs in flight
+        (max-min fairness), the earliest in round-robin order among equals."""
+        while self._running < self.total:
+            chosen = self._next_turn()
+            if chosen is None:
+                return
+            state = self._tenants[chosen]
+            state.waiters.popleft().set_result(None)
+            state.running += 1
+            self._running += 1
+            self._turns.remove(chosen)
+            if state.waiters:
+                self._turns.append(chosen)  # its next run waits behind the other tenants
+
+    def _next_turn(self) -> str | None:
+        """The waiting tenant that gets the next slot, or None when none may take one."""
+        chosen: str | None = None
+        fewest = 0
+        for tenant in list(self._turns):
             state = self._tenants[tenant]
             while state.waiters and state.waiters[0].done():  # cancelled while queued
                 state.waiters.popleft()
             if not state.waiters:
-                self._turns.popleft()
+                self._turns.remove(tenant)
                 continue
             if state.running >= state.limit:
-                self._turns.rotate(-1)
-                skipped += 1
                 continue
-            state.waiters.popleft().set_result(None)
-            state.running += 1
-            self._running += 1
-            skipped = 0
-            self._turns.rotate(-1)  # next turn goes to the next tenant
-            if not state.waiters:
-                self._turns.remove(tenant)
+            if chosen is None or state.running < fewest:
+                chosen, fewest = tenant, state.running
+        return chosen
 
 
 _schedulers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TenantScheduler] = (

@@ -7,6 +7,7 @@ The scheduler alone: tests/unit/test_tenant_scheduler.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -136,3 +137,97 @@ def test_a_server_side_tenant_limit_caps_runs_across_batches() -> None:
         reset_schedulers()
     assert all(r.status == "completed" for batch in batches for r in batch)
     assert _peaks[tenant] <= 2
+
+
+# -- work-conserving: the caller's concurrency is what a tenant alone gets ----------------------
+
+wide = Agent("wide-share", description="One step that waits for its peers: counts runs in flight.")
+_wide_in_flight: dict[str, int] = {}
+_wide_peaks: dict[str, int] = {}
+_snapshots: list[tuple[int, int]] = []
+_everyone_in: asyncio.Event | None = None
+_wide_target = 0
+
+
+@wide.learning
+async def wait_for_peers(raw: dict[str, Any], context: RunContext) -> None:
+    tenant = context.tenant
+    _wide_in_flight[tenant] = _wide_in_flight.get(tenant, 0) + 1
+    _wide_peaks[tenant] = max(_wide_peaks.get(tenant, 0), _wide_in_flight[tenant])
+    _snapshots.append((_wide_in_flight.get("left", 0), _wide_in_flight.get("right", 0)))
+    try:
+        if _everyone_in is not None:
+            if sum(_wide_in_flight.values()) >= _wide_target:
+                _everyone_in.set()
+            # Held until every admitted run is in (bounded): the peak is then the admission cap,
+            # not an accident of how fast Prefect starts task runs.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_everyone_in.wait(), timeout=5.0)
+        else:
+            await asyncio.sleep(0.15)
+    finally:
+        _wide_in_flight[tenant] -= 1
+
+
+def _reset_wide(target: int, barrier: bool) -> None:
+    global _everyone_in, _wide_target
+    _wide_in_flight.clear()
+    _wide_peaks.clear()
+    _snapshots.clear()
+    _everyone_in = asyncio.Event() if barrier else None
+    _wide_target = target
+
+
+@pytest.mark.postgres
+@pytest.mark.usefixtures("on_prefect_server", "sqlite_url")
+def test_a_tenant_alone_has_every_run_it_asked_for_in_flight() -> None:
+    """`batch(concurrency=64)` on one tenant, default settings: 64 runs in flight at once."""
+
+    async def main() -> list[RunResult]:
+        _reset_wide(64, barrier=True)
+        return await runner_for(wide.compile()).arun_batch(
+            [{"raw": {"n": i}} for i in range(64)], tenant="alone", concurrency=64
+        )
+
+    reset_schedulers()
+    try:
+        results = asyncio.run(main())
+    finally:
+        reset_schedulers()
+    assert [r.status for r in results] == ["completed"] * 64
+    assert _wide_peaks["alone"] == 64
+
+
+@pytest.mark.postgres
+@pytest.mark.usefixtures("on_prefect_server", "sqlite_url")
+def test_competing_tenants_share_the_process_equally() -> None:
+    """16 slots; tenant `left` fills them with a long backlog, then `right` arrives: freed slots
+    go to `right` until both hold about half."""
+
+    async def main() -> dict[str, list[RunResult]]:
+        _reset_wide(0, barrier=False)
+        compiled = runner_for(wide.compile())
+        left = asyncio.ensure_future(
+            compiled.arun_batch(
+                [{"raw": {"n": i}} for i in range(400)], tenant="left", concurrency=16
+            )
+        )
+        while _wide_in_flight.get("left", 0) < 12:  # left alone: it takes the slots
+            await asyncio.sleep(0.02)
+        right = compiled.arun_batch(
+            [{"raw": {"n": i}} for i in range(80)], tenant="right", concurrency=16
+        )
+        done = await asyncio.wait_for(asyncio.gather(left, right), timeout=120)
+        return {"left": done[0], "right": done[1]}
+
+    reset_schedulers()
+    try:
+        with temporary_settings(max_concurrency=16):
+            results = asyncio.run(main())
+    finally:
+        reset_schedulers()
+    assert all(r.status == "completed" for rs in results.values() for r in rs)
+    assert _wide_peaks["left"] >= 12
+    # Under contention both held a fair part of the 16 slots at the same time.
+    assert any(left >= 6 and right >= 6 for left, right in _snapshots), _snapshots[-40:]
+    assert max(left + right for left, right in _snapshots) <= 16

@@ -1,4 +1,5 @@
-"""Fair share across tenants, the scheduler alone: freed slots go round robin, caps hold per tenant
+"""Fair share across tenants, the scheduler alone: a tenant alone gets every slot, competing tenants
+converge on equal shares, freed slots go round robin among equals, configured caps hold per tenant
 and in total, a cancelled waiter gives its turn away (agents.policy.tenants.TenantScheduler).
 Real agent runs through a Prefect server: tests/e2e/test_tenants.py."""
 
@@ -83,3 +84,62 @@ def test_a_cancelled_waiter_gives_its_turn_away() -> None:
 
     assert asyncio.run(main()) == ["a", "c"]
     assert scheduler.in_flight() == 0
+
+
+async def _peaks_of(
+    scheduler: TenantScheduler, batches: dict[str, int], hold: float
+) -> dict[str, int]:
+    """Run `batches` (tenant -> runs) at once, each run holding its slot `hold` seconds; return
+    the most runs each tenant had in flight."""
+    peaks: dict[str, int] = {}
+
+    async def run(tenant: str) -> None:
+        async with scheduler.slot(tenant):
+            peaks[tenant] = max(peaks.get(tenant, 0), scheduler.in_flight(tenant))
+            await asyncio.sleep(hold)
+
+    await asyncio.gather(*(run(t) for t, n in batches.items() for _ in range(n)))
+    assert scheduler.in_flight() == 0
+    return peaks
+
+
+def test_a_tenant_alone_gets_every_slot() -> None:
+    # Work-conserving: no per-tenant share applies when nobody else is waiting.
+    peaks = asyncio.run(_peaks_of(TenantScheduler(total=64), {"alone": 64}, 0.01))
+    assert peaks == {"alone": 64}
+
+
+def test_competing_tenants_converge_on_equal_shares() -> None:
+    scheduler = TenantScheduler(total=8)
+
+    async def main() -> tuple[int, int]:
+        release = asyncio.Event()
+        shares: list[tuple[int, int]] = []
+
+        async def run(tenant: str) -> None:
+            async with scheduler.slot(tenant):
+                await release.wait()
+                shares.append((scheduler.in_flight("early"), scheduler.in_flight("late")))
+
+        early = [asyncio.ensure_future(run("early")) for _ in range(40)]
+        await asyncio.sleep(0)
+        assert scheduler.in_flight("early") == 8  # alone: it took every slot
+        late = [asyncio.ensure_future(run("late")) for _ in range(40)]
+        await asyncio.sleep(0)
+        release.set()
+        await asyncio.gather(*early, *late)
+        # While both still had runs queued, freed slots went to the tenant with fewer in flight.
+        return shares[12]
+
+    early_share, late_share = asyncio.run(main())
+    assert (early_share, late_share) == (4, 4)
+
+
+def test_a_configured_cap_still_holds() -> None:
+    scheduler = TenantScheduler(total=16, per_tenant=None, overrides={"capped": 3})
+    peaks = asyncio.run(_peaks_of(scheduler, {"capped": 20, "free": 20}, 0.005))
+    assert peaks["capped"] == 3
+    assert peaks["free"] == 13  # work-conserving: it fills every slot "capped" may not take
+    assert asyncio.run(_peaks_of(TenantScheduler(total=16, per_tenant=5), {"t": 20}, 0.005)) == {
+        "t": 5
+    }
