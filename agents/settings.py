@@ -138,6 +138,12 @@ class Settings(BaseSettings):
         description="When a batch ends with a quality check (drift detector) and a summary "
         "artifact: in flow runs of deployments (scheduled or triggered), always, or never.",
     )
+    task_state_logs: Literal["local", "api"] = Field(
+        default="local",
+        description="Where Prefect's INFO line per finished task run ('Finished in state "
+        "Completed()') goes: `local` (console and log files of this process) or `api` as well "
+        "(one log row per step on the Prefect server). The states are recorded either way.",
+    )
     max_concurrency: int = Field(
         default=64,
         ge=1,

@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 
 import pytest
 
+from agents.execution.recording import prepare_temporary_server
 from tests.support.postgres import PG_ADMIN_URL, create_pg_database, drop_pg_database
 
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="stalwart-tests-"))
@@ -34,6 +35,7 @@ os.environ["STALWART_DATA_DIR"] = str(_SESSION_DIR / "data")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_LOCAL_STORAGE_PATH"] = str(_SESSION_DIR / "prefect-storage")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+prepare_temporary_server()  # the test harness records task runs in batches, as users' servers do
 for _name in ("SENTRY_DSN", "STALWART_DATABASE_URL", "STALWART_API_KEY"):
     os.environ.pop(_name, None)
 

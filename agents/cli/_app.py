@@ -222,15 +222,13 @@ def model_serve(
 
 def main() -> None:
     """Entry point of the `stalwart` script."""
+    from agents.execution.recording import prepare_temporary_server
     from agents.observe.logs import install_log_scrubbing
 
     install_log_scrubbing()
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    prepare_temporary_server()
     # One INFO line per task run would bury the progress bar; STALWART keeps its own records.
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    # The ephemeral server's task-run recorder flushes every 5 s by default; at 1 s a short
-    # CLI run is fully recorded before the process (and that server) exits.
-    os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL", "1")
     if not os.environ.get("PREFECT_API_URL"):
         # The temporary server is stopped at exit while its recorder may still be flushing,
         # which it reports as tracebacks (a known Prefect 3.9 race); keep them off the demo.

@@ -17,6 +17,7 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 
 from agents.execution import batch
 from agents.execution.prefect import make_flow, make_task
+from agents.execution.recording import prepare_temporary_server
 from agents.execution.threads import in_thread
 from agents.graph import AgentGraph
 from agents.inputs import batches, input_problem
@@ -94,6 +95,7 @@ class AgentRunner:
         parameter limit needs, one after the other.
         """
         batch.check_tenant(tenant)
+        prepare_temporary_server()
         results: list[RunResult | None] = [None] * len(inputs)
         good: list[tuple[int, dict[str, Any]]] = []
         for index, item in enumerate(inputs):

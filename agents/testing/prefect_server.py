@@ -36,6 +36,8 @@ from urllib.parse import urlparse, urlunparse
 
 import httpx
 
+from agents.execution.recording import SERVER_SETTINGS
+
 __all__ = ["PrefectServer", "Worker", "descendants", "free_port"]
 
 
@@ -177,6 +179,7 @@ class PrefectServer:
             PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT="false",
             PREFECT_LOGGING_LEVEL="WARNING",
         )
+        env.update(SERVER_SETTINGS)  # records task runs as fast as batches make them
         env.update(self.extra_env)
         args = [sys.executable, "-m", "prefect", "server", "start"]
         args += ["--host", "127.0.0.1", "--port", str(self.port)]

@@ -1,0 +1,50 @@
+"""What Stalwart asks Prefect to record: the temporary server's batched recorder settings (user
+values win) and task-run state lines kept off the API (agents.execution.recording,
+agents.observe.logs). The API's view after a real batch: tests/integration/test_recording.py."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from agents.execution.recording import SERVER_SETTINGS, prepare_temporary_server
+from agents.observe import logs
+
+
+def test_the_temporary_server_gets_batched_recording_unless_the_user_chose(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in SERVER_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE", "7")
+    prepare_temporary_server()
+    import os
+
+    assert os.environ["PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE"] == "7"
+    assert os.environ["PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE"] == "500"
+    # The names are Prefect's: a renamed setting would silently stop applying.
+    from prefect.settings import Settings
+
+    known = Settings().to_environment_variables(exclude_unset=False)
+    assert set(SERVER_SETTINGS) <= set(known)
+
+
+def _record(name: str, level: int, msg: str) -> logging.LogRecord:
+    return logging.getLogger(name).makeRecord(name, level, __file__, 1, msg, (), None)
+
+
+@pytest.mark.parametrize(
+    ("name", "level", "msg", "sent"),
+    [
+        ("prefect.task_runs", logging.INFO, "Finished in state Completed()", False),
+        ("prefect.task_runs", logging.ERROR, "Finished in state Failed('boom')", True),
+        ("prefect.task_runs", logging.INFO, "a step's own log line", True),
+        ("prefect.flow_runs", logging.INFO, "Finished in state Completed()", True),
+    ],
+)
+def test_only_task_run_success_lines_stay_off_the_api(
+    name: str, level: int, msg: str, sent: bool
+) -> None:
+    logs.install_log_scrubbing()
+    assert getattr(_record(name, level, msg), "send_to_api", True) is sent
