@@ -70,6 +70,9 @@ def make_task(node: StepNode, storage: SQLResultStorage) -> Task[Any, Any]:
         cache_policy=STEP_CACHE if caching else NO_CACHE,
         persist_result=caching,
         result_storage=storage if caching else None,
+        # The runner has read the stored result already (`_stored`) and starts a task run only
+        # on a miss: Prefect's own lookup would read the same row again, so it writes only.
+        refresh_cache=True if caching else None,
         # No default tags: Prefect 3.9 makes one concurrency-slot API call per tagged task run
         # (tag-based limits), which costs more than the step itself.
         tags=set(step.options.tags),

@@ -7,7 +7,6 @@ import contextlib
 from typing import Any
 
 from prefect.states import Cancelled
-from pydantic import TypeAdapter
 
 from agents.endpoint import resolve_endpoint
 from agents.errors import ActionInProgress
@@ -84,7 +83,7 @@ async def act(
         )
     except ActionInProgress as exc:
         return conflict_state(trace, exc)
-    adapter: TypeAdapter[Any] = TypeAdapter(node.returns)
+    adapter = node.adapter
     if record.status == "completed":
         if twin_completed(record, call, scope):
             return conflict_state(

@@ -85,6 +85,7 @@ def tool_task(node: StepNode, tool: Tool, storage: SQLResultStorage) -> Task[Any
         cache_policy=TOOL_CACHE,
         persist_result=True,
         result_storage=storage,
+        refresh_cache=True,  # the runner read the stored result first: Prefect only writes it
         tags=set(step.options.tags),
     )
     _tasks[(id(node), tool.name, id(storage))] = task

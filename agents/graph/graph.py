@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from agents.declare.step import RESOURCES, Param, Step, StepInfo
 from agents.declare.tool import Tool
 from agents.errors import DeclarationError
@@ -38,6 +40,11 @@ class StepNode:
     @property
     def name(self) -> str:
         return self.step.name
+
+    @cached_property
+    def adapter(self) -> TypeAdapter[Any]:
+        """Validates and dumps the step's result (built once: a TypeAdapter costs milliseconds)."""
+        return TypeAdapter(self.returns)
 
     def info(self) -> StepInfo:
         """The read-only description users see through `Agent.steps`."""

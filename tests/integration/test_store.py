@@ -7,6 +7,7 @@ session; marker `postgres`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -413,6 +414,30 @@ def test_ledger_claim_complete_and_in_doubt(db_url: str, new_tenant: str) -> Non
     # Claiming a completed action returns the stored result and does not count an attempt.
     after = _claim(key, new_tenant, db_url, run_id="r3")
     assert (after.status, after.result, after.attempts) == ("completed", {"sent": True, "id": 7}, 3)
+
+
+def test_ledger_leases_share_one_renewer_and_a_released_lease_stays_released(
+    db_url: str, new_tenant: str
+) -> None:
+    keys = [ledger.idempotency_key(new_tenant, "a", "s", "rk", f"many-{i}") for i in range(20)]
+    for key in keys:
+        _claim(key, new_tenant, db_url, run_id="holder", lease=0.6)
+    with contextlib.ExitStack() as stack:
+        lost = [stack.enter_context(ledger.hold(k, "holder", lease=0.6, url=db_url)) for k in keys]
+        time.sleep(0.9)  # past the lease: only renewals keep them
+        renewers = [t for t in threading.enumerate() if t.name.startswith("stalwart-lease")]
+        assert len(renewers) == 1  # one thread for every held lease, not one per action
+        assert not any(event.is_set() for event in lost)
+        for key in keys:
+            row = ledger.get(key, url=db_url)
+            assert row is not None and row.lease_expires_at is not None
+            assert row.lease_expires_at > datetime.now(UTC)
+    # A failed action releases its lease right after `hold`: no late renewal undoes that.
+    ledger.release(keys[0], "holder", url=db_url)
+    time.sleep(0.4)  # more than a renewal period
+    row = ledger.get(keys[0], url=db_url)
+    assert row is not None and row.lease_expires_at is not None
+    assert row.lease_expires_at <= datetime.now(UTC)
 
 
 def test_ledger_live_lease_is_a_conflict(db_url: str, new_tenant: str) -> None:
