@@ -376,6 +376,11 @@ class _Call(Generic[T]):
 
     # -- routing --------------------------------------------------------------------------
 
+    def begin(self) -> _Route | _Hit[T]:
+        """A cached answer of the primary model, or else the route of the first request."""
+        hit = self.lookup(self.primary, "primary")
+        return hit if hit is not None else self.route()
+
     def route(self) -> _Route | _Hit[T]:
         """The model the next request goes to, or a cached fallback answer.
 
@@ -760,11 +765,8 @@ class LLM:
 
     def _drive(self, call: _Call[T]) -> T:
         """One policy-governed call, synchronously: cache, breaker, retries, recording."""
-        hit = call.lookup(call.primary, "primary")
-        if hit is not None:
-            return hit.result
+        route = call.begin()
         while True:
-            route = call.route()
             if isinstance(route, _Hit):
                 return route.result
             client = _client(call.endpoint, asynchronous=False)
@@ -782,6 +784,7 @@ class LLM:
                 wait = call.failed(route, exc)
                 if wait > 0:
                     time.sleep(wait)
+                route = call.route()
                 continue
             except BaseException:
                 call.abandoned(route)
@@ -816,12 +819,12 @@ class LLM:
         return await self._adrive(call)
 
     async def _adrive(self, call: _Call[T]) -> T:
-        """One policy-governed call: cache, breaker, retries, recording."""
-        hit = await asyncio.to_thread(call.lookup, call.primary, "primary")
-        if hit is not None:
-            return hit.result
+        """One policy-governed call: cache, breaker, retries, recording.
+
+        The database work before the request (cache lookup, breaker) is one worker-thread hop,
+        and the bookkeeping after it another: a hop costs a few ms on a busy loop."""
+        route = await asyncio.to_thread(call.begin)
         while True:
-            route = await asyncio.to_thread(call.route)
             if isinstance(route, _Hit):
                 return route.result
             client = _client(call.endpoint, asynchronous=True)
@@ -840,6 +843,7 @@ class LLM:
                 wait = await asyncio.to_thread(call.failed, route, exc)
                 if wait > 0:
                     await asyncio.sleep(wait)
+                route = await asyncio.to_thread(call.route)
                 continue
             except BaseException:  # cancelled: free the breaker permit
                 call.abandoned(route)
