@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 from prefect import Flow, Task
 from prefect.cache_policies import NO_CACHE
 from prefect.results import ResultStore
-from prefect.states import Completed
 from prefect.tasks import exponential_backoff
 from prefect.utilities.annotations import quote
 
@@ -153,15 +152,24 @@ class PrefectStepRunner:
         if found:
             # Done before: take the persisted result without a task run (a rerun of a finished
             # batch then costs a read per step instead of Prefect's task engine).
-            state: Any = Completed(name="Cached")
-        else:
-            state = await self.tasks[node.name](
-                call=call,
-                args=quote(args),
-                trace=quote(trace),
-                scope=quote(scope),
-                return_state=True,
+            conflict = trace.conflict
+            if node.step.layer == "action":
+                conflict = await twin_conflict(call, scope)
+            elapsed = (time.perf_counter() - t0) * 1000
+            if conflict is not None:
+                return Attempt(
+                    outcome="conflict", conflict=conflict, trace=trace, elapsed_ms=elapsed
+                )
+            return Attempt(
+                outcome="completed", value=value, cached=True, trace=trace, elapsed_ms=elapsed
             )
+        state = await self.tasks[node.name](
+            call=call,
+            args=quote(args),
+            trace=quote(trace),
+            scope=quote(scope),
+            return_state=True,
+        )
         elapsed = (time.perf_counter() - t0) * 1000
         common: dict[str, Any] = {
             "trace": trace,
@@ -175,8 +183,7 @@ class PrefectStepRunner:
         if conflict is not None:
             return Attempt(outcome="conflict", conflict=conflict, **common)
         if state.is_completed():
-            if not found:
-                value = await state.aresult()
+            value = await state.aresult()
             return Attempt(outcome="completed", value=value, cached=cached, **common)
         return Attempt(outcome="failed", error=await _state_exception(state), **common)
 
