@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -166,11 +167,13 @@ def test_a_review_past_its_deadline_takes_the_safe_default(
     from agents import reviews
 
     tenant = f"acme-{uuid.uuid4().hex[:8]}"
-    agent = review_agent.build(f"review-expiry-{uuid.uuid4().hex[:6]}", timeout=1)
+    # Long enough to be listed however slow the machine; then wait for the deadline itself.
+    agent = review_agent.build(f"review-expiry-{uuid.uuid4().hex[:6]}", timeout=4)
     (result,) = agent.batch(review_agent.tickets(1, unsure_every=1), tenant=tenant)
     assert result.status == "awaiting_review"
     (waiting,) = reviews.pending(tenant=tenant)
-    time.sleep(1.2)
+    deadline = waiting.deadline_at.replace(tzinfo=waiting.deadline_at.tzinfo or UTC)
+    time.sleep(max(0.0, (deadline - datetime.now(UTC)).total_seconds()) + 0.2)
     assert reviews.pending(tenant=tenant) == []  # past its deadline it is not listed
     with pytest.raises(ReviewClosed, match="expired"):
         reviews.answer(waiting.id, tenant=tenant, verdict="approve", reviewer="late")
