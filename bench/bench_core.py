@@ -926,6 +926,8 @@ class Config:
     followup_runs: int = FOLLOWUP_RUNS
     notes: list[str] = field(default_factory=list)
     run_id: str = ""
+    code_version: str = ""
+    """The commit measured, read when the invocation starts (not when the report is written)."""
     """Names this invocation's logs and report copies (several may share `bench/results/`)."""
     concurrent: set[str] = field(default_factory=set)
     """Other benchmark processes seen running while a child was measured."""
@@ -1370,6 +1372,7 @@ def followups_table(results: list[dict[str, Any]]) -> str:
         "gap to its flow run s",
         "second batch s",
         "rerun in same process s",
+        "rerun gap to its flow run s",
         "rerun / first",
         "rerun model calls",
     ]
@@ -1388,6 +1391,7 @@ def followups_table(results: list[dict[str, Any]]) -> str:
             _fmt(follow.get("gap_s"), 2),
             _fmt(follow.get("wall_s"), 2),
             _fmt(rerun.get("wall_s"), 2),
+            _fmt(rerun.get("gap_s"), 2),
             "—" if fraction is None else f"{fraction:.0%}",
             str(rerun.get("model_calls", "—")),
         ]
@@ -1608,7 +1612,7 @@ def _api_label(cfg: Config) -> str:
 
 def write_reports(cfg: Config, results: list[dict[str, Any]], started: datetime) -> str:
     found = ratios(results)
-    version = _code_version()
+    version = cfg.code_version or _code_version()
     load = [r.get("load_avg", [0, 0, 0])[0] for r in results]
     header = (
         f"# Stalwart core benchmark\n\n"
@@ -1747,6 +1751,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     started = datetime.now(UTC)
     cfg.run_id = f"{started:%Y%m%dT%H%M%S}-{os.getpid()}"
+    cfg.code_version = _code_version()
     results = run_all(cfg)
     markdown = write_reports(cfg, results, started)
     print()
