@@ -589,6 +589,10 @@ class _Clocks:
         self.cpu = 0.0
         self.api_cpu: float | None = None
         self.recorded: Any = None
+        self.returned = 0.0
+        self.followup_after_return_s: float | None = None
+        self.followup_error: str | None = None
+        self.followup_error_after_s: float | None = None
 
     def warm_begin(self) -> None:
         self.warm_utc = utc_now()
@@ -617,7 +621,8 @@ class _Clocks:
         """The client clock stops: record CPU, start the recorded clock; returns the wall."""
         from clocks import RecordedClock, api_cpu_s, batch_flow_runs, log_offsets
 
-        wall = time.perf_counter() - self.started
+        self.returned = time.perf_counter()
+        wall = self.returned - self.started
         returned_utc = utc_now()
         m = self.timer.measured
         m.cpu_s = _cpu_s() - self.cpu
@@ -645,7 +650,16 @@ class _Clocks:
         return wall
 
     def followup_begin(self) -> tuple[datetime, float, int]:
-        return utc_now(), time.perf_counter(), _model_requests(self.args.model_url)
+        now = time.perf_counter()
+        self.followup_after_return_s = now - self.returned
+        return utc_now(), now, _model_requests(self.args.model_url)
+
+    def followup_failed(self, began: tuple[datetime, float, int], exc: Exception) -> list[Any]:
+        """A follow-up batch call that raised: one failure per input, the error kept."""
+        self.followup_error = f"{type(exc).__name__}: {exc}"[:500]
+        self.followup_error_after_s = time.perf_counter() - began[1]
+        traceback.print_exc()
+        return [self.followup_error]
 
     def followup_end(
         self, began: tuple[datetime, float, int], outcome: list[Any], what: str
@@ -660,7 +674,12 @@ class _Clocks:
             "wall_s": wall,
             "failed": sum(1 for o in outcome if o is not None),
             "model_calls": _model_requests(self.args.model_url) - requests,
+            "called_after_timed_return_s": self.followup_after_return_s,
         }
+        if self.followup_error is not None:
+            found["error"] = self.followup_error
+            found["runs"] = None
+            self.followup_error = None
         try:
             start = first_flow_run_start(called_utc, set(self.timed_ids))
             found["gap_s"] = None if start is None else (start - called_utc).total_seconds()
@@ -758,12 +777,18 @@ def _timed_sync(
         on_timed()
     if args.followup_runs:
         began = clocks.followup_begin()
-        done = batch(_followup_inputs(args))
+        try:
+            done = batch(_followup_inputs(args))
+        except Exception as exc:  # e.g. the busy API answers 503: what a user gets, reported
+            done = clocks.followup_failed(began, exc)
         timer.measured.followup = clocks.followup_end(began, done, "new")
     clocks.finish_recorded()
     if args.rerun_same_process:
         began = clocks.followup_begin()
-        done = batch(items)
+        try:
+            done = batch(items)
+        except Exception as exc:
+            done = clocks.followup_failed(began, exc)
         rerun = clocks.followup_end(began, done, "same as the timed batch")
         rerun["fraction_of_first"] = rerun["wall_s"] / wall if wall else None
         timer.measured.rerun_same_process = rerun
@@ -799,12 +824,18 @@ async def _timed_async(
         on_timed()
     if args.followup_runs:
         began = clocks.followup_begin()
-        done = await batch(_followup_inputs(args))
+        try:
+            done = await batch(_followup_inputs(args))
+        except Exception as exc:  # e.g. the busy API answers 503: what a user gets, reported
+            done = clocks.followup_failed(began, exc)
         timer.measured.followup = clocks.followup_end(began, done, "new")
     clocks.finish_recorded()
     if args.rerun_same_process:
         began = clocks.followup_begin()
-        done = await batch(items)
+        try:
+            done = await batch(items)
+        except Exception as exc:
+            done = clocks.followup_failed(began, exc)
         rerun = clocks.followup_end(began, done, "same as the timed batch")
         rerun["fraction_of_first"] = rerun["wall_s"] / wall if wall else None
         timer.measured.rerun_same_process = rerun
@@ -1383,6 +1414,8 @@ def followups_table(results: list[dict[str, Any]]) -> str:
             continue
         follow, rerun = follow or {}, rerun or {}
         fraction = rerun.get("fraction_of_first")
+        if follow.get("error"):
+            follow = {**follow, "runs": f"failed: {follow['error'][:80]}".replace("|", "/")}
         cells = [
             MODE_LABELS.get(r["mode"], r["mode"]),
             r["scenario"],
