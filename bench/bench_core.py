@@ -1258,6 +1258,7 @@ def api_server(cfg: Config, scenario: Scenario, mode: str) -> Iterator[dict[str,
         if server.skipped_messaging and server.skipped_messaging not in cfg.notes:
             print(f"  note: {server.skipped_messaging}", flush=True)
             cfg.notes.append(server.skipped_messaging)
+            cfg.messaging = "memory (redis asked for; prefect-redis is not installed)"
         yield server.child_env()
 
 
@@ -1274,7 +1275,7 @@ def run_all(cfg: Config) -> list[dict[str, Any]]:
     try:
         for scenario in scenarios_for(cfg):
             print(f"{scenario.name}: {scenario.note}", flush=True)
-            with model_server(scenario.latency_ms) as server, contextlib.ExitStack() as apis:
+            with model_server(scenario.latency_ms) as server, contextlib.ExitStack() as kept:
                 stalwart_db: str | None = None
                 stalwart_home: Path | None = None
                 stalwart_api: dict[str, str] = {}
@@ -1283,30 +1284,36 @@ def run_all(cfg: Config) -> list[dict[str, Any]]:
                     if mode == "p" and peer_missing:
                         results.append(_skipped(scenario, mode, runs, peer_missing))
                         continue
-                    if mode == "d":
-                        if stalwart_db is None or stalwart_home is None:
-                            continue
-                        db_url, home, api = stalwart_db, stalwart_home, stalwart_api
-                    else:
-                        db_url = databases.new(f"{scenario.name}_{mode}")
-                        home = work / f"prefect-{scenario.name}-{mode}"
-                        # One API server per mode (d reuses c's): a mode's event backlog must
-                        # not slow, or drop the events of, the next mode.
-                        api = apis.enter_context(api_server(cfg, scenario, mode))
-                    others = _other_benchmarks()
-                    if others:
-                        print(f"  warning: other benchmarks are running: {others}", flush=True)
-                        cfg.concurrent.update(others)
-                    before = server.stats.requests_total
-                    parent_cpu = _cpu_s()  # this process only serves the model meanwhile
-                    result = run_child(
-                        cfg, scenario, mode, runs, server.url, db_url, home, work, api
-                    )
-                    result["model_calls_process"] = server.stats.requests_total - before
-                    result["modelserver_cpu_s"] = _cpu_s() - parent_cpu
-                    results.append(result)
+                    if mode == "d" and (stalwart_db is None or stalwart_home is None):
+                        continue
+                    # One API server per mode, stopped after it (only c's is kept, for d): a
+                    # mode's event backlog must not slow, or drop the events of, the next mode.
+                    with contextlib.ExitStack() as apis:
+                        if mode == "d":
+                            assert stalwart_db is not None and stalwart_home is not None
+                            db_url, home, api = stalwart_db, stalwart_home, stalwart_api
+                        else:
+                            db_url = databases.new(f"{scenario.name}_{mode}")
+                            home = work / f"prefect-{scenario.name}-{mode}"
+                            api = apis.enter_context(api_server(cfg, scenario, mode))
+                        if mode == "c" and "d" in scenario.modes:
+                            kept.enter_context(apis.pop_all())
+                        others = _other_benchmarks()
+                        if others:
+                            print(f"  warning: other benchmarks are running: {others}", flush=True)
+                            cfg.concurrent.update(others)
+                        before = server.stats.requests_total
+                        parent_cpu = _cpu_s()  # this process only serves the model meanwhile
+                        result = run_child(
+                            cfg, scenario, mode, runs, server.url, db_url, home, work, api
+                        )
+                        result["model_calls_process"] = server.stats.requests_total - before
+                        result["modelserver_cpu_s"] = _cpu_s() - parent_cpu
+                        results.append(result)
                     if mode == "c":
                         stalwart_db, stalwart_home, stalwart_api = db_url, home, api
+                    if mode == "d":
+                        kept.close()  # c's server, kept for d
     finally:
         databases.drop_all()
         if not cfg.keep:
