@@ -70,7 +70,13 @@ MODE_LABELS: dict[str, str] = {
     "b1": "b1 Prefect, 1 task/input",
     "d": "d Stalwart rerun",
     "e": "e Prefect subflow/input",
+    "p": "p Pydantic AI x Prefect",
 }
+NOMINAL_TASK_RUNS: dict[str, int] = {"b": 4, "b1": 1, "e": 5, "p": 4, "c": 4, "cs": 4, "d": 0}
+"""Task runs per run each mode recorded on an idle API (warm-up, 2026-12-06): the recorded
+clock's expectation when the warm-up finds none (an API too busy to record them in time)."""
+FOLLOWUP_RUNS = 20
+"""New inputs of the second, small batch after the timed one (S1 and S2; not S3, d, e)."""
 
 
 # =============================================================================================
@@ -90,6 +96,12 @@ class ChildArgs:
     model_url: str
     db_url: str
     warmup: int = WARMUP_RUNS
+    followup_runs: int = 0
+    """New inputs of a second, small batch run right after the timed one (0: none)."""
+    rerun_same_process: bool = False
+    """Rerun the timed inputs in the same process once the first batch is recorded."""
+    recorded_bound_s: float = 300.0
+    """How long the recorded clock may poll the API after the timed batch."""
 
 
 @dataclass
@@ -117,6 +129,23 @@ class Measured:
     startup_s: float = 0.0
     load_avg: tuple[float, float, float] = (0.0, 0.0, 0.0)
     error: str | None = None
+    skipped: str | None = None
+    # -- issue #19: what users get (see clocks.py) --
+    recorded_s: float | None = None
+    """Batch call to every task run of the batch terminal in the API (= wall_s for mode a)."""
+    recorded_runs_per_s: float | None = None
+    overhead_ms_per_step_recorded: float | None = None
+    task_runs_per_run: float | None = None
+    """Task runs one run records in this mode, counted on the warm-up batch."""
+    recorded: dict[str, Any] | None = None
+    """The recorded clock's details (`clocks.Recorded`)."""
+    api_cpu_recorded_s: float | None = None
+    events_dropped: dict[str, int] = field(default_factory=dict)
+    """'dropping message' warnings per phase: warmup, timed, until_recorded, after."""
+    followup: dict[str, Any] | None = None
+    """The second, small batch of new inputs in the same process: gap to its flow run, wall."""
+    rerun_same_process: dict[str, Any] | None = None
+    """The timed inputs again in the same process (all cached for Stalwart): wall, fraction."""
 
 
 def _model_requests(model_url: str) -> int:
@@ -292,23 +321,129 @@ def _run_stalwart(args: ChildArgs, timer: _Timer, *, sync: bool) -> None:
         return outcome(await agent.abatch(items, tenant=TENANT, concurrency=args.concurrency))
 
     timed_steps: Counter[str] = Counter()
+    statuses: dict[str, int] = {}
+
+    def on_timed() -> None:  # the timed batch's step statuses, not the follow-ups'
+        statuses.update(timed_steps)
+
     if os.environ.get("BENCH_PROFILE") or os.environ.get("BENCH_ASYNC_BATCH"):
         # pyinstrument samples one thread: run the batch on this thread's loop (`abatch`)
         # instead of Prefect's run-sync loop thread (`batch`). Same flow, same steps.
-        asyncio.run(_timed_async(abatch, timer, on_warm=timed_steps.clear))
+        asyncio.run(_timed_async(abatch, timer, on_warm=timed_steps.clear, on_timed=on_timed))
     else:
-        _timed_sync(batch, timer, on_warm=timed_steps.clear)
+        _timed_sync(batch, timer, on_warm=timed_steps.clear, on_timed=on_timed)
     from agents.store import queries
 
     actions = queries.actions(tenant=TENANT)
     memory = queries.memory(tenant=TENANT)
     timer.checks.update(
         {
-            "step_statuses": dict(timed_steps),
+            "step_statuses": statuses,
             "ledger_completed": sum(1 for a in actions if a.status == "completed"),
             "memory_tickets": sum(int((m.value or {}).get("tickets", 0)) for m in memory),
         }
     )
+
+
+def pydantic_ai_missing() -> str | None:
+    """Why mode p cannot run here (None if it can): it needs the optional `bench` extra."""
+    import importlib.util
+
+    for module in ("pydantic_ai", "pydantic_ai.models.openai", "prefect"):
+        try:
+            if importlib.util.find_spec(module) is None:
+                raise ImportError(module)
+        except ImportError:
+            return f"{module} is not installed (pip install -e '.[bench]')"
+    try:
+        import pydantic_ai.durable_exec.prefect  # noqa: F401
+    except ImportError as exc:
+        return f"pydantic_ai.durable_exec.prefect: {exc} (pip install -e '.[bench]')"
+    return None
+
+
+def _pydantic_ai_version() -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version("pydantic-ai-slim")
+
+
+def _run_pydantic_ai(args: ChildArgs, timer: _Timer) -> None:
+    """Mode p: the workload with Pydantic AI's Prefect durability, the peer the issue names.
+
+    perceive, act and learn are Prefect tasks as in mode b; the decision is one
+    `Agent(output_type=TicketDecision, capabilities=[PrefectDurability()])` run, whose model
+    request Pydantic AI makes a Prefect task (result persisted, its default cache policy),
+    against the bundled model server through an OpenAI-compatible provider. One flow per batch,
+    the runs gathered under a semaphore at concurrency C, like mode b.
+    """
+    from prefect import flow, task
+    from pydantic_ai import Agent
+    from pydantic_ai.durable_exec.prefect import PrefectDurability
+    from pydantic_ai.models.openai import OpenAIChatModel
+    from pydantic_ai.providers.openai import OpenAIProvider
+    from workload import (
+        AGENT_NAME,
+        SYSTEM_PROMPT,
+        TicketDecision,
+        insert_action,
+        make_engine,
+        parse_ticket,
+        upsert_memory,
+        user_prompt,
+    )
+
+    timer.checks["pydantic_ai_version"] = _pydantic_ai_version()
+    engine = make_engine(args.db_url)
+    model = OpenAIChatModel(
+        MODEL_NAME, provider=OpenAIProvider(base_url=args.model_url, api_key="bench")
+    )
+    agent = Agent(
+        model,
+        name=AGENT_NAME.replace("-", "_"),
+        output_type=TicketDecision,
+        instructions=SYSTEM_PROMPT,
+        retries=MAX_REASKS,
+        capabilities=[PrefectDurability()],
+    )
+
+    @task
+    async def perceive(raw: dict[str, Any]) -> Any:
+        return parse_ticket(raw)
+
+    @task
+    async def act(ticket: Any, decision: Any) -> str:
+        return await asyncio.to_thread(insert_action, engine, ticket, decision)
+
+    @task
+    async def learn(ticket: Any, decision: Any) -> None:
+        await asyncio.to_thread(upsert_memory, engine, ticket, decision)
+
+    async def one(item: dict[str, Any]) -> None:
+        ticket = await perceive(item["raw"])
+        result = await agent.run(user_prompt(ticket))
+        await act(ticket, result.output)
+        await learn(ticket, result.output)
+
+    @flow(name="bench-triage-batch-pydantic-ai")
+    async def batch_flow(items: list[dict[str, Any]], concurrency: int) -> list[str | None]:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def guarded(item: dict[str, Any]) -> None:
+            async with gate:
+                await one(item)
+
+        outcomes = await asyncio.gather(*(guarded(i) for i in items), return_exceptions=True)
+        return [None if o is None else repr(o) for o in outcomes]
+
+    async def main() -> None:
+        async def batch(items: list[dict[str, Any]]) -> list[str | None]:
+            return await batch_flow(items, args.concurrency)
+
+        await _timed_async(batch, timer)
+
+    asyncio.run(main())
+    _sql_checks(engine, timer)
 
 
 class _Timer:
@@ -321,6 +456,7 @@ class _Timer:
         self.process_started = time.perf_counter()
         self.sql = Counter[str]()
         _count_sql(self.sql)
+        self.clocks = _Clocks(self)
 
 
 def _count_sql(counts: Counter[str]) -> None:
@@ -437,99 +573,287 @@ def _record(timer: _Timer, wall: float, calls: int, outcome: list[Any]) -> None:
         m.overhead_ms_per_step_request = (wall - m.model_request_s) / m.runs / 4 * 1000
 
 
-def _timed_sync(batch: Batch, timer: _Timer, on_warm: Callable[[], None] | None = None) -> None:
+class _Clocks:
+    """The child's clocks around its batches (issue #19): warm-up task runs per run, the client
+    and recorded clocks of the timed batch, the follow-up batches, the API server's CPU and the
+    dropped-message warnings between the phases. Mode a has no API: both clocks are equal."""
+
+    def __init__(self, timer: _Timer) -> None:
+        from clocks import log_offsets
+
+        self.timer = timer
+        self.args = timer.args
+        self.prefect = self.args.mode != "a"
+        self.marks: dict[str, dict[str, int]] = {"start": log_offsets()}
+        self.warm_utc = utc_now()
+        self.timed_ids: list[str] = []
+        self.started = 0.0
+        self.started_utc = self.warm_utc
+        self.cpu = 0.0
+        self.api_cpu: float | None = None
+        self.recorded: Any = None
+        self.returned = 0.0
+        self.followup_after_return_s: float | None = None
+        self.followup_error: str | None = None
+        self.followup_error_after_s: float | None = None
+
+    def warm_begin(self) -> None:
+        self.warm_utc = utc_now()
+
+    def warm_end(self) -> None:
+        """Learn how many task runs one run records here (the warm-up batch, settled)."""
+        from clocks import batch_flow_runs, log_offsets, settle_task_runs
+
+        if self.prefect:
+            try:
+                ids = batch_flow_runs(self.warm_utc, utc_now())
+                _total, terminal = settle_task_runs(ids)
+                per_run = terminal / max(1, self.args.warmup)
+                nominal = NOMINAL_TASK_RUNS.get(self.args.mode)
+                if per_run == 0 and nominal:
+                    self.timer.checks["expected_task_runs_from"] = (
+                        f"nominal {nominal}/run: the warm-up's task runs were not recorded"
+                    )
+                    per_run = float(nominal)
+                self.timer.measured.task_runs_per_run = per_run
+            except Exception as exc:
+                self.timer.checks["warmup_task_runs_error"] = repr(exc)[:300]
+        self.marks["timed"] = log_offsets()
+
+    def timed_begin(self) -> None:
+        from clocks import api_cpu_s
+
+        self.cpu, self.api_cpu = _cpu_s(), api_cpu_s()
+        self.started_utc = utc_now()
+        self.started = time.perf_counter()
+
+    def timed_end(self) -> float:
+        """The client clock stops: record CPU, start the recorded clock; returns the wall."""
+        from clocks import RecordedClock, api_cpu_s, batch_flow_runs, log_offsets
+
+        self.returned = time.perf_counter()
+        wall = self.returned - self.started
+        returned_utc = utc_now()
+        m = self.timer.measured
+        m.cpu_s = _cpu_s() - self.cpu
+        after = api_cpu_s()
+        if self.api_cpu is not None and after is not None:
+            m.api_cpu_s = max(0.0, after - self.api_cpu)
+        self.marks["returned"] = log_offsets()
+        if not self.prefect:
+            return wall
+        try:
+            self.timed_ids = batch_flow_runs(self.started_utc, returned_utc)
+        except Exception as exc:
+            self.timer.checks["recorded_error"] = repr(exc)[:300]
+            return wall
+        per_run = m.task_runs_per_run
+        expected = None if per_run is None else round(per_run * self.args.runs)
+        self.recorded = RecordedClock(
+            self.timed_ids,
+            expected,
+            self.started,
+            self.args.recorded_bound_s,
+            api_cpu=api_cpu_s,
+            api_cpu_start=self.api_cpu,
+        ).start()
+        return wall
+
+    def followup_begin(self) -> tuple[datetime, float, int]:
+        now = time.perf_counter()
+        self.followup_after_return_s = now - self.returned
+        return utc_now(), now, _model_requests(self.args.model_url)
+
+    def followup_failed(self, began: tuple[datetime, float, int], exc: Exception) -> list[Any]:
+        """A follow-up batch call that raised: one failure per input, the error kept."""
+        self.followup_error = f"{type(exc).__name__}: {exc}"[:500]
+        self.followup_error_after_s = time.perf_counter() - began[1]
+        traceback.print_exc()
+        return [self.followup_error]
+
+    def followup_end(
+        self, began: tuple[datetime, float, int], outcome: list[Any], what: str
+    ) -> dict[str, Any]:
+        from clocks import first_flow_run_start
+
+        called_utc, called, requests = began
+        wall = time.perf_counter() - called
+        found: dict[str, Any] = {
+            "inputs": what,
+            "runs": len(outcome),
+            "wall_s": wall,
+            "failed": sum(1 for o in outcome if o is not None),
+            "model_calls": _model_requests(self.args.model_url) - requests,
+            "called_after_timed_return_s": self.followup_after_return_s,
+        }
+        if self.followup_error is not None:
+            found["error"] = self.followup_error
+            found["runs"] = None
+            self.followup_error = None
+        try:
+            start = first_flow_run_start(called_utc, set(self.timed_ids))
+            found["gap_s"] = None if start is None else (start - called_utc).total_seconds()
+        except Exception as exc:
+            found["gap_error"] = repr(exc)[:300]
+        return found
+
+    def finish_recorded(self) -> None:
+        """Wait for the recorded clock (bounded) and fill its figures."""
+        from clocks import log_offsets
+
+        m = self.timer.measured
+        if not self.prefect:
+            m.recorded_s = m.wall_s
+            m.recorded_runs_per_s = m.runs_per_s
+            m.overhead_ms_per_step_recorded = m.overhead_ms_per_step
+            m.api_cpu_recorded_s = m.api_cpu_s
+        elif self.recorded is not None:
+            r = self.recorded.wait()
+            m.recorded = r.as_dict()
+            m.recorded_s = r.recorded_s
+            m.api_cpu_recorded_s = r.api_cpu_s
+            if r.recorded_s:
+                m.recorded_runs_per_s = m.runs / r.recorded_s
+                if m.concurrency == 1 and m.runs:
+                    model_s = m.model_s if m.model_timed_calls else m.model_request_s
+                    m.overhead_ms_per_step_recorded = (r.recorded_s - model_s) / m.runs / 4 * 1000
+        self.marks["recorded"] = log_offsets()
+
+    def finish(self) -> None:
+        """Count the dropped-message warnings per phase (every log the API server writes to)."""
+        from clocks import count_drops, log_files, log_offsets
+
+        self.marks["end"] = log_offsets()
+        phases = [
+            ("warmup", "start", "timed"),
+            ("timed", "timed", "returned"),
+            ("until_recorded", "returned", "recorded"),
+            ("after", "recorded", "end"),
+        ]
+        drops: dict[str, int] = {}
+        for name, path in log_files().items():
+            for phase, first, last in phases:
+                if first not in self.marks or last not in self.marks:
+                    continue
+                start, end = self.marks[first].get(name, 0), self.marks[last].get(name)
+                drops[phase] = drops.get(phase, 0) + count_drops(path, start, end)
+        self.timer.measured.events_dropped = drops
+        self.timer.checks["logs_marked"] = sorted(log_files())
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _begin_timed(timer: _Timer, on_warm: Callable[[], None] | None) -> list[dict[str, Any]]:
     from workload import MODEL_CLOCK, REQUEST_CLOCK
 
-    args = timer.args
-    warm = batch(_warm_inputs(args))
-    if any(o is not None for o in warm):
-        raise RuntimeError(f"warm-up failed: {next(o for o in warm if o is not None)}")
-    items = _timed_inputs(args)
+    items = _timed_inputs(timer.args)
     timer.measured.startup_s = time.perf_counter() - timer.process_started
     if on_warm is not None:
         on_warm()
     MODEL_CLOCK.reset()
     REQUEST_CLOCK.reset()
     timer.sql.clear()
+    return items
+
+
+def _followup_inputs(args: ChildArgs) -> list[dict[str, Any]]:
+    from workload import make_inputs
+
+    return make_inputs(args.followup_runs, prefix="next")
+
+
+def _timed_sync(
+    batch: Batch,
+    timer: _Timer,
+    on_warm: Callable[[], None] | None = None,
+    on_timed: Callable[[], None] | None = None,
+) -> None:
+    args = timer.args
+    clocks = timer.clocks
+    clocks.warm_begin()
+    warm = batch(_warm_inputs(args))
+    if any(o is not None for o in warm):
+        raise RuntimeError(f"warm-up failed: {next(o for o in warm if o is not None)}")
+    clocks.warm_end()
+    items = _begin_timed(timer, on_warm)
     before = _model_requests(args.model_url)
-    cpu, api_cpu = _cpu_s(), _descendants_cpu_s()
-    started = time.perf_counter()
+    clocks.timed_begin()
     outcome = batch(items)
-    wall = time.perf_counter() - started
-    _record_cpu(timer, cpu, api_cpu)
+    wall = clocks.timed_end()
     _record(timer, wall, _model_requests(args.model_url) - before, outcome)
+    if on_timed is not None:
+        on_timed()
+    if args.followup_runs:
+        began = clocks.followup_begin()
+        try:
+            done = batch(_followup_inputs(args))
+        except Exception as exc:  # e.g. the busy API answers 503: what a user gets, reported
+            done = clocks.followup_failed(began, exc)
+        timer.measured.followup = clocks.followup_end(began, done, "new")
+    clocks.finish_recorded()
+    if args.rerun_same_process:
+        began = clocks.followup_begin()
+        try:
+            done = batch(items)
+        except Exception as exc:
+            done = clocks.followup_failed(began, exc)
+        rerun = clocks.followup_end(began, done, "same as the timed batch")
+        rerun["fraction_of_first"] = rerun["wall_s"] / wall if wall else None
+        timer.measured.rerun_same_process = rerun
 
 
 async def _timed_async(
-    batch: Batch, timer: _Timer, on_warm: Callable[[], None] | None = None
+    batch: Batch,
+    timer: _Timer,
+    on_warm: Callable[[], None] | None = None,
+    on_timed: Callable[[], None] | None = None,
 ) -> None:
-    from workload import MODEL_CLOCK, REQUEST_CLOCK
-
     args = timer.args
+    clocks = timer.clocks
     workers = os.environ.get("BENCH_DEFAULT_EXECUTOR")
     if workers:  # an experiment knob: the size of asyncio's default executor (`to_thread`)
         from concurrent.futures import ThreadPoolExecutor
 
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(int(workers)))
+    clocks.warm_begin()
     warm = await batch(_warm_inputs(args))
     if any(o is not None for o in warm):
         raise RuntimeError(f"warm-up failed: {next(o for o in warm if o is not None)!r}")
-    items = _timed_inputs(args)
-    timer.measured.startup_s = time.perf_counter() - timer.process_started
-    if on_warm is not None:
-        on_warm()
-    MODEL_CLOCK.reset()
-    REQUEST_CLOCK.reset()
-    timer.sql.clear()
+    clocks.warm_end()
+    items = _begin_timed(timer, on_warm)
     before = await asyncio.to_thread(_model_requests, args.model_url)
-    cpu, api_cpu = _cpu_s(), _descendants_cpu_s()
     with _profiled(timer):
-        started = time.perf_counter()
+        clocks.timed_begin()
         outcome = await batch(items)
-        wall = time.perf_counter() - started
-    _record_cpu(timer, cpu, api_cpu)
+        wall = clocks.timed_end()
     calls = await asyncio.to_thread(_model_requests, args.model_url) - before
     _record(timer, wall, calls, outcome)
-
-
-def _record_cpu(timer: _Timer, cpu: float, api_cpu: float | None) -> None:
-    timer.measured.cpu_s = _cpu_s() - cpu
-    after = _descendants_cpu_s()
-    if api_cpu is not None and after is not None:
-        timer.measured.api_cpu_s = max(0.0, after - api_cpu)
+    if on_timed is not None:
+        on_timed()
+    if args.followup_runs:
+        began = clocks.followup_begin()
+        try:
+            done = await batch(_followup_inputs(args))
+        except Exception as exc:  # e.g. the busy API answers 503: what a user gets, reported
+            done = clocks.followup_failed(began, exc)
+        timer.measured.followup = clocks.followup_end(began, done, "new")
+    clocks.finish_recorded()
+    if args.rerun_same_process:
+        began = clocks.followup_begin()
+        try:
+            done = await batch(items)
+        except Exception as exc:
+            done = clocks.followup_failed(began, exc)
+        rerun = clocks.followup_end(began, done, "same as the timed batch")
+        rerun["fraction_of_first"] = rerun["wall_s"] / wall if wall else None
+        timer.measured.rerun_same_process = rerun
 
 
 def _cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def _descendants_cpu_s() -> float | None:
-    """CPU seconds of this process's descendants still running (Prefect's temporary API
-    server), read from /proc; None where there is no /proc."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return None
-    parents: dict[int, list[int]] = {}
-    cpu: dict[int, float] = {}
-    ticks = os.sysconf("SC_CLK_TCK")
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        pid, ppid = int(entry.name), int(fields[1])
-        parents.setdefault(ppid, []).append(pid)
-        cpu[pid] = (int(fields[11]) + int(fields[12])) / ticks
-    total, todo = 0.0, list(parents.get(os.getpid(), []))
-    while todo:
-        pid = todo.pop()
-        total += cpu.get(pid, 0.0)
-        todo.extend(parents.get(pid, []))
-    return total
 
 
 @contextlib.contextmanager
@@ -581,12 +905,18 @@ def child_main(args: ChildArgs) -> int:
             _run_prefect(args, timer, subflows=args.mode == "e", one_task=args.mode == "b1")
         elif args.mode in ("c", "d", "cs"):
             _run_stalwart(args, timer, sync=args.mode == "cs")
+        elif args.mode == "p":
+            _run_pydantic_ai(args, timer)
         else:
             raise ValueError(f"unknown mode {args.mode!r}")
     except BaseException as exc:  # report, do not hide: the parent shows the error in its table
         measured.error = f"{type(exc).__name__}: {exc}"[:1000]
         traceback.print_exc()
         code = 1
+    try:
+        timer.clocks.finish()
+    except Exception as exc:
+        measured.checks["drops_error"] = repr(exc)[:300]
     measured.peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     measured.load_avg = os.getloadavg()
     print(MARKER + json.dumps(asdict(measured)), flush=True)
@@ -629,7 +959,16 @@ class Config:
     keep: bool
     profile: set[str] = field(default_factory=set)
     env: dict[str, str] = field(default_factory=dict)
+    server: str = "ephemeral"
+    """`ephemeral` (each child's temporary API server) or `postgres` (one real Prefect server
+    per mode (d reuses c's), on a temporary PostgreSQL database)."""
+    messaging: str = "memory"
+    recorded_bound_s: float = 300.0
+    followup_runs: int = FOLLOWUP_RUNS
+    notes: list[str] = field(default_factory=list)
     run_id: str = ""
+    code_version: str = ""
+    """The commit measured, read when the invocation starts (not when the report is written)."""
     """Names this invocation's logs and report copies (several may share `bench/results/`)."""
     concurrent: set[str] = field(default_factory=set)
     """Other benchmark processes seen running while a child was measured."""
@@ -703,7 +1042,8 @@ def _timeout_for(cfg: Config, scenario: Scenario, mode: str, runs: int) -> float
         return cfg.timeout_s
     per_run = 1.5 if mode == "e" else 0.25
     model_s = runs * scenario.latency_ms / 1000 / max(1, scenario.concurrency)
-    return 240 + runs * per_run + 3 * model_s
+    rerun = 2 if scenario.name == "S1" and mode in ("c", "cs") else 1  # the same-process rerun
+    return 300 + rerun * runs * per_run + 3 * model_s + cfg.recorded_bound_s
 
 
 def run_child(
@@ -715,6 +1055,7 @@ def run_child(
     db_url: str,
     prefect_home: Path,
     work: Path,
+    api_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Start one child, bounded by a timeout; return its result (or an error row)."""
     label = f"{scenario.name}-{mode}"
@@ -735,6 +1076,13 @@ def run_child(
                     latency_ms=scenario.latency_ms,
                     model_url=model_url,
                     db_url=db_url,
+                    followup_runs=(
+                        cfg.followup_runs
+                        if scenario.name != "S3" and mode not in ("a", "d", "e")
+                        else 0
+                    ),
+                    rerun_same_process=scenario.name == "S1" and mode in ("c", "cs"),
+                    recorded_bound_s=cfg.recorded_bound_s,
                 )
             )
         ),
@@ -747,6 +1095,7 @@ def run_child(
         flush=True,
     )
     env = _child_env(work, model_url, db_url, prefect_home)
+    env.update(api_env or {})
     env.update(cfg.env)
     if mode in cfg.profile:
         profiles = RESULTS_DIR / "profiles" / cfg.run_id
@@ -775,6 +1124,9 @@ def run_child(
         _kill_group(proc)  # the child's helpers (Prefect's temporary API server), if any
         proc.wait()
     stdout = out_path.read_text()
+    from clocks import count_drops
+
+    drops_total = count_drops(log_path) + count_drops(out_path)
     with open(log_path, "a") as log:
         log.write("\n--- stdout ---\n" + stdout)
     elapsed = time.perf_counter() - started
@@ -796,13 +1148,17 @@ def run_child(
     elif error:
         result["error"] = error
     result["process_s"] = elapsed
+    result["events_dropped_child_lifetime"] = drops_total
     result["log"] = str(log_path.relative_to(BENCH_DIR.parent))
+    recorded = result.get("recorded_runs_per_s")
     status = (
         f"error: {result['error']}"
         if result.get("error")
         else (
-            f"{result['runs_per_s']:.1f} runs/s, {result['peak_rss_mib']:.0f} MiB, "
-            f"{result['model_calls']} model calls"
+            f"{result['runs_per_s']:.1f} runs/s client, "
+            f"{'—' if recorded is None else f'{recorded:.1f}'} recorded, "
+            f"{result['peak_rss_mib']:.0f} MiB, {result['model_calls']} model calls, "
+            f"{sum(result.get('events_dropped', {}).values())} events dropped"
         )
     )
     print(f" {status} ({elapsed:.0f} s)", flush=True)
@@ -849,12 +1205,14 @@ def model_server(latency_ms: float) -> Iterator[Any]:
 
 
 def scenarios_for(cfg: Config) -> list[Scenario]:
-    s1_modes = ["a", "b", *[m for m in cfg.extra if m == "b1"], "c"]
+    s1_modes = ["a", "b", *[m for m in cfg.extra if m == "b1"], "p", "c"]
     s1_modes += [*[m for m in cfg.extra if m == "cs"], "e", "d"]
     found = [
         Scenario("S1", 50, 32, cfg.runs, s1_modes, "throughput at 50 ms model latency"),
         Scenario("S2", 1000, 64, cfg.runs, ["a", "c"], "throughput at 1 s model latency"),
-        Scenario("S3", 0, 1, cfg.overhead_runs, ["a", "b", *cfg.extra, "c"], "overhead per step"),
+        Scenario(
+            "S3", 0, 1, cfg.overhead_runs, ["a", "b", *cfg.extra, "p", "c"], "overhead per step"
+        ),
     ]
     if cfg.only:
         found = [s for s in found if s.name in cfg.only]
@@ -864,38 +1222,98 @@ def scenarios_for(cfg: Config) -> list[Scenario]:
     return found
 
 
+def _skipped(scenario: Scenario, mode: str, runs: int, why: str) -> dict[str, Any]:
+    row = asdict(
+        Measured(
+            mode=mode,
+            scenario=scenario.name,
+            runs=runs,
+            concurrency=scenario.concurrency,
+            latency_ms=scenario.latency_ms,
+            skipped=why,
+        )
+    )
+    print(f"  {scenario.name}-{mode}: skipped ({why})", flush=True)
+    return row
+
+
+@contextlib.contextmanager
+def api_server(cfg: Config, scenario: Scenario, mode: str) -> Iterator[dict[str, str]]:
+    """The Prefect API one mode's child uses: {} for its own ephemeral server, or the
+    environment pointing it at a real Prefect server on PostgreSQL (`--server postgres`; none
+    for mode a, which has no Prefect)."""
+    if cfg.server != "postgres" or mode == "a":
+        yield {}
+        return
+    from prefect_server import PrefectServer
+
+    label = f"{scenario.name}-{mode}"
+    log = RESULTS_DIR / "logs" / cfg.run_id / f"server-{label}.log"
+    with PrefectServer(log, label.replace("-", "_"), messaging=cfg.messaging) as server:
+        print(
+            f"  {label}: Prefect server on PostgreSQL at {server.api_url} "
+            f"(healthy after {server.started_s:.1f} s, log {log.name})",
+            flush=True,
+        )
+        if server.skipped_messaging and server.skipped_messaging not in cfg.notes:
+            print(f"  note: {server.skipped_messaging}", flush=True)
+            cfg.notes.append(server.skipped_messaging)
+            cfg.messaging = "memory (redis asked for; prefect-redis is not installed)"
+        yield server.child_env()
+
+
 def run_all(cfg: Config) -> list[dict[str, Any]]:
     """Every scenario and mode, one after the other; returns the children's results."""
     work = Path(tempfile.mkdtemp(prefix="stalwart-bench-"))
     databases = StateDatabases(work, cfg.postgres)
     results: list[dict[str, Any]] = []
+    peer_missing = pydantic_ai_missing()
+    if peer_missing:
+        note = f"mode p (Pydantic AI x Prefect) skipped: {peer_missing}"
+        print(note, flush=True)
+        cfg.notes.append(note)
     try:
         for scenario in scenarios_for(cfg):
             print(f"{scenario.name}: {scenario.note}", flush=True)
-            with model_server(scenario.latency_ms) as server:
+            with model_server(scenario.latency_ms) as server, contextlib.ExitStack() as kept:
                 stalwart_db: str | None = None
                 stalwart_home: Path | None = None
+                stalwart_api: dict[str, str] = {}
                 for mode in scenario.modes:
                     runs = min(cfg.subflow_runs, scenario.runs) if mode == "e" else scenario.runs
-                    if mode == "d":
-                        if stalwart_db is None or stalwart_home is None:
-                            continue
-                        db_url, home = stalwart_db, stalwart_home
-                    else:
-                        db_url = databases.new(f"{scenario.name}_{mode}")
-                        home = work / f"prefect-{scenario.name}-{mode}"
-                    others = _other_benchmarks()
-                    if others:
-                        print(f"  warning: other benchmarks are running: {others}", flush=True)
-                        cfg.concurrent.update(others)
-                    before = server.stats.requests_total
-                    parent_cpu = _cpu_s()  # this process only serves the model meanwhile
-                    result = run_child(cfg, scenario, mode, runs, server.url, db_url, home, work)
-                    result["model_calls_process"] = server.stats.requests_total - before
-                    result["modelserver_cpu_s"] = _cpu_s() - parent_cpu
-                    results.append(result)
+                    if mode == "p" and peer_missing:
+                        results.append(_skipped(scenario, mode, runs, peer_missing))
+                        continue
+                    if mode == "d" and (stalwart_db is None or stalwart_home is None):
+                        continue
+                    # One API server per mode, stopped after it (only c's is kept, for d): a
+                    # mode's event backlog must not slow, or drop the events of, the next mode.
+                    with contextlib.ExitStack() as apis:
+                        if mode == "d":
+                            assert stalwart_db is not None and stalwart_home is not None
+                            db_url, home, api = stalwart_db, stalwart_home, stalwart_api
+                        else:
+                            db_url = databases.new(f"{scenario.name}_{mode}")
+                            home = work / f"prefect-{scenario.name}-{mode}"
+                            api = apis.enter_context(api_server(cfg, scenario, mode))
+                        if mode == "c" and "d" in scenario.modes:
+                            kept.enter_context(apis.pop_all())
+                        others = _other_benchmarks()
+                        if others:
+                            print(f"  warning: other benchmarks are running: {others}", flush=True)
+                            cfg.concurrent.update(others)
+                        before = server.stats.requests_total
+                        parent_cpu = _cpu_s()  # this process only serves the model meanwhile
+                        result = run_child(
+                            cfg, scenario, mode, runs, server.url, db_url, home, work, api
+                        )
+                        result["model_calls_process"] = server.stats.requests_total - before
+                        result["modelserver_cpu_s"] = _cpu_s() - parent_cpu
+                        results.append(result)
                     if mode == "c":
-                        stalwart_db, stalwart_home = db_url, home
+                        stalwart_db, stalwart_home, stalwart_api = db_url, home, api
+                    if mode == "d":
+                        kept.close()  # c's server, kept for d
     finally:
         databases.drop_all()
         if not cfg.keep:
@@ -917,6 +1335,22 @@ def _per_run_ms(r: dict[str, Any], key: str) -> float | None:
     return None if value is None or not r.get("runs") else 1000 * float(value) / r["runs"]
 
 
+def _task_runs_cell(r: dict[str, Any]) -> str:
+    rec = r.get("recorded") or {}
+    if not rec:
+        return "—"
+    expected = rec.get("expected_task_runs")
+    return f"{rec.get('terminal_task_runs', 0)}/{'?' if expected is None else expected}"
+
+
+def _drops(r: dict[str, Any]) -> int | None:
+    """Dropped-message warnings from the timed batch on (the warm-up's are left out)."""
+    found = r.get("events_dropped")
+    if found is None or r.get("skipped"):
+        return None
+    return sum(v for k, v in found.items() if k != "warmup")
+
+
 def results_table(results: list[dict[str, Any]]) -> str:
     columns = [
         "mode",
@@ -924,25 +1358,36 @@ def results_table(results: list[dict[str, Any]]) -> str:
         "runs",
         "concurrency",
         "latency ms",
-        "runs/s",
-        "overhead ms/step",
+        "runs/s client",
+        "runs/s recorded",
+        "client s",
+        "recorded s",
+        "task runs terminal/expected",
+        "events dropped",
+        "overhead ms/step client",
+        "overhead ms/step recorded",
         "peak RSS MiB",
         "model calls",
         "failed",
-        "CPU ms/run",
-        "API CPU ms/run",
+        "client CPU ms/run",
+        "API CPU ms/run to client",
+        "API CPU ms/run to recorded",
         "SQL commits/run",
         "note",
     ]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in results:
-        failed = bool(r.get("error"))
+        failed = bool(r.get("error") or r.get("skipped"))
         checks = r.get("checks", {})
-        note = r.get("error") or ""
+        rec = r.get("recorded") or {}
+        note = r.get("error") or (f"skipped: {r['skipped']}" if r.get("skipped") else "")
+        if not note and rec.get("gave_up"):
+            note = f"recorded clock: {rec['gave_up']}"
         if not note and r["mode"] == "d":
             note = f"step statuses {checks.get('step_statuses', {})}"
         if not note and checks.get("first_failure"):
             note = checks["first_failure"][:120]
+        drops = _drops(r)
         cells = [
             MODE_LABELS.get(r["mode"], r["mode"]),
             r["scenario"],
@@ -950,14 +1395,61 @@ def results_table(results: list[dict[str, Any]]) -> str:
             str(r["concurrency"]),
             f"{r['latency_ms']:g}",
             "—" if failed else _fmt(r["runs_per_s"]),
+            "—" if failed else _fmt(r.get("recorded_runs_per_s")),
+            "—" if failed else _fmt(r.get("wall_s"), 2),
+            "—" if failed else _fmt(r.get("recorded_s"), 2),
+            "—" if failed else _task_runs_cell(r),
+            "—" if failed or drops is None else str(drops),
             _fmt(r.get("overhead_ms_per_step"), 2),
-            _fmt(r["peak_rss_mib"], 0),
+            _fmt(r.get("overhead_ms_per_step_recorded"), 2),
+            "—" if r.get("skipped") else _fmt(r["peak_rss_mib"], 0),
             "—" if failed else str(r["model_calls"]),
-            str(r.get("failed", "—")),
+            "—" if r.get("skipped") else str(r.get("failed", "—")),
             "—" if failed else _fmt(_per_run_ms(r, "cpu_s"), 0),
             "—" if failed else _fmt(_per_run_ms(r, "api_cpu_s"), 0),
+            "—" if failed else _fmt(_per_run_ms(r, "api_cpu_recorded_s"), 0),
             _fmt(checks.get("sql_commits_per_run"), 1),
             note.replace("|", "/"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def followups_table(results: list[dict[str, Any]]) -> str:
+    """The batches after the timed one, in the same process: the gap before a second, small
+    batch of new inputs starts its flow run, its wall time, and the same-process rerun."""
+    columns = [
+        "mode",
+        "scenario",
+        "first batch s (client)",
+        "second batch runs",
+        "gap to its flow run s",
+        "second batch s",
+        "rerun in same process s",
+        "rerun gap to its flow run s",
+        "rerun / first",
+        "rerun model calls",
+    ]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in results:
+        follow, rerun = r.get("followup"), r.get("rerun_same_process")
+        if r.get("error") or not (follow or rerun):
+            continue
+        follow, rerun = follow or {}, rerun or {}
+        fraction = rerun.get("fraction_of_first")
+        if follow.get("error"):
+            follow = {**follow, "runs": f"failed: {follow['error'][:80]}".replace("|", "/")}
+        cells = [
+            MODE_LABELS.get(r["mode"], r["mode"]),
+            r["scenario"],
+            _fmt(r.get("wall_s"), 2),
+            str(follow.get("runs", "—")),
+            _fmt(follow.get("gap_s"), 2),
+            _fmt(follow.get("wall_s"), 2),
+            _fmt(rerun.get("wall_s"), 2),
+            _fmt(rerun.get("gap_s"), 2),
+            "—" if fraction is None else f"{fraction:.0%}",
+            str(rerun.get("model_calls", "—")),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -984,9 +1476,10 @@ class Ratio:
 def ratios(results: list[dict[str, Any]]) -> list[Ratio]:
     found: list[Ratio] = []
 
-    def rate(scenario: str, mode: str) -> float | None:
+    def rate(scenario: str, mode: str, clock: str = "client") -> float | None:
         r = _find(results, scenario, mode)
-        return None if r is None or not r["runs_per_s"] else float(r["runs_per_s"])
+        key = "runs_per_s" if clock == "client" else "recorded_runs_per_s"
+        return None if r is None or not r.get(key) else float(r[key])
 
     def divide(x: float | None, y: float | None) -> float | None:
         return None if x is None or not y else x / y
@@ -1001,18 +1494,22 @@ def ratios(results: list[dict[str, Any]]) -> list[Ratio]:
         met = None if value is None or check is None else check(value)
         found.append(Ratio(name, value, goal, met, shown or _fmt(value, 2)))
 
-    add(
-        "S1 c/b runs/s (Stalwart vs plain Prefect)",
-        divide(rate("S1", "c"), rate("S1", "b")),
-        "≥ 1.5",
-        lambda v: v >= 1.5,
-    )
-    add(
-        "S1 c/a runs/s (Stalwart vs bare asyncio)",
-        divide(rate("S1", "c"), rate("S1", "a")),
-        "—",
-        None,
-    )
+    def both_clocks(
+        name: str, scenario: str, mode: str, other: str, goal: str, check: Any = None
+    ) -> None:
+        for clock in ("client", "recorded"):
+            add(
+                f"{scenario} {mode}/{other} runs/s, {clock} clock ({name})",
+                divide(rate(scenario, mode, clock), rate(scenario, other, clock)),
+                goal,
+                check,
+            )
+
+    both_clocks("Stalwart vs plain Prefect", "S1", "c", "b", "≥ 1.5", lambda v: v >= 1.5)
+    if _find(results, "S1", "p"):
+        both_clocks("Stalwart vs Pydantic AI x Prefect", "S1", "c", "p", "—")
+        both_clocks("Pydantic AI x Prefect vs plain Prefect", "S1", "p", "b", "—")
+    both_clocks("Stalwart vs bare asyncio", "S1", "c", "a", "—")
     if _find(results, "S1", "cs"):
         add(
             "S1 cs/c runs/s (sync steps vs async steps)",
@@ -1033,30 +1530,30 @@ def ratios(results: list[dict[str, Any]]) -> list[Ratio]:
         "—",
         None,
     )
-    add(
-        "S2 c/a runs/s at 1 s latency",
-        divide(rate("S2", "c"), rate("S2", "a")),
-        "≥ 0.9",
-        lambda v: v >= 0.9,
-    )
-    s3c = _find(results, "S3", "c")
-    s3b = _find(results, "S3", "b")
-    add(
-        "S3 c overhead ms/step",
-        None if s3c is None else s3c["overhead_ms_per_step"],
-        "≤ 5",
-        lambda v: v <= 5,
-    )
-    add(
-        "S3 b overhead ms/step (plain Prefect, for reference)",
-        None if s3b is None else s3b["overhead_ms_per_step"],
-        "—",
-        None,
-    )
+    both_clocks("at 1 s latency", "S2", "c", "a", "≥ 0.75", lambda v: v >= 0.75)
+
+    def overhead(mode: str, key: str) -> float | None:
+        r = _find(results, "S3", mode)
+        return None if r is None else r.get(key)
+
+    for clock, key in (
+        ("client", "overhead_ms_per_step"),
+        ("recorded", "overhead_ms_per_step_recorded"),
+    ):
+        add(f"S3 c overhead ms/step, {clock} clock", overhead("c", key), "≤ 5", lambda v: v <= 5)
+        add(f"S3 b overhead ms/step, {clock} clock (plain Prefect)", overhead("b", key), "—", None)
+        if _find(results, "S3", "p"):
+            add(f"S3 p overhead ms/step, {clock} clock", overhead("p", key), "—", None)
+        add(
+            f"S3 c/b overhead per step, {clock} clock (Stalwart vs plain Prefect)",
+            divide(overhead("c", key), overhead("b", key)),
+            "—",
+            None,
+        )
     d = _find(results, "S4", "d")
     c = _find(results, "S1", "c")
     add(
-        "S4 rerun model calls",
+        "S4 rerun in a new process: model calls",
         None if d is None else float(d["model_calls"]),
         "0",
         lambda v: v == 0,
@@ -1064,12 +1561,49 @@ def ratios(results: list[dict[str, Any]]) -> list[Ratio]:
     )
     rerun = divide(None if d is None else d["wall_s"], None if c is None else c["wall_s"])
     add(
-        "S4 rerun time / first run time",
+        "S4 rerun in a new process: time / first run time",
         rerun,
-        "≤ 10%",
-        lambda v: v <= 0.10,
+        "≤ 20%",
+        lambda v: v <= 0.20,
         None if rerun is None else f"{rerun:.0%}",
     )
+    same = None if c is None else c.get("rerun_same_process")
+    add(
+        "S1 rerun in the same process: model calls",
+        None if not same else float(same["model_calls"]),
+        "0",
+        lambda v: v == 0,
+        None if not same else str(same["model_calls"]),
+    )
+    fraction = None if not same else same.get("fraction_of_first")
+    add(
+        "S1 rerun in the same process: time / first run time",
+        fraction,
+        "≤ 20%",
+        lambda v: v <= 0.20,
+        None if fraction is None else f"{fraction:.0%}",
+    )
+    for mode in ("b", "p", "c"):
+        r = _find(results, "S1", mode)
+        follow = None if r is None else r.get("followup")
+        if follow:
+            add(
+                f"S1 {mode}: gap before a second batch's flow run starts (s)",
+                follow.get("gap_s"),
+                "—",
+                None,
+            )
+    for mode in ("b", "p", "c"):
+        r = _find(results, "S1", mode)
+        if r is not None:
+            drops = _drops(r)
+            add(
+                f"S1 {mode}: events dropped by the API server",
+                None if drops is None else float(drops),
+                "0",
+                lambda v: v == 0,
+                None if drops is None else str(drops),
+            )
     s2c = _find(results, "S2", "c")
     add(
         "S5 peak RSS of c at C=64 (MiB)",
@@ -1113,15 +1647,35 @@ def _code_version() -> str:
     return f"{head}{' + uncommitted changes in agents/' if dirty else ''}"
 
 
+CLOCKS_NOTE = """
+Two clocks per batch: **client** = the batch call returns; **recorded** = every task run of
+the batch's flow run(s) is in a terminal state in the Prefect API (`POST /task_runs/count`
+filtered to those flow runs, polled every 0.5 s; expected = the task runs per run seen on the
+warm-up batch times the runs). Bare asyncio (a) has one clock. Fewer terminal task runs than
+expected means the API never recorded some (dropped events): the recorded clock then gives up
+(bounded) and shows —. Events dropped = "dropping message" warnings the API server logged from
+the timed batch until the child ended (the ephemeral server writes them to the child's log, a
+real server to its own log). API CPU to recorded includes the second, small batch, which runs
+while the recorded clock polls.
+"""
+
+
+def _api_label(cfg: Config) -> str:
+    if cfg.server != "postgres":
+        return "ephemeral (one per child, SQLite)"
+    return f"Prefect server on PostgreSQL (one per mode, d reuses c's, messaging {cfg.messaging})"
+
+
 def write_reports(cfg: Config, results: list[dict[str, Any]], started: datetime) -> str:
     found = ratios(results)
-    version = _code_version()
+    version = cfg.code_version or _code_version()
     load = [r.get("load_avg", [0, 0, 0])[0] for r in results]
     header = (
         f"# Stalwart core benchmark\n\n"
         f"{started:%Y-%m-%d %H:%M} UTC, commit {version}, Python {platform.python_version()}, "
         f"{os.cpu_count()} CPUs, "
         f"state DB {'PostgreSQL' if cfg.postgres else 'SQLite'}, "
+        f"Prefect API {_api_label(cfg)}, "
         f"runs {cfg.runs} (S3: {cfg.overhead_runs}, e: {cfg.subflow_runs})"
         f"{', quick' if cfg.quick else ''}; 1-min load average at the end of each child: "
         f"{', '.join(f'{x:.1f}' for x in load)}\n"
@@ -1134,14 +1688,19 @@ def write_reports(cfg: Config, results: list[dict[str, Any]], started: datetime)
     markdown = "\n".join(
         [
             header,
+            CLOCKS_NOTE,
             "## Results\n",
             results_table(results),
+            "\n## Batches after the timed one, in the same process\n",
+            followups_table(results),
             "\n## Ratios and goals\n",
             ratios_table(found),
             "",
+            *[f"- {note}" for note in cfg.notes],
+            "",
         ]
     )
-    payload = {
+    payload: dict[str, Any] = {
         "started": started.isoformat(),
         "config": {k: (sorted(v) if isinstance(v, set) else v) for k, v in asdict(cfg).items()},
         "python": platform.python_version(),
@@ -1193,6 +1752,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="extra environment for every child, e.g. PREFECT_LOGGING_LEVEL=WARNING (repeatable)",
     )
+    parser.add_argument(
+        "--server",
+        choices=("ephemeral", "postgres"),
+        default="ephemeral",
+        help="the Prefect API: each child's ephemeral server (default), or one `prefect server "
+        "start` per mode (d reuses c's) on a temporary PostgreSQL database at 127.0.0.1:5432",
+    )
+    parser.add_argument(
+        "--messaging",
+        choices=("memory", "redis"),
+        default="memory",
+        help="with --server postgres: prefect-redis messaging (Redis at 127.0.0.1:6379), "
+        "only if prefect-redis is installed",
+    )
+    parser.add_argument(
+        "--recorded-timeout",
+        type=float,
+        default=None,
+        help="seconds the recorded clock may poll the API after a timed batch (300; quick 120)",
+    )
+    parser.add_argument(
+        "--followup-runs",
+        type=int,
+        default=FOLLOWUP_RUNS,
+        help=f"new inputs in the second batch after the timed one ({FOLLOWUP_RUNS}; 0: none)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -1215,9 +1800,14 @@ def main(argv: list[str] | None = None) -> int:
         keep=ns.keep,
         profile={m.strip() for m in ns.profile.split(",")} if ns.profile else set(),
         env=dict(item.split("=", 1) for item in ns.env),
+        server=ns.server,
+        messaging=ns.messaging,
+        recorded_bound_s=ns.recorded_timeout or (120.0 if ns.quick else 300.0),
+        followup_runs=max(0, ns.followup_runs),
     )
     started = datetime.now(UTC)
     cfg.run_id = f"{started:%Y%m%dT%H%M%S}-{os.getpid()}"
+    cfg.code_version = _code_version()
     results = run_all(cfg)
     markdown = write_reports(cfg, results, started)
     print()

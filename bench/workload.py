@@ -184,7 +184,7 @@ def make_engine(url: str) -> Engine:
 
     else:
         engine = sa.create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20)
-    SQLModel.metadata.create_all(engine, tables=[BenchAction.__table__, BenchMemory.__table__])  # type: ignore[list-item]
+    SQLModel.metadata.create_all(engine, tables=[BenchAction.__table__, BenchMemory.__table__])  # type: ignore[attr-defined]
     return engine
 
 
@@ -217,7 +217,7 @@ def upsert_memory(engine: Engine, ticket: Ticket, decision: TicketDecision) -> N
         "version": 1,
         "updated_at": now,
     }
-    table = BenchMemory.__table__
+    table = BenchMemory.__table__  # type: ignore[attr-defined]
     insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
     statement = insert(table).values(**values)
     statement = statement.on_conflict_do_update(
