@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,15 @@ def redis_settings() -> dict[str, str]:
 class PrefectServer:
     """One Prefect server process on a fresh PostgreSQL database (a context manager)."""
 
-    def __init__(self, log_path: Path, label: str, messaging: str = "memory") -> None:
+    def __init__(
+        self,
+        log_path: Path,
+        label: str,
+        messaging: str = "memory",
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
         self.log_path = log_path
+        self.settings = dict(settings or {})
         self.database = f"stalwart_bench_prefect_{uuid.uuid4().hex[:8]}_{label.lower()}"
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -102,6 +110,7 @@ class PrefectServer:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        env.update(self.settings)
         if self.messaging == "redis":
             if importlib.util.find_spec("prefect_redis") is None:
                 self.skipped_messaging = "prefect-redis is not installed: in-memory messaging"
