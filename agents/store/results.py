@@ -23,17 +23,24 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import weakref
+from collections.abc import Sequence
+from typing import Any, Generic, TypeVar, cast
 
 from prefect.filesystems import WritableFileSystem
 from pydantic import Field, SecretStr
 from sqlalchemy import delete
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from agents.store.engine import reconnecting, session
 from agents.store.tables import StepResult, utcnow
 
 __all__ = ["SQLResultStorage"]
+
+Item = TypeVar("Item")
+Out = TypeVar("Out")
+B = TypeVar("B", bound="_Batch[Any, Any]")
 
 MAX_KEY_LENGTH = 512
 
@@ -110,25 +117,17 @@ class SQLResultStorage(WritableFileSystem):
             >>> SQLResultStorage(database_url="sqlite://").write_path("k", b"x")
             'k'
         """
-        if not path or len(path) > MAX_KEY_LENGTH:
-            raise ValueError(
-                f"Result keys must have 1 to {MAX_KEY_LENGTH} characters, got {len(path)}."
-            )
+        _check_key(path)
         with session(self._url()) as s:
-            dialect = s.get_bind().dialect.name
-            data, now = bytes(content), utcnow()
-            values = {"key": path, "content": data, "created_at": now}
-            changes = {"content": data, "created_at": now}
-            if dialect == "postgresql":
-                pg = postgresql.insert(StepResult).values(**values)
-                s.exec(pg.on_conflict_do_update(index_elements=["key"], set_=changes))
-            elif dialect == "sqlite":
-                lite = sqlite.insert(StepResult).values(**values)
-                s.exec(lite.on_conflict_do_update(index_elements=["key"], set_=changes))
-            else:  # portable fallback: delete then insert, in one transaction
-                s.exec(delete(StepResult).where(col(StepResult.key) == path))
-                s.add(StepResult(key=path, content=data, created_at=now))
+            _upsert(s, path, content)
         return path
+
+    @reconnecting
+    def write_paths(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """Store several results in one transaction (what concurrent `awrite_path`s share)."""
+        with session(self._url()) as s:
+            for path, content in items:
+                _upsert(s, path, content)
 
     @reconnecting
     def delete_path(self, path: str) -> bool:
@@ -145,13 +144,138 @@ class SQLResultStorage(WritableFileSystem):
     # -- async: what Prefect's async engine calls ------------------------------------------
 
     async def aread_path(self, path: str) -> bytes:
-        """Async `read_path` (the query runs in a worker thread)."""
-        return await asyncio.to_thread(self.read_path, path)
+        """Async `read_path`: the reads of one event loop that arrive while a query runs share
+        the next query (`WHERE key IN (...)`), in a worker thread.
+
+        Raises:
+            FileNotFoundError: nothing is stored under the key.
+        """
+        found = await _batch_of(self, _ReadBatch).submit(path)
+        if found is None:
+            raise FileNotFoundError(f"No result stored under key {path!r} (table step_result).")
+        return found
+
+    @reconnecting
+    def read_paths(self, paths: Sequence[str]) -> dict[str, bytes]:
+        """The results stored under several keys, in one query (absent keys are left out)."""
+        with session(self._url()) as s:
+            rows = s.exec(
+                select(StepResult.key, StepResult.content).where(col(StepResult.key).in_(paths))
+            ).all()
+        return {key: bytes(content) for key, content in rows}
 
     async def awrite_path(self, path: str, content: bytes) -> str:
-        """Async `write_path` (the query runs in a worker thread)."""
-        return await asyncio.to_thread(self.write_path, path, content)
+        """Async `write_path`: the writes of one event loop that arrive while a transaction is
+        being committed share the next one (group commit), in a worker thread.
+
+        A batch runs dozens of steps at once; one transaction per result made the database's
+        write lock and commit the bottleneck (on SQLite, one writer at a time). It returns once
+        its own result is committed, as `write_path` does.
+        """
+        _check_key(path)
+        await _batch_of(self, _WriteBatch).submit((path, bytes(content)))
+        return path
 
     async def adelete_path(self, path: str) -> bool:
         """Async `delete_path` (the query runs in a worker thread)."""
         return await asyncio.to_thread(self.delete_path, path)
+
+
+def _check_key(path: str) -> None:
+    if not path or len(path) > MAX_KEY_LENGTH:
+        raise ValueError(
+            f"Result keys must have 1 to {MAX_KEY_LENGTH} characters, got {len(path)}."
+        )
+
+
+def _upsert(s: Session, path: str, content: bytes) -> None:
+    """Insert or replace one result row in the session's transaction."""
+    dialect = s.get_bind().dialect.name
+    data, now = bytes(content), utcnow()
+    values = {"key": path, "content": data, "created_at": now}
+    changes = {"content": data, "created_at": now}
+    if dialect == "postgresql":
+        pg = postgresql.insert(StepResult).values(**values)
+        s.exec(pg.on_conflict_do_update(index_elements=["key"], set_=changes))
+    elif dialect == "sqlite":
+        lite = sqlite.insert(StepResult).values(**values)
+        s.exec(lite.on_conflict_do_update(index_elements=["key"], set_=changes))
+    else:  # portable fallback: delete then insert, in one transaction
+        s.exec(delete(StepResult).where(col(StepResult.key) == path))
+        s.add(StepResult(key=path, content=data, created_at=now))
+
+
+class _Batch(Generic[Item, Out]):
+    """Requests waiting for the next shared database round trip, of one event loop and
+    database: while one round trip runs, the requests that arrive wait for the next."""
+
+    def __init__(self, storage: SQLResultStorage) -> None:
+        self.storage = storage
+        self.waiting: list[tuple[Item, asyncio.Future[Out]]] = []
+        self.drainer: asyncio.Future[None] | None = None
+
+    async def submit(self, item: Item) -> Out:
+        done: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
+        self.waiting.append((item, done))
+        if self.drainer is None or self.drainer.done():
+            self.drainer = asyncio.ensure_future(self._drain())
+        return await done
+
+    async def _drain(self) -> None:
+        while self.waiting:
+            await asyncio.sleep(0)  # the requests made in this turn of the loop join in
+            batch, self.waiting = self.waiting, []
+            items = [item for item, _ in batch]
+            try:
+                outs = await asyncio.to_thread(self.together, items)
+            except Exception:
+                # One bad request must not fail the others: each is made on its own.
+                await asyncio.gather(*(self._alone(item, done) for item, done in batch))
+                continue
+            for (_, done), out in zip(batch, outs, strict=True):
+                if not done.done():
+                    done.set_result(out)
+
+    async def _alone(self, item: Item, done: asyncio.Future[Out]) -> None:
+        try:
+            (out,) = await asyncio.to_thread(self.together, [item])
+        except Exception as exc:
+            if not done.done():
+                done.set_exception(exc)
+        else:
+            if not done.done():
+                done.set_result(out)
+
+    def together(self, items: list[Item]) -> list[Out]:
+        raise NotImplementedError
+
+
+class _WriteBatch(_Batch[tuple[str, bytes], None]):
+    """Results written in one transaction (one commit for all)."""
+
+    def together(self, items: list[tuple[str, bytes]]) -> list[None]:
+        self.storage.write_paths(items)
+        return [None] * len(items)
+
+
+class _ReadBatch(_Batch[str, "bytes | None"]):
+    """Results read in one query."""
+
+    def together(self, items: list[str]) -> list[bytes | None]:
+        found = self.storage.read_paths(sorted(set(items)))
+        return [found.get(path) for path in items]
+
+
+#: Each event loop's batches, by kind and database URL (a loop's futures belong to it).
+_batches: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[type[Any], str], _Batch[Any, Any]]
+] = weakref.WeakKeyDictionary()
+
+
+def _batch_of(storage: SQLResultStorage, kind: type[B]) -> B:
+    batches = _batches.setdefault(asyncio.get_running_loop(), {})
+    key = (kind, storage._url() or "")
+    batch = batches.get(key)
+    if batch is None:
+        batch = batches[key] = kind(storage)
+    return cast("B", batch)
