@@ -230,6 +230,27 @@ def _run_bare(args: ChildArgs, timer: _Timer) -> None:
     _sql_checks(engine, timer)
 
 
+def _side_tasks(engine: Any) -> tuple[Any, Any, Any]:
+    """perceive, act and learn as plain Prefect async tasks: modes b and p share them, so only
+    the decision differs between plain Prefect and Pydantic AI x Prefect."""
+    from prefect import task
+    from workload import insert_action, parse_ticket, upsert_memory
+
+    @task
+    async def perceive(raw: dict[str, Any]) -> Any:
+        return parse_ticket(raw)
+
+    @task
+    async def act(ticket: Any, decision: Any) -> str:
+        return await asyncio.to_thread(insert_action, engine, ticket, decision)
+
+    @task
+    async def learn(ticket: Any, decision: Any) -> None:
+        await asyncio.to_thread(upsert_memory, engine, ticket, decision)
+
+    return perceive, act, learn
+
+
 def _prefect_tasks(
     client_box: dict[str, Any], engine: Any, *, one_task: bool = False
 ) -> Callable[[dict[str, Any]], Any]:
@@ -254,21 +275,11 @@ def _prefect_tasks(
 
         return whole
 
-    @task
-    async def perceive(raw: dict[str, Any]) -> Any:
-        return parse_ticket(raw)
+    perceive, act, learn = _side_tasks(engine)
 
     @task
     async def decide(ticket: Any) -> Any:
         return await _decide(client_box["client"], ticket)
-
-    @task
-    async def act(ticket: Any, decision: Any) -> str:
-        return await asyncio.to_thread(insert_action, engine, ticket, decision)
-
-    @task
-    async def learn(ticket: Any, decision: Any) -> None:
-        await asyncio.to_thread(upsert_memory, engine, ticket, decision)
 
     async def one(item: dict[str, Any]) -> None:
         ticket = await perceive(item["raw"])
@@ -394,7 +405,7 @@ def _run_pydantic_ai(args: ChildArgs, timer: _Timer) -> None:
     against the bundled model server through an OpenAI-compatible provider. One flow per batch,
     the runs gathered under a semaphore at concurrency C, like mode b.
     """
-    from prefect import flow, task
+    from prefect import flow
     from pydantic_ai import Agent
     from pydantic_ai.durable_exec.prefect import PrefectDurability
     from pydantic_ai.models.openai import OpenAIChatModel
@@ -403,10 +414,7 @@ def _run_pydantic_ai(args: ChildArgs, timer: _Timer) -> None:
         AGENT_NAME,
         SYSTEM_PROMPT,
         TicketDecision,
-        insert_action,
         make_engine,
-        parse_ticket,
-        upsert_memory,
         user_prompt,
     )
 
@@ -424,17 +432,7 @@ def _run_pydantic_ai(args: ChildArgs, timer: _Timer) -> None:
         capabilities=[PrefectDurability()],
     )
 
-    @task
-    async def perceive(raw: dict[str, Any]) -> Any:
-        return parse_ticket(raw)
-
-    @task
-    async def act(ticket: Any, decision: Any) -> str:
-        return await asyncio.to_thread(insert_action, engine, ticket, decision)
-
-    @task
-    async def learn(ticket: Any, decision: Any) -> None:
-        await asyncio.to_thread(upsert_memory, engine, ticket, decision)
+    perceive, act, learn = _side_tasks(engine)
 
     async def one(item: dict[str, Any]) -> None:
         ticket = await perceive(item["raw"])
