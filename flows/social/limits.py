@@ -11,8 +11,9 @@ together. Should the platform still answer 429 (it is stricter, or someone else 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prefect.client.orchestration import get_client
 from prefect.concurrency.asyncio import rate_limit
@@ -76,25 +77,31 @@ async def _take_slots(names: tuple[str, ...], limits: tuple[Limit, ...], timeout
     Prefect 3.9 records each refused acquisition on the limit's row, which restarts the clock
     its slots decay by, and the `Retry-After` it answers grows with the refusals: posts that
     poll a full limit keep it full, far below its rate (24 posts at 12/s took 18-35 s here).
-    So this process books its own turns at the published rates (a turn per `1 / per_second`
-    per limit) and asks Prefect once per turn for both slots in one call. Prefect, shared by
-    every process and worker, stays the authority: when another process took the slot, it
-    refuses and its own `Retry-After` applies.
+    So this process paces itself at the published rates and asks Prefect once per turn for
+    both slots in one call. Turns are taken one at a time per limit, each spaced from when the
+    previous one was actually taken: booked in advance, turns whose sleeps ended together after
+    a stalled event loop went out together, over the platform's burst. Prefect, shared by every
+    process and worker, stays the authority: when another process took the slot, it refuses
+    and its own `Retry-After` applies.
     """
     loop = asyncio.get_running_loop()
-    now = loop.time()
     pacers = [_pacers.setdefault((id(loop), name), _Pacer()) for name in names]
-    start = max([now, *(p.next_at for p in pacers)])
-    for pacer, limit in zip(pacers, limits, strict=True):
-        pacer.next_at = start + PACE_MARGIN / limit.per_second  # book the turn before waiting
-    if start > now:
-        await asyncio.sleep(start - now)
-    await rate_limit(list(names), strict=True, timeout_seconds=timeout)
+    async with contextlib.AsyncExitStack() as held:
+        for pacer in pacers:  # always in the same order (account, then platform): no deadlock
+            await held.enter_async_context(pacer.turn)
+        wait = max(p.next_at for p in pacers) - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        await rate_limit(list(names), strict=True, timeout_seconds=timeout)
+        taken = loop.time()
+        for pacer, limit in zip(pacers, limits, strict=True):
+            pacer.next_at = taken + PACE_MARGIN / limit.per_second
 
 
 @dataclass
 class _Pacer:
     next_at: float = 0.0
+    turn: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 async def ensure_limits(platform: Platform, account: str) -> tuple[str, str]:
