@@ -152,9 +152,9 @@ class PrefectStepRunner:
         if found:
             # Done before: take the persisted result without a task run (a rerun of a finished
             # batch then costs a read per step instead of Prefect's task engine).
-            conflict = trace.conflict
-            if node.step.layer == "action":
-                conflict = await twin_conflict(call, scope)
+            # No task ran, so only a twin execution's claim on the action can conflict.
+            is_action = node.step.layer == "action"
+            conflict = await twin_conflict(call, scope) if is_action else None
             elapsed = (time.perf_counter() - t0) * 1000
             if conflict is not None:
                 return Attempt(

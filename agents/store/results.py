@@ -99,7 +99,7 @@ class SQLResultStorage(WritableFileSystem):
                 select(StepResult.content).where(col(StepResult.key) == path)
             ).one_or_none()
         if content is None:
-            raise FileNotFoundError(f"No result stored under key {path!r} (table step_result).")
+            raise _missing(path)
         return bytes(content)
 
     @reconnecting
@@ -152,7 +152,7 @@ class SQLResultStorage(WritableFileSystem):
         """
         found = await _batch_of(self, _ReadBatch).submit(path)
         if found is None:
-            raise FileNotFoundError(f"No result stored under key {path!r} (table step_result).")
+            raise _missing(path)
         return found
 
     @reconnecting
@@ -179,6 +179,10 @@ class SQLResultStorage(WritableFileSystem):
     async def adelete_path(self, path: str) -> bool:
         """Async `delete_path` (the query runs in a worker thread)."""
         return await asyncio.to_thread(self.delete_path, path)
+
+
+def _missing(path: str) -> FileNotFoundError:
+    return FileNotFoundError(f"No result stored under key {path!r} (table step_result).")
 
 
 def _check_key(path: str) -> None:
