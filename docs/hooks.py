@@ -8,7 +8,6 @@ the code. `mkdocs.yml` names this file under `hooks`.
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from pydantic.fields import FieldInfo
@@ -42,8 +41,6 @@ def default_text(name: str, field: FieldInfo) -> str:
         return "unset"
     if isinstance(value, timedelta) and value.days and not value.seconds:
         return f"`{value.days}d`"
-    if isinstance(value, Path):
-        return f"`{value}`"
     return f"`{value}`"
 
 
