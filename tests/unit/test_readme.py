@@ -14,7 +14,7 @@ def test_the_public_names_the_issues_fix_are_exported(name: str) -> None:
 
 
 def test_ci_runs_exactly_the_readme_test_command() -> None:
-    """`.ci/run` runs the README's second set-up command (its install quieter, through python -m)."""
+    """`.ci/run` runs the README's second set-up command (its install quieter, via python -m)."""
     import re
     from pathlib import Path
 
