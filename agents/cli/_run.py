@@ -560,10 +560,11 @@ def print_summary(summary: RunSummary) -> None:
         # The temporary server kept its runs in Prefect's database: a server started on it
         # shows them.
         grid.add_row("Prefect UI", f"prefect server start, then {LOCAL_UI}")
-    if s.log_file:
-        grid.add_row("Prefect log", escape(s.log_file))
     console.print(
         f"[bold]{escape(s.agent)}[/bold] · tenant {escape(s.tenant)} · {s.runs} runs in "
         f"{s.seconds:.1f} s ({s.runs_per_s:.1f} runs/s)"
     )
     console.print(grid)
+    if s.log_file:
+        # Unwrapped: a path cut in two cannot be copied.
+        console.print(f"[bold]Prefect log[/bold]  {escape(s.log_file)}", soft_wrap=True)

@@ -95,8 +95,8 @@ def log_prefect_to_file(path: Path, *, verbose: bool = False) -> Path:
 
     This re-applies Prefect's own logging configuration (its `logging.yml`, or the file
     `PREFECT_LOGGING_SETTINGS_PATH` names, with the `PREFECT_LOGGING_*` overrides) with two
-    changes: a file handler on the root logger, which every `prefect.*` logger propagates to,
-    and the level of Prefect's `console` handler raised to WARNING. The API handlers are
+    changes: a file handler on the `prefect` logger, which the `prefect.*` loggers propagate
+    to, and the level of Prefect's `console` handler raised to WARNING. The API handlers are
     Prefect's as configured, so what reaches the Prefect API is unchanged (see
     `install_log_scrubbing`). `PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL`, when set, wins over
     both the default and `verbose`. Call it before the first flow run of the process.
@@ -124,10 +124,14 @@ def log_prefect_to_file(path: Path, *, verbose: bool = False) -> Path:
         "level": "NOTSET",
         **({"formatter": "standard"} if "standard" in formatters else {}),
     }
-    root = config.setdefault("root", {"level": "WARNING", "handlers": []})
-    root["handlers"] = [*root.get("handlers", []), FILE_HANDLER]
+    # Every `prefect.*` logger propagates to `prefect` (the two that do not, `prefect.extra` and
+    # `prefect._internal`, are the API's and Prefect's debugging's).
+    prefect = config.setdefault("loggers", {}).setdefault("prefect", {})
+    prefect["handlers"] = [*prefect.get("handlers", []), FILE_HANDLER]
     if "console" in handlers and not os.environ.get(CONSOLE_LEVEL_VARIABLE):
         handlers["console"]["level"] = "NOTSET" if verbose else "WARNING"
+    if _has_user_handlers(logging.getLogger()):
+        config.pop("root", None)  # as Prefect's `setup_logging` does: the user's root stays
     config["incremental"] = False
     logging.config.dictConfig(config)
     # As Prefect's `setup_logging` does: the extra loggers share `prefect.extra`'s handlers.
@@ -138,3 +142,16 @@ def log_prefect_to_file(path: Path, *, verbose: bool = False) -> Path:
     PROCESS_LOGGING_CONFIG.clear()
     PROCESS_LOGGING_CONFIG.update(config)
     return path
+
+
+def _has_user_handlers(root: logging.Logger) -> bool:
+    """Whether the root logger has handlers of the application's own (Prefect's test)."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    return any(
+        handler.formatter is not None
+        and not isinstance(handler, PrefectConsoleHandler)
+        and not type(handler).__name__.startswith("_")
+        and type(handler).__name__ != "LogCaptureHandler"
+        for handler in root.handlers
+    )
