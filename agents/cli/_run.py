@@ -219,10 +219,10 @@ def category_field(decision_type: Any) -> str | None:
 
     Example:
         >>> from typing import Literal
-        >>> from pydantic import BaseModel
-        >>> class Routing(BaseModel):
-        ...     queue: str
-        ...     category: Literal["billing", "technical"]
+        >>> from pydantic import create_model
+        >>> Routing = create_model(
+        ...     "Routing", queue=(str, ...), category=(Literal["billing", "technical"], ...)
+        ... )
         >>> category_field(Routing)
         'category'
     """
@@ -544,12 +544,12 @@ def print_summary(summary: RunSummary) -> None:
     grid.add_row("latency", f"run p50 {_ms(s.run_ms_p50)} · p95 {_ms(s.run_ms_p95)}")
     for index, worst in enumerate(s.worst):
         what = "failed" if worst["status"] == "failed" else "slowest"
-        error = f" · {worst['error']}" if worst["error"] else ""
+        error = f": {worst['error']}" if worst["error"] else ""
         grid.add_row(
             what if index == 0 or s.worst[index - 1]["status"] != worst["status"] else "",
             escape(
-                f"line {worst['line']} ({worst['subject'] or 'no subject'}) "
-                f"{_ms(worst['duration_ms'])} {worst['status']}{error}"
+                f"line {worst['line']} {worst['status']} ({worst['subject'] or 'no subject'}) "
+                f"in {_ms(worst['duration_ms'])}{error}"
             ),
         )
     for index, command in enumerate(s.next):

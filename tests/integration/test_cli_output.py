@@ -76,6 +76,7 @@ def printed_log_file(output: str) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # a loaded two-core machine: minutes to start Prefect's server
 def test_the_demo_prints_a_bar_and_a_summary_and_logs_prefect_to_a_file(tmp_path: Path) -> None:
     """The README's first command over the bundled tickets, on Prefect's temporary server."""
     done = stalwart(["run", "ticket-triage", "--input", str(SAMPLE_INPUTS)], tmp_path)
@@ -140,6 +141,7 @@ def test_json_summary_counts_are_the_decision_logs(tmp_path: Path, prefect_api_u
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_eval_ends_cleanly_on_the_temporary_server(tmp_path: Path) -> None:
     """Before the fix the temporary server was stopped while it still recorded the batch's task
     runs and printed an `sqlalchemy.pool` ... `CancelledError` traceback after the tables."""
