@@ -227,8 +227,6 @@ def main() -> None:
 
     install_log_scrubbing()
     prepare_temporary_server()
-    # One INFO line per task run would bury the progress bar; STALWART keeps its own records.
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     if not os.environ.get("PREFECT_API_URL"):
         # The temporary server is stopped at exit while its recorder may still be flushing,
         # which it reports as tracebacks (a known Prefect 3.9 race); keep them off the demo.

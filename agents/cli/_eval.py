@@ -36,13 +36,15 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from agents.cli._run import (
-    _let_prefect_settle,
-    read_inputs,
-    split_labels,
-    write_quarantine,
+from agents.cli._run import read_inputs, split_labels, write_quarantine
+from agents.cli._utilities import (
+    console,
+    err_console,
+    exit_with_error,
+    let_prefect_record,
+    load_agent,
+    quiet_prefect,
 )
-from agents.cli._utilities import console, err_console, exit_with_error, load_agent
 from agents.declare.decision import LadderPath
 from agents.execution.runner import runner_for
 from agents.graph import AgentGraph, without_tools
@@ -120,6 +122,8 @@ class Evaluation:
     """Whether any model of the logged decisions has a price."""
     run_ms_p50: float | None = None
     run_ms_p95: float | None = None
+    flow_run_ids: list[str] = field(default_factory=list)
+    """The Prefect flow runs the inputs ran in."""
     model_ms_p50: float | None = None
     model_ms_p95: float | None = None
 
@@ -355,6 +359,7 @@ def evaluate(
     rows, runs = read_log(tenant, graph.name, since, len(results))
     evaluation = score(graph.name, tenant, results, labels, reasoning, rows, runs)
     evaluation.tools = tools
+    evaluation.flow_run_ids = sorted({r.flow_run_id for r in results if r.flow_run_id})
     return evaluation
 
 
@@ -407,6 +412,9 @@ def eval_command(
         "--compare-tools",
         help="Run twice, with the tools and without (tenant T, then T-no-tools): the gain.",
     ),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Show Prefect's lines (one per task run) on the terminal."
+    ),
 ) -> None:
     """Run AGENT over labelled inputs: accuracy, fallback-ladder shares, cost and latency."""
     graph = load_agent(agent).compile()
@@ -419,6 +427,7 @@ def eval_command(
         exit_with_error(f"agent {graph.name!r} ships no labelled sample; pass --input")
     if not source.exists():
         exit_with_error(f"input file {str(source)!r} does not exist")
+    log_file = quiet_prefect("eval", verbose)
     # A fresh tenant has no cached results, answers or memory: the eval measures, not replays.
     tenant = tenant or f"eval-{datetime.now(UTC):%Y%m%d-%H%M%S}-{os.urandom(2).hex()}"
     accepted, rejected = read_inputs(source, graph, get_current_settings().max_input_bytes)
@@ -452,7 +461,7 @@ def eval_command(
                         tools=tools,
                     )
                 )
-    _let_prefect_settle()
+    let_prefect_record(run for evaluation in found for run in evaluation.flow_run_ids)
     if as_json:
         data = found[0].to_dict()
         if compare_tools:
@@ -464,6 +473,7 @@ def eval_command(
         print_evaluation(evaluation, source)
     if compare_tools:
         print_comparison(found[0], found[1])
+    err_console.print(f"[dim]Prefect log: {escape(str(log_file))}[/dim]")
 
 
 def _ms(value: float | None) -> str:

@@ -10,7 +10,14 @@ import typer
 from rich import box
 from rich.table import Table
 
-from agents.cli._utilities import console, err_console, exit_with_error, load_agent
+from agents.cli._utilities import (
+    console,
+    err_console,
+    exit_with_error,
+    let_prefect_record,
+    load_agent,
+    quiet_prefect,
+)
 from agents.errors import ReviewClosed, ReviewNotFound
 from agents.store.tables import ReviewRequest
 
@@ -140,10 +147,15 @@ def resume_command(
     tenant: str = typer.Option(..., "--tenant", "-t", help="Whose runs (required)."),
     concurrency: int = typer.Option(16, "--concurrency", "-c", min=1),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Show Prefect's lines (one per task run) on the terminal."
+    ),
 ) -> None:
     """Continue every run of AGENT stopped at a review now answered or expired."""
     target = load_agent(agent)
+    log_file = quiet_prefect("resume", verbose)
     results = target.resume(tenant=tenant, concurrency=concurrency)
+    let_prefect_record(r.flow_run_id for r in results)
     if as_json:
         for r in results:
             line = {"run_id": r.run_id, "subject": r.subject, "status": r.status, "paths": r.paths}
@@ -158,5 +170,6 @@ def resume_command(
         console.print(table)
         if not results:
             err_console.print("nothing to resume: no answered or expired review waits")
+        err_console.print(f"[dim]Prefect log: {log_file}[/dim]")
     if any(r.status == "failed" for r in results):
         raise typer.Exit(1)

@@ -7,7 +7,14 @@ import json
 import typer
 from rich.table import Table
 
-from agents.cli._utilities import console, exit_with_error, load_agent
+from agents.cli._utilities import (
+    console,
+    err_console,
+    exit_with_error,
+    let_prefect_record,
+    load_agent,
+    quiet_prefect,
+)
 
 
 def shadow_command(
@@ -19,6 +26,9 @@ def shadow_command(
     sample: int | None = typer.Option(None, "--sample", "-n", help="Replay at most N."),
     concurrency: int = typer.Option(8, "--concurrency", "-c", min=1),
     as_json: bool = typer.Option(False, "--json", help="One JSON object instead of a table."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Show Prefect's lines (one per task run) on the terminal."
+    ),
 ) -> None:
     """Replay logged decisions through a candidate model; no action runs, nothing is logged.
 
@@ -32,9 +42,14 @@ def shadow_command(
     from agents.shadow import ShadowReport, ashadow
 
     agent = load_agent(agent_name)
+    log_file = quiet_prefect("shadow", verbose)
+    flow_run_ids: list[str] = []
 
     @flow(name=f"shadow-{agent.name}", persist_result=False, validate_parameters=False)
     async def shadow_flow() -> ShadowReport:
+        from prefect.runtime import flow_run
+
+        flow_run_ids.append(str(flow_run.id))
         report = await ashadow(
             agent,
             model=model,
@@ -57,6 +72,8 @@ def shadow_command(
         report = run_coro_as_sync(shadow_flow())
     except ValueError as exc:
         exit_with_error(str(exc))
+    finally:
+        let_prefect_record(flow_run_ids)
     assert report is not None
     if as_json:
         payload = {
@@ -80,3 +97,4 @@ def shadow_command(
     for row in report.rows():
         table.add_row(*row)
     console.print(table)
+    err_console.print(f"[dim]Prefect log: {log_file}[/dim]")
