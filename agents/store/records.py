@@ -17,6 +17,10 @@ rows already stored are skipped by primary key (a run's row is overwritten with 
 status), so a flush whose COMMIT landed before the connection dropped adds nothing the second
 time, and rows kept after a failed flush never wedge the next one on a duplicate key.
 
+A run's end also ends its dead predecessors: earlier executions of the same run key (from
+another flow run) still recorded `running` become `crashed`, their error naming the run that
+finished the work (`_crash_superseded_in`); a process killed mid-run leaves such a row.
+
 Example:
     >>> writer = RecordWriter(url="sqlite://")
     >>> run = AgentRun(tenant="acme", agent="triage", run_key="t-1", status="running",
@@ -31,9 +35,11 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam, or_, update
+from sqlmodel import Session
 
 from agents.store._writes import insert_ignoring, upsert
 from agents.store.engine import retrying, session
@@ -49,6 +55,7 @@ class _Pending:
     recovered: list[DecisionRecord] = field(default_factory=list)
     continued: list[tuple[str, str]] = field(default_factory=list)
     superseding: list[tuple[str, str, str, str]] = field(default_factory=list)
+    ended: list[dict[str, Any]] = field(default_factory=list)
 
     def size(self) -> int:
         return (
@@ -108,6 +115,9 @@ class RecordWriter:
             run = pending.runs.get(run_id) or self._started.get(run_id)
             if reviewed and run is not None:
                 pending.superseding.append((run.tenant, run.agent, run.run_key, run_id))
+            if run is not None and status != "conflict":
+                # A conflict means a twin execution is alive: its row is not a dead one.
+                pending.ended.append(_ended(run, finished))
             pending.continued.extend((review, run_id) for review in continued or ())
             self._started.pop(run_id, None)
             run = pending.runs.get(run_id)
@@ -152,6 +162,7 @@ class RecordWriter:
                     self._pending.recovered[:0] = pending.recovered
                     self._pending.continued[:0] = pending.continued
                     self._pending.superseding[:0] = pending.superseding
+                    self._pending.ended[:0] = pending.ended
                 raise
             return count
 
@@ -190,6 +201,56 @@ class RecordWriter:
 
                 mark_continued_in(s, pending.continued)
                 supersede_in(s, pending.superseding)
+            if pending.ended:
+                _crash_superseded_in(s, pending.ended)
+
+
+def _ended(run: AgentRun, finished: datetime) -> dict[str, Any]:
+    """The bind parameters that end the earlier dead executions of `run` (it ended)."""
+    where = f" (flow run {run.flow_run_id})" if run.flow_run_id else ""
+    return {
+        "b_tenant": run.tenant,
+        "b_agent": run.agent,
+        "b_run_key": run.run_key,
+        "b_id": run.id,
+        "b_flow_run_id": run.flow_run_id or "",
+        "b_started_at": run.started_at,
+        "b_finished_at": finished,
+        "b_error": f"{SUPERSEDED} {run.id}{where}; this execution died before recording its end",
+    }
+
+
+def _crash_superseded_in(s: Session, ended: list[dict[str, Any]]) -> None:
+    """Mark `crashed` the executions of each ended run's key still recorded `running` that
+    started before it in another flow run: a later execution of the same run only starts once
+    the earlier one is dead (killed process, lost machine), so that row would stay `running`
+    for ever. The error names the run that finished the work. One executemany, by the
+    `(tenant, agent, run_key)` index."""
+    table = AgentRun.metadata.tables["agent_run"]
+    s.connection().execute(
+        update(table)
+        .where(
+            table.c.tenant == bindparam("b_tenant"),
+            table.c.agent == bindparam("b_agent"),
+            table.c.run_key == bindparam("b_run_key"),
+            table.c.status == "running",
+            table.c.id != bindparam("b_id"),
+            table.c.started_at < bindparam("b_started_at"),
+            # Two inputs of one batch with the same key are both alive: neither is dead.
+            or_(table.c.flow_run_id.is_(None), table.c.flow_run_id != bindparam("b_flow_run_id")),
+        )
+        .values(
+            status=CRASHED,
+            error=bindparam("b_error"),
+            finished_at=bindparam("b_finished_at"),
+        ),
+        ended,
+    )
 
 
 _RUN_END_COLUMNS = ("status", "error", "finished_at", "duration_ms")
+#: The status of an execution that died without recording its end, once a later execution of
+#: the same run has ended.
+CRASHED = "crashed"
+#: How a crashed execution's error begins: the id of the run that finished the work follows.
+SUPERSEDED = "superseded by run"
