@@ -106,6 +106,10 @@ def make_flow(
         try:
             results: list[RunResult] | State[Any] = await body(inputs, tenant, concurrency, review)
         except Exception as exc:
+            from prefect.logging import get_run_logger
+
+            # Prefect logs the traceback of a raised exception; a returned one is logged here.
+            get_run_logger().error("Encountered exception during execution", exc_info=exc)
             message = f"Flow run encountered an exception: {scrub_error(exc)}"
             return Failed(data=exc, message=message)
         return results
