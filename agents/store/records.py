@@ -38,9 +38,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, or_, update
+from sqlalchemy import bindparam, select, update
 from sqlmodel import Session
 
+from agents.store._convert import as_utc
 from agents.store._writes import insert_ignoring, upsert
 from agents.store.engine import retrying, session
 from agents.store.tables import AgentRun, DecisionRecord, StepRun, utcnow
@@ -206,17 +207,15 @@ class RecordWriter:
 
 
 def _ended(run: AgentRun, finished: datetime) -> dict[str, Any]:
-    """The bind parameters that end the earlier dead executions of `run` (it ended)."""
-    where = f" (flow run {run.flow_run_id})" if run.flow_run_id else ""
+    """What ending the earlier dead executions of `run` (it ended) needs to know."""
     return {
-        "b_tenant": run.tenant,
-        "b_agent": run.agent,
-        "b_run_key": run.run_key,
-        "b_id": run.id,
-        "b_flow_run_id": run.flow_run_id or "",
-        "b_started_at": run.started_at,
-        "b_finished_at": finished,
-        "b_error": f"{SUPERSEDED} {run.id}{where}; this execution died before recording its end",
+        "tenant": run.tenant,
+        "agent": run.agent,
+        "run_key": run.run_key,
+        "id": run.id,
+        "flow_run_id": run.flow_run_id,
+        "started_at": run.started_at,
+        "finished_at": finished,
     }
 
 
@@ -224,28 +223,64 @@ def _crash_superseded_in(s: Session, ended: list[dict[str, Any]]) -> None:
     """Mark `crashed` the executions of each ended run's key still recorded `running` that
     started before it in another flow run: a later execution of the same run only starts once
     the earlier one is dead (killed process, lost machine), so that row would stay `running`
-    for ever. The error names the run that finished the work. One executemany, by the
-    `(tenant, agent, run_key)` index."""
+    for ever. The error names the run that finished the work.
+
+    One indexed SELECT per tenant and agent of the flush finds the candidates (usually none),
+    then one UPDATE per row found: a per-run UPDATE cost ~0.5 ms a run on PostgreSQL."""
     table = AgentRun.metadata.tables["agent_run"]
-    s.connection().execute(
-        update(table)
-        .where(
-            table.c.tenant == bindparam("b_tenant"),
-            table.c.agent == bindparam("b_agent"),
-            table.c.run_key == bindparam("b_run_key"),
-            table.c.status == "running",
-            table.c.id != bindparam("b_id"),
-            table.c.started_at < bindparam("b_started_at"),
-            # Two inputs of one batch with the same key are both alive: neither is dead.
-            or_(table.c.flow_run_id.is_(None), table.c.flow_run_id != bindparam("b_flow_run_id")),
+    groups: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = {}
+    for end in ended:
+        keys = groups.setdefault((end["tenant"], end["agent"]), {})
+        keys.setdefault(end["run_key"], []).append(end)
+    changes: list[dict[str, Any]] = []
+    for (tenant, agent), by_key in groups.items():
+        wanted = sorted(by_key)
+        for start in range(0, len(wanted), 500):
+            found = s.connection().execute(
+                select(table.c.id, table.c.run_key, table.c.flow_run_id, table.c.started_at).where(
+                    table.c.tenant == tenant,
+                    table.c.agent == agent,
+                    table.c.run_key.in_(wanted[start : start + 500]),
+                    table.c.status == "running",
+                )
+            )
+            for row_id, run_key, flow_run_id, started_at in found:
+                finisher = _finisher(by_key[run_key], row_id, flow_run_id, as_utc(started_at))
+                if finisher is not None:
+                    changes.append(_crash(row_id, finisher))
+    if changes:
+        s.connection().execute(
+            update(table)
+            .where(table.c.id == bindparam("b_id"), table.c.status == "running")
+            .values(
+                status=CRASHED, error=bindparam("b_error"), finished_at=bindparam("b_finished_at")
+            ),
+            changes,
         )
-        .values(
-            status=CRASHED,
-            error=bindparam("b_error"),
-            finished_at=bindparam("b_finished_at"),
-        ),
-        ended,
-    )
+
+
+def _finisher(
+    ends: list[dict[str, Any]], row_id: str, flow_run_id: str | None, started_at: datetime
+) -> dict[str, Any] | None:
+    """The ended execution that supersedes a `running` row: it started later, in another flow
+    run (two inputs of one batch with the same key are both alive)."""
+    for end in ends:
+        if end["id"] == row_id or as_utc(end["started_at"]) <= started_at:
+            continue
+        if flow_run_id is not None and end["flow_run_id"] == flow_run_id:
+            continue
+        return end
+    return None
+
+
+def _crash(row_id: str, finisher: dict[str, Any]) -> dict[str, Any]:
+    where = f" (flow run {finisher['flow_run_id']})" if finisher["flow_run_id"] else ""
+    return {
+        "b_id": row_id,
+        "b_finished_at": finisher["finished_at"],
+        "b_error": f"{SUPERSEDED} {finisher['id']}{where}; this execution died before "
+        "recording its end",
+    }
 
 
 _RUN_END_COLUMNS = ("status", "error", "finished_at", "duration_ms")
