@@ -158,7 +158,8 @@ def test_a_dead_run_whose_inputs_finished_elsewhere_is_skipped_once(
         deployment, parameters={"inputs": half, "tenant": "acme"}
     )
     other_tenant = client.create_flow_run_from_deployment(
-        deployment, parameters={"inputs": done, "tenant": "globex"}  # not globex's runs
+        deployment,
+        parameters={"inputs": done, "tenant": "globex"},  # not globex's runs
     )
     for run in (finished, unfinished, other_tenant):
         _set(client, run.id, Failed(message="1 of 2 inputs failed"))
