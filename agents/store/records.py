@@ -274,12 +274,12 @@ def _finisher(
 
 
 def _crash(row_id: str, finisher: dict[str, Any]) -> dict[str, Any]:
-    where = f" (flow run {finisher['flow_run_id']})" if finisher["flow_run_id"] else ""
+    where = f" of flow run {finisher['flow_run_id']}" if finisher["flow_run_id"] else ""
     return {
         "b_id": row_id,
         "b_finished_at": finisher["finished_at"],
-        "b_error": f"{SUPERSEDED} {finisher['id']}{where}; this execution died before "
-        "recording its end",
+        "b_error": f"{SUPERSEDED} {finisher['id']}{where} (this execution died before "
+        "recording its end)",
     }
 
 

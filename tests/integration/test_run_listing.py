@@ -59,7 +59,7 @@ def test_a_later_execution_ends_the_dead_one_crashed_naming_itself(
     rows = {r.id: r for r in queries.runs(tenant=new_tenant, limit=100, url=db_url)}
     assert rows[dead[0].id].status == "crashed"
     assert rows[dead[0].id].error is not None
-    assert rows[dead[0].id].error.startswith(f"superseded by run {rerun_a.id} (flow run flow-2)")
+    assert rows[dead[0].id].error.startswith(f"superseded by run {rerun_a.id} of flow run flow-2")
     assert rows[dead[0].id].finished_at is not None
     assert rows[dead[1].id].status == "running"  # the conflict says its owner may be alive
     # Same flow run: both inputs of one batch, never each other's dead execution.
