@@ -10,6 +10,12 @@ at most `max_attempts` times per original run, and never twice for the same dead
 it again, from a cron or another machine, is harmless, and so are two calls at once (the retry
 is created under an idempotency key, `retry_key`, so the server keeps one).
 
+A dead flow run with nothing left to do is not re-submitted: when the latest execution of every
+one of its inputs (by run key, in any flow run) completed, is held or awaits review, it is
+reported `skipped` once and tagged `stalwart:nothing-left` (later calls pass it by). A batch whose
+inputs failed ends Failed (`agents.execution.batch.final_state`), so it is re-submitted until its
+failed inputs pass or `max_attempts` is reached.
+
 A process can only be seen dead on its own machine (`infrastructure_pid` is `host:pid`). For
 workers on other machines, turn on Prefect's flow-run heartbeats
 (`PREFECT_FLOWS_HEARTBEAT_FREQUENCY`) with an automation that marks a run Crashed when they
@@ -25,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from dataclasses import dataclass
@@ -34,11 +41,15 @@ from typing import Any, Literal
 
 from agents._text import one_line
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "AGENT_TAG",
     "ATTEMPT_TAG",
     "DEAD_STATES",
+    "FINISHED",
     "LIVE_STATES",
+    "NOTHING_LEFT",
     "RETRIED",
     "RETRY_TAG",
     "Recovery",
@@ -56,6 +67,12 @@ ATTEMPT_TAG = "stalwart:attempt:"
 DEAD_STATES = ("CRASHED", "FAILED")
 #: States that mean "a process is working on it", true only while that process lives.
 LIVE_STATES = ("RUNNING", "PENDING", "CANCELLING")
+#: Tag of a dead flow run `recover` left alone: every input had finished (reported once).
+NOTHING_LEFT = "stalwart:nothing-left"
+#: `agent_run` statuses of an input that needs no more work from a re-submission.
+FINISHED = ("completed", "held", "awaiting_review")
+#: `Recovery.reason` of a dead run whose inputs all finished.
+ALL_FINISHED = "nothing left to do: the latest execution of every input finished"
 #: `Recovery.reason` of a live-state run whose process is gone.
 PROCESS_GONE = "Its process is gone"
 #: `Recovery.reason` is a state message on one line, cut to this many characters.
@@ -70,7 +87,7 @@ class Recovery:
     flow_run_name: str
     state: str
     """The state it was found in (RUNNING/PENDING: its process was gone)."""
-    action: Literal["resubmitted", "gave up"]
+    action: Literal["resubmitted", "gave up", "skipped"]
     attempt: int
     """The attempt the dead run was (1 for the original)."""
     new_flow_run_id: str | None = None
@@ -162,7 +179,7 @@ def recover(
     for run in runs:
         tags = list(run.tags or [])
         state = run.state.type.value if run.state else "SCHEDULED"
-        if str(run.id) in retried or not run.deployment_id:
+        if str(run.id) in retried or not run.deployment_id or NOTHING_LEFT in tags:
             continue
         if state in LIVE_STATES:
             alive = process_alive(run.infrastructure_pid)
@@ -179,6 +196,10 @@ def recover(
             reason = one_line((run.state.message if run.state else None) or "", REASON_WIDTH)
         attempt = _attempt(tags)
         name = str(run.name)
+        if nothing_left(run):
+            client.update_flow_run(run.id, tags=[*tags, NOTHING_LEFT])
+            found.append(Recovery(str(run.id), name, state, "skipped", attempt, None, ALL_FINISHED))
+            continue
         if attempt >= max_attempts:
             found.append(Recovery(str(run.id), name, state, "gave up", attempt, reason=reason))
             continue
@@ -195,6 +216,33 @@ def recover(
             Recovery(str(run.id), name, state, "resubmitted", attempt, str(new.id), reason)
         )
     return found
+
+
+def nothing_left(run: Any) -> bool:
+    """Whether every input of an agent flow run has finished, in this flow run or another:
+    the latest execution of each input's run key completed, is held or awaits review.
+
+    False when it cannot be told (no inputs, no agent tag, the state database unreachable):
+    re-submitting is the safe mistake, a finished input costs a cache read.
+    """
+    params = run.parameters or {}
+    inputs = params.get("inputs")
+    agent = _tag_value(list(run.tags or []), AGENT_TAG)
+    if not isinstance(inputs, list) or not inputs or not agent:
+        return False
+    from agents.execution.batch import run_key_of
+    from agents.store import queries
+
+    keys = [run_key_of(item) for item in inputs if isinstance(item, dict)]
+    if not keys:
+        return False
+    tenant = params.get("tenant") or "default"
+    try:
+        latest = queries.latest_statuses(tenant=str(tenant), agent=agent, run_keys=keys)
+    except Exception as exc:
+        logger.warning("recover: could not read the runs of %s (%s)", run.id, exc)
+        return False
+    return all(latest.get(key) in FINISHED for key in keys)
 
 
 def _read_all(client: Any, flow_filter: Any) -> list[Any]:

@@ -124,21 +124,40 @@ def runs_command(
     status: str | None = typer.Option(None, "--status"),
     since: str | None = typer.Option(None, "--since", help="e.g. 1d, 6h, 2026-11-01"),
     limit: int = typer.Option(50, "--limit", min=1),
+    history: bool = typer.Option(
+        False,
+        "--history",
+        help="Every execution (reruns and crashed executions too), not each run key's latest.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
 ) -> None:
-    """List recent agent runs of one tenant, newest first."""
+    """List recent agent runs of one tenant, newest first: one row per run key (its latest
+    execution; `--status` filters those), or every execution with `--history`."""
     from agents.store import queries
 
     rows = queries.runs(
-        tenant=tenant, agent=agent, status=status, since=parse_since(since), limit=limit
+        tenant=tenant,
+        agent=agent,
+        status=status,
+        since=parse_since(since),
+        limit=limit + 1,
+        latest=not history,
     )
-    data = [r.model_dump(mode="json") for r in rows]
+    truncated = len(rows) > limit
+    data = [r.model_dump(mode="json") for r in rows[:limit]]
     _print_rows(
         data,
         ["started_at", "agent", "subject", "status", "duration_ms", "id", "error"],
-        f"runs · tenant {tenant}",
+        f"runs · tenant {tenant}" + (" · history" if history else ""),
         as_json,
     )
+    if truncated:
+        # On stderr: the JSON lines on stdout stay one object each.
+        typer.echo(
+            f"truncated: the {limit} newest shown, more match (raise --limit or narrow "
+            "--since/--status)",
+            err=True,
+        )
 
 
 @app.command("memory")

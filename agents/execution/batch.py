@@ -4,6 +4,21 @@ in bulk while it runs.
 
 One flow run per batch is deliberate: a Prefect flow call costs about a second of fixed
 overhead, which one flow run per input would pay per input.
+
+The flow run's final state tells how its inputs ended, once every input has finished
+(`final_state`):
+
+* `Failed`, message `"3 of 100 inputs failed"`, when any input failed (an invalid input, or a
+  step that failed after its retries, e.g. a model down with no default to fall back on). Its
+  failed-type state is what `agents.recovery.recover` re-submits and Prefect automations match.
+* `Completed` named `Degraded`, message `"2 of 100 inputs took the safe default: the model was
+  unavailable"`, when no input failed but some decision fell to its step's safe default because
+  the model could not answer. The work is done, so nothing re-submits it; an automation matches
+  the event `prefect.flow-run.Degraded`.
+* `Completed` otherwise (held, awaiting-review and conflicting inputs are outcomes, not failures).
+
+Either state carries the batch's results: `AgentRunner.arun_batch` returns them in every case,
+as it did before; the flow run's tags name the tenant the run serves (`own_tenant_tags`).
 """
 
 from __future__ import annotations
@@ -18,9 +33,11 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from prefect.context import TagsContext
+from prefect.context import FlowRunContext, TagsContext
+from prefect.states import Completed, Failed, State
 
 from agents.decisions import publish_artifact
+from agents.declare.decision import LadderPath
 from agents.digest import digest
 from agents.errors import InputError
 from agents.execution.call import RunScope
@@ -52,6 +69,12 @@ on_result: contextvars.ContextVar[Callable[[int, RunResult], None] | None] = con
     "stalwart_on_result", default=None
 )
 
+#: The name of the completed final state of a batch some of whose decisions fell to the safe
+#: default because the model was unavailable (Prefect emits `prefect.flow-run.Degraded`).
+DEGRADED = "Degraded"
+#: The prefix of the flow-run tag that names the tenant a run serves.
+TENANT_TAG = "tenant:"
+
 
 async def run_flow_body(
     runner: AgentRunner,
@@ -59,15 +82,17 @@ async def run_flow_body(
     tenant: str,
     concurrency: int,
     review: str | None = None,
-) -> list[RunResult]:
+) -> list[RunResult] | State[list[RunResult]]:
     """The body of the agent's flow run: every input of the batch, then monitoring and the
     decisions artifact. A review's own flow run (`review` set) first records the answer its
-    form was given."""
+    form was given. Returns the results, or the final state holding them when some inputs
+    failed or were degraded (see the module docstring)."""
     from prefect.runtime import deployment, flow_run
 
     check_tenant(tenant)
     install_log_scrubbing()
     init_sentry()
+    await own_tenant_tags(tenant)
     if not isinstance(inputs, list):
         raise InputError(f"inputs: expected a list of objects, got {type(inputs).__name__}")
     graph = runner.graph
@@ -93,6 +118,7 @@ async def run_flow_body(
             cap,
         )
     report = on_result.get()
+    degraded: set[str] = set()
     thresholds = await thresholds_in_force(graph, tenant)
     server_limit = await server_limit_name(tenant)
     writer = RecordWriter()
@@ -102,7 +128,9 @@ async def run_flow_body(
         # The batch's own cap, then the tenant's fair share of the process (and of the
         # server's `tenant:<name>` limit when one exists).
         async with gate, run_slot(tenant, server_limit):
-            result = await run_one(graph, steps, item, tenant, flow_run_id, writer, thresholds)
+            result = await run_one(
+                graph, steps, item, tenant, flow_run_id, writer, thresholds, degraded=degraded
+            )
         if report is not None:
             report(index, result)
         return result
@@ -123,7 +151,71 @@ async def run_flow_body(
             key=f"{graph.name}-decisions",
             description=f"Decisions of this flow run of `{graph.name}` (latest 500).",
         )
+    return final_state(results, degraded)
+
+
+def final_state(
+    results: list[RunResult], degraded: set[str]
+) -> list[RunResult] | State[list[RunResult]]:
+    """The flow run's final state for a finished batch (see the module docstring): `Failed`
+    counting the failed inputs, `Completed` named `Degraded` counting the inputs whose decision
+    fell to the safe default because the model was unavailable (`degraded`: their run ids), or
+    the plain results (Prefect makes them `Completed`). The states carry the results.
+
+    Example:
+        >>> from agents.result import RunResult
+        >>> done = RunResult(status="completed", run_id="a", run_key="k", tenant="acme")
+        >>> bad = RunResult(status="failed", run_id="b", run_key="l", tenant="acme")
+        >>> final_state([done, bad], set()).message
+        '1 of 2 inputs failed'
+        >>> state = final_state([done, bad], {"a"})
+        >>> state.message
+        '1 of 2 inputs failed; 1 of 2 took the safe default: the model was unavailable'
+        >>> final_state([done, bad], {"b"}).name  # a failed run is counted as failed only
+        'Failed'
+        >>> final_state([done], {"a"}).name, final_state([done], set()) == [done]
+        ('Degraded', True)
+    """
+    total = len(results)
+    failed = sum(1 for r in results if r.status == "failed")
+    fell = sum(1 for r in results if r.run_id in degraded and r.status != "failed")
+    noun = "input" if total == 1 else "inputs"
+    if failed:
+        message = f"{failed} of {total} {noun} failed"
+        if fell:
+            message += f"; {fell} of {total} took the safe default: the model was unavailable"
+        return Failed(message=message, data=results)
+    if fell:
+        message = f"{fell} of {total} {noun} took the safe default: the model was unavailable"
+        return Completed(name=DEGRADED, message=message, data=results)
     return results
+
+
+async def own_tenant_tags(tenant: str) -> None:
+    """Make the flow run's tags name the tenant it serves, and no other.
+
+    A deployment's tags (`tenant:demo` in prefect.yaml) and a parent flow run's are copied onto
+    its flow runs whatever their `tenant` parameter: a run for `acme` would be tagged
+    `tenant:demo`, and so would its flow-level Sentry events (the failure hook reads the tag).
+    Costs one API call, only when the tags are wrong.
+    """
+    context = FlowRunContext.get()
+    flow_run = context.flow_run if context is not None else None
+    if flow_run is None:
+        return
+    tags = list(flow_run.tags or [])
+    wanted = [t for t in tags if not t.startswith(TENANT_TAG)] + [f"{TENANT_TAG}{tenant}"]
+    if sorted(set(wanted)) == sorted(set(tags)):
+        return
+    from prefect.client.orchestration import get_client
+
+    try:
+        async with get_client() as client:
+            await client.update_flow_run(flow_run.id, tags=wanted)
+    except Exception as exc:  # the UI's tag is a courtesy; the events below must still be right
+        logger.warning("could not correct the tags of flow run %s: %s", flow_run.id, exc)
+    # The engine hands this same object to the failure hook, which reads the tenant from it.
+    flow_run.tags = wanted
 
 
 async def run_one(
@@ -134,8 +226,13 @@ async def run_one(
     flow_run_id: str | None,
     writer: RecordWriter,
     thresholds: Mapping[str, float],
+    *,
+    degraded: set[str] | None = None,
 ) -> RunResult:
-    """One input of the batch: its `agent_run` row, the walk of its steps, its records."""
+    """One input of the batch: its `agent_run` row, the walk of its steps, its records.
+
+    The run's id joins `degraded` when a decision of it fell to the safe default because the
+    model was unavailable."""
     run_id = uuid.uuid4().hex
     if not isinstance(item, Mapping):
         return RunResult(
@@ -149,7 +246,7 @@ async def run_one(
     inputs = {k: v for k, v in item.items() if k not in META_KEYS}
     subject = item.get("subject")
     subject = None if subject is None else str(subject)
-    run_key = str(item.get("run_key") or digest({"inputs": inputs, "subject": subject}))
+    run_key = run_key_of(item)
     result = RunResult(
         status="completed",
         run_id=run_id,
@@ -189,6 +286,8 @@ async def run_one(
         result.error = scrub_error(exc)
         records = walk.records
     decisions, recovered = records.decisions, records.recovered
+    if degraded is not None and any(fell_to_default(d) for d in decisions):
+        degraded.add(run_id)
     if result.status == "conflict":
         # The twin execution that holds the action logs the run's decisions: logging this
         # one's too would record the run's outcome twice.
@@ -213,6 +312,28 @@ async def run_one(
         reviewed=bool(records.reviews) or result.status == "awaiting_review",
     )
     return result
+
+
+def run_key_of(item: Mapping[str, Any]) -> str:
+    """The run key of one input: its `run_key`, else a digest of its inputs and subject (the
+    same input gets the same key in every flow run, which is what makes reruns safe).
+
+    Example:
+        >>> run_key_of({"raw": {"id": 1}, "run_key": "ticket-1"})
+        'ticket-1'
+        >>> run_key_of({"raw": {"id": 1}}) == run_key_of({"raw": {"id": 1}, "subject": None})
+        True
+    """
+    inputs = {k: v for k, v in item.items() if k not in META_KEYS}
+    subject = item.get("subject")
+    subject = None if subject is None else str(subject)
+    return str(item.get("run_key") or digest({"inputs": inputs, "subject": subject}))
+
+
+def fell_to_default(decision: Any) -> bool:
+    """Whether a decision row is the safe default taken because the model did not answer (a
+    review past its deadline also ends on the default, with no model error)."""
+    return decision.path == LadderPath.DEFAULT.value and bool(decision.error_class)
 
 
 async def thresholds_in_force(graph: AgentGraph, tenant: str) -> dict[str, float]:

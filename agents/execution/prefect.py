@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from prefect import Flow, Task
 from prefect.cache_policies import NO_CACHE
 from prefect.results import ResultStore
+from prefect.states import Failed, State
 from prefect.tasks import exponential_backoff
 from prefect.utilities.annotations import quote
 
@@ -24,10 +25,14 @@ from agents.execution.threads import in_thread
 from agents.execution.walk import Attempt
 from agents.observe import flow_failure_hook
 from agents.policy.retry import retry_unless_user_error
+from agents.redact import scrub_error
 from agents.store.decisions import logged_decision
 from agents.store.results import SQLResultStorage
 
 if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.flows import FlowStateHook
+
     from agents.execution.ladder import ReviewPending, Verdict
     from agents.graph import AgentGraph, StepNode
     from agents.result import RunResult
@@ -84,15 +89,29 @@ def make_flow(
 ) -> Flow[Any, Any]:
     """The agent's flow: one flow run runs a batch of inputs (`inputs`, `tenant`,
     `concurrency`); `review` is set on a review's own flow run (it records the form's answer,
-    then continues the run)."""
+    then continues the run).
+
+    Its final state counts failed and degraded inputs (`agents.execution.batch.final_state`).
+    An exception that escapes the body ends the flow run `Failed` with the exception as its
+    data, returned rather than raised: Prefect pickles a raised flow exception into the flow's
+    result storage whatever `persist_result` says (`~/.prefect/storage` by default), and
+    nothing of a run may land in local files. Calling the flow still raises it."""
 
     async def agent_flow(
         inputs: list[dict[str, Any]],
         tenant: str = "default",
         concurrency: int = 16,
         review: str | None = None,
-    ) -> list[RunResult]:
-        results: list[RunResult] = await body(inputs, tenant, concurrency, review)
+    ) -> list[RunResult] | State[Any]:
+        try:
+            results: list[RunResult] | State[Any] = await body(inputs, tenant, concurrency, review)
+        except Exception as exc:
+            from prefect.logging import get_run_logger
+
+            # Prefect logs the traceback of a raised exception; a returned one is logged here.
+            get_run_logger().error("Encountered exception during execution", exc_info=exc)
+            message = f"Flow run encountered an exception: {scrub_error(exc)}"
+            return Failed(data=exc, message=message)
         return results
 
     agent_flow.__doc__ = graph.description or f"Stalwart agent {graph.name!r}."
@@ -102,8 +121,25 @@ def make_flow(
         flow_run_name=flow_run_name,
         persist_result=False,
         validate_parameters=False,
-        on_failure=[flow_failure_hook(graph.name)],
+        on_failure=[only_exceptions(flow_failure_hook(graph.name))],
     )
+
+
+def only_exceptions(hook: FlowStateHook[..., Any]) -> FlowStateHook[..., Any]:
+    """`hook`, called only for a flow run that ended on an exception: a batch that failed
+    because some inputs did (`Failed` counting them) was reported step by step already."""
+
+    def on_failure(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
+        try:
+            data = state.result(raise_on_failure=False, _sync=True)  # type: ignore[call-overload]
+        except Exception:
+            data = None  # unreadable: report it, better twice than never
+        if isinstance(data, list):
+            return
+        hook(flow, flow_run, state)
+
+    on_failure.__name__ = on_failure.__qualname__ = getattr(hook, "__name__", "on_failure")
+    return on_failure
 
 
 def flow_run_name() -> str:
@@ -113,6 +149,8 @@ def flow_run_name() -> str:
     params = flow_run.parameters or {}
     inputs = params.get("inputs") or []
     name = flow_run.flow_name or "agent"
+    if not isinstance(inputs, list):  # refused by the flow itself, with a better message
+        return f"{name}/batch"
     if len(inputs) == 1 and isinstance(inputs[0], Mapping):
         label = inputs[0].get("subject") or inputs[0].get("run_key")
         return f"{name}/{label}" if label else f"{name}/run"

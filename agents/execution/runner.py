@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, cast
 
-from prefect import Flow, Task, tags
+from prefect import Flow, State, Task, tags
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from agents.execution import batch
@@ -51,7 +51,7 @@ class AgentRunner:
 
     async def _flow_body(
         self, inputs: list[dict[str, Any]], tenant: str, concurrency: int, review: str | None
-    ) -> list[RunResult]:
+    ) -> list[RunResult] | State[list[RunResult]]:
         return await batch.run_flow_body(self, inputs, tenant, concurrency, review)
 
     def tasks_for(self, storage: SQLResultStorage) -> dict[str, Task[Any, Any]]:
@@ -123,15 +123,29 @@ class AgentRunner:
             token = batch.on_result.set(report)  # per call: batches may run concurrently
             try:
                 with tags(*self._flow_tags(chunk, tenant)):
-                    done = await cast(
-                        "Coroutine[Any, Any, list[RunResult]]",
-                        self.flow(inputs=chunk, tenant=tenant, concurrency=concurrency),
-                    )
+                    done = await self._flow_results(chunk, tenant, concurrency)
             finally:
                 batch.on_result.reset(token)
             for index, result in zip(where, done, strict=True):
                 results[index] = result
         return [r for r in results if r is not None]
+
+    async def _flow_results(
+        self, chunk: list[dict[str, Any]], tenant: str, concurrency: int
+    ) -> list[RunResult]:
+        """One flow run's results, whatever its final state: a batch with failed inputs ends
+        `Failed` (`agents.execution.batch.final_state`) and still returns every result. An
+        exception that ended the flow run is raised, as calling the flow would."""
+        state = await cast(
+            "Coroutine[Any, Any, State[Any]]",
+            self.flow(inputs=chunk, tenant=tenant, concurrency=concurrency, return_state=True),
+        )
+        data = await state.aresult(raise_on_failure=False)
+        if isinstance(data, BaseException):
+            raise data
+        if not isinstance(data, list):
+            raise RuntimeError(f"flow run of {self.name} ended {state.name}: {state.message}")
+        return cast("list[RunResult]", data)
 
     def resume(self, *, tenant: str, concurrency: int = 16) -> list[RunResult]:
         """Continue the runs stopped at reviews now answered or expired (`Agent.resume`)."""

@@ -15,7 +15,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import func, insert, update
+from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 
 from agents.store._convert import as_utc, require_tenant
@@ -24,6 +25,7 @@ from agents.store.tables import ActionRecord, AgentRun, MemoryItem, StepRun, utc
 
 __all__ = [
     "actions",
+    "latest_statuses",
     "memory",
     "record_run_end",
     "record_run_start",
@@ -41,6 +43,7 @@ def runs(
     status: str | None = None,
     since: datetime | None = None,
     limit: int = 100,
+    latest: bool = False,
     url: str | None = None,
 ) -> list[AgentRun]:
     """A tenant's agent runs, newest first.
@@ -48,26 +51,74 @@ def runs(
     Args:
         tenant: the tenant (mandatory).
         agent: only this agent's runs.
-        status: only runs in this status (running, completed, held, failed).
+        status: only runs in this status (running, completed, held, awaiting_review, failed,
+            conflict, superseded, crashed).
         since: only runs started at or after this instant (naive means UTC).
         limit: at most this many rows.
+        latest: only the latest execution of each run key (one row per input, however many
+            times it ran: a rerun after a crash adds executions, not inputs); `status` then
+            filters those latest executions. False: every execution (the history).
         url: database URL; None means the settings' URL.
 
     Example:
         >>> runs(tenant="nobody", agent="triage", status="failed", url="sqlite://")
         []
+        >>> runs(tenant="nobody", latest=True, url="sqlite://")
+        []
     """
     require_tenant(tenant)
-    query = select(AgentRun).where(col(AgentRun.tenant) == tenant)
+    where = [col(AgentRun.tenant) == tenant]
     if agent is not None:
-        query = query.where(col(AgentRun.agent) == agent)
-    if status is not None:
-        query = query.where(col(AgentRun.status) == status)
+        where.append(col(AgentRun.agent) == agent)
     if since is not None:
-        query = query.where(col(AgentRun.started_at) >= since)
-    query = query.order_by(col(AgentRun.started_at).desc(), col(AgentRun.id).desc()).limit(limit)
+        where.append(col(AgentRun.started_at) >= since)
+    if not latest:
+        query = select(AgentRun).where(*where)
+        if status is not None:
+            query = query.where(col(AgentRun.status) == status)
+        query = query.order_by(col(AgentRun.started_at).desc(), col(AgentRun.id).desc())
+        with session(url) as s:
+            return list(s.exec(query.limit(limit)).all())
+    newest_first = (col(AgentRun.started_at).desc(), col(AgentRun.id).desc())
+    rank = func.row_number().over(
+        partition_by=(col(AgentRun.agent), col(AgentRun.run_key)), order_by=newest_first
+    )
+    ranked = select(AgentRun, rank.label("execution_rank")).where(*where).subquery()
+    run = aliased(AgentRun, ranked)
+    latest_runs = select(run).where(ranked.c.execution_rank == 1)
+    if status is not None:
+        latest_runs = latest_runs.where(ranked.c.status == status)
+    latest_runs = latest_runs.order_by(ranked.c.started_at.desc(), ranked.c.id.desc())
     with session(url) as s:
-        return list(s.exec(query).all())
+        return list(s.exec(latest_runs.limit(limit)).all())
+
+
+@reconnecting
+def latest_statuses(
+    *, tenant: str, agent: str, run_keys: list[str], url: str | None = None
+) -> dict[str, str]:
+    """The status of the latest execution of each run key that has one (by the
+    `(tenant, agent, run_key)` index).
+
+    Example:
+        >>> latest_statuses(tenant="nobody", agent="triage", run_keys=["k"], url="sqlite://")
+        {}
+    """
+    require_tenant(tenant)
+    found: dict[str, tuple[datetime, str, str]] = {}
+    wanted = sorted(set(run_keys))
+    with session(url) as s:
+        for start in range(0, len(wanted), 500):
+            query = select(AgentRun.run_key, AgentRun.started_at, AgentRun.id, AgentRun.status)
+            query = query.where(
+                col(AgentRun.tenant) == tenant,
+                col(AgentRun.agent) == agent,
+                col(AgentRun.run_key).in_(wanted[start : start + 500]),
+            )
+            for run_key, started_at, run_id, status in s.exec(query).all():
+                if run_key not in found or (started_at, run_id) > found[run_key][:2]:
+                    found[run_key] = (started_at, run_id, status)
+    return {key: status for key, (_, _, status) in found.items()}
 
 
 @reconnecting

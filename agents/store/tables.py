@@ -31,6 +31,7 @@ class AgentRun(SQLModel, table=True):
     __tablename__ = "agent_run"
     __table_args__ = (
         sa.Index("ix_agent_run_tenant_agent_started", "tenant", "agent", "started_at"),
+        sa.Index("ix_agent_run_tenant_agent_run_key", "tenant", "agent", "run_key"),
     )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
@@ -40,7 +41,12 @@ class AgentRun(SQLModel, table=True):
     run_key: str = Field(
         max_length=200, description="Stable key: the same input gets the same key."
     )
-    status: str = Field(max_length=20, description="running, completed, held, failed")
+    status: str = Field(
+        max_length=20,
+        description="running, completed, held, awaiting_review, failed, conflict, superseded "
+        "(a later execution continued past its review) or crashed (it died; a later execution "
+        "of the same run key ended, named in `error`)",
+    )
     inputs_digest: str = Field(max_length=64)
     flow_run_id: str | None = Field(default=None, max_length=36, index=True)
     started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime())

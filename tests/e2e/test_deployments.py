@@ -138,6 +138,32 @@ def test_ticket_triage_runs_from_its_deployment(
     assert "stalwart-monitor-ticket-triage-demo" in keys  # deployments end with a quality check
 
 
+@pytest.mark.usefixtures("on_prefect_server")
+def test_a_deployment_run_for_another_tenant_is_tagged_with_it_and_fails_on_a_failed_input(
+    deployed: dict[str, Any], postgres_server_url: str
+) -> None:
+    """prefect.yaml tags the deployment `tenant:demo`; a run with `tenant=e2e-acme` is
+    acme's in its tags too, and an input that fails ends the flow run Failed, counted."""
+    from agents.store.tables import AgentRun
+
+    good = {
+        "raw": {"id": "A-1", "subject": "Refund", "body": "Charged twice", "customer": "a-1"},
+        "subject": "a-1",
+    }
+    bad = {"raw": {"body": "no id"}, "subject": "a-2"}  # the perception step fails (KeyError)
+    flow_run = asyncio.run(
+        _trigger("ticket-triage/ticket-triage", {"inputs": [good, bad], "tenant": "e2e-acme"})
+    )
+    assert flow_run.state.is_failed(), (flow_run.state, [w.log_tail() for w in deployed["workers"]])
+    assert flow_run.state.message == "1 of 2 inputs failed"
+    assert "tenant:e2e-acme" in flow_run.tags and "tenant:demo" not in flow_run.tags
+    rows = _rows(postgres_server_url, AgentRun, flow_run_id=str(flow_run.id))
+    assert sorted((r.tenant, r.subject, r.status) for r in rows) == [
+        ("e2e-acme", "a-1", "completed"),
+        ("e2e-acme", "a-2", "failed"),
+    ]
+
+
 def test_deploy_created_every_reference_deployment(deployed: dict[str, Any]) -> None:
     listed = deployed["server"].cli("deployment", "ls")
     for name in ("ticket-triage", "qa-runs", "engagement-campaign"):

@@ -119,3 +119,60 @@ def test_runs_that_are_not_an_agents_or_finished_are_left_alone(
     found = recover(since=timedelta(hours=1), client=client)
     touched = {r.flow_run_id for r in found}
     assert not touched & {str(crashed_plain.id), str(completed.id), str(cancelled.id)}
+
+
+def _finished_elsewhere(tenant: str, agent: str, items: list[dict[str, Any]], status: str) -> None:
+    """Record each input's latest execution, in another flow run, as `status`."""
+    from agents.execution.batch import run_key_of
+    from agents.store.queries import record_run_start
+    from agents.store.tables import AgentRun
+
+    for item in items:
+        record_run_start(
+            AgentRun(
+                tenant=tenant,
+                agent=agent,
+                run_key=run_key_of(item),
+                status=status,
+                inputs_digest="0" * 64,
+                flow_run_id=str(uuid.uuid4()),
+            )
+        )
+
+
+def test_a_dead_run_whose_inputs_finished_elsewhere_is_skipped_once(
+    client: Any, deployment: Any, sqlite_url: str
+) -> None:
+    from prefect.states import Failed
+
+    agent = next(t for t in deployment_tags(client, deployment) if t.startswith("agent:"))[6:]
+    done = [{"raw": {"id": 1}, "subject": "a"}, {"raw": {"id": 2}}]
+    half = [{"raw": {"id": 3}}, {"raw": {"id": 4}, "run_key": "t-4"}]
+    _finished_elsewhere("acme", agent, done, "completed")
+    _finished_elsewhere("acme", agent, half[:1], "held")
+    _finished_elsewhere("acme", agent, half[1:], "failed")  # its latest execution failed
+    finished = client.create_flow_run_from_deployment(
+        deployment, parameters={"inputs": done, "tenant": "acme"}
+    )
+    unfinished = client.create_flow_run_from_deployment(
+        deployment, parameters={"inputs": half, "tenant": "acme"}
+    )
+    other_tenant = client.create_flow_run_from_deployment(
+        deployment,
+        parameters={"inputs": done, "tenant": "globex"},  # not globex's runs
+    )
+    for run in (finished, unfinished, other_tenant):
+        _set(client, run.id, Failed(message="1 of 2 inputs failed"))
+
+    found = recover(since=timedelta(hours=1), client=client)
+    [skipped] = _ours(found, finished.id)
+    assert (skipped.action, skipped.new_flow_run_id) == ("skipped", None)
+    assert skipped.reason.startswith("nothing left to do")
+    assert "stalwart:nothing-left" in client.read_flow_run(finished.id).tags
+    assert [r.action for r in _ours(found, unfinished.id)] == ["resubmitted"]
+    assert [r.action for r in _ours(found, other_tenant.id)] == ["resubmitted"]
+    assert _ours(recover(since=timedelta(hours=1), client=client), finished.id) == []
+
+
+def deployment_tags(client: Any, deployment: Any) -> list[str]:
+    return list(client.read_deployment(deployment).tags)

@@ -104,3 +104,17 @@ def test_kill_mid_batch_then_rerun_loses_nothing_and_repeats_no_action(
     logged = decisions.query(tenant=tmp_path.name, agent="durable", limit=10 * count, url=state_db)
     assert len(logged) == len({d.run_key for d in logged}) == count
     assert all(d.outcome is not None and d.outcome["sent"] for d in logged)
+    # The killed execution's rows ended: none is `running` for ever, each crashed one names
+    # the run that finished its work; a listing counts inputs, the history every execution.
+    from agents.store import queries
+
+    history = queries.runs(tenant=tmp_path.name, limit=10 * count, url=state_db)
+    by_id = {r.id: r for r in history}
+    assert not [r for r in history if r.status == "running"]
+    crashed = [r for r in history if r.status == "crashed"]
+    assert crashed, "the kill left no execution to end"
+    for row in crashed:
+        finisher = by_id[(row.error or "").split()[3]]  # "superseded by run <id> ..."
+        assert (finisher.run_key, finisher.status) == (row.run_key, "completed")
+    latest = queries.runs(tenant=tmp_path.name, limit=10 * count, latest=True, url=state_db)
+    assert len(latest) == count and {r.status for r in latest} == {"completed"}
