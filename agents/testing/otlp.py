@@ -2,8 +2,9 @@
 
 This module owns `OTLPReceiver`, a tiny ASGI app on 127.0.0.1 (a `LoopbackServer`: ephemeral
 port, background thread) that accepts `POST /v1/traces` with a protobuf
-`ExportTraceServiceRequest` (gzip or deflate bodies too), decodes it with `opentelemetry-proto` and stores every span as a
-`ReceivedSpan`; it answers with an empty `ExportTraceServiceResponse`, as a collector does.
+`ExportTraceServiceRequest` (gzip or deflate bodies too), decodes it with `opentelemetry-proto`
+and stores every span as a `ReceivedSpan`; it answers with an empty
+`ExportTraceServiceResponse`, as a collector does.
 Nothing leaves the machine.
 
 Example:
