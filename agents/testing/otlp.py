@@ -8,7 +8,7 @@ and stores every span as a `ReceivedSpan`; it answers with an empty
 Nothing leaves the machine.
 
 Example:
-    >>> with OTLPReceiver() as receiver:
+    >>> with OTLPReceiver() as receiver:  # doctest: +SKIP
     ...     receiver.endpoint.startswith("http://127.0.0.1:")
     True
 """
@@ -127,10 +127,8 @@ class OTLPReceiver:
         headers: The headers of each request, in arrival order.
 
     Example:
-        >>> receiver = OTLPReceiver().start()
-        >>> receiver.wait_for(0, timeout=0.1)
+        >>> OTLPReceiver().wait_for(0, timeout=0.1)
         []
-        >>> receiver.stop()
     """
 
     def __init__(self) -> None:
