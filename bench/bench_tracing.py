@@ -26,19 +26,76 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 STEPS = 3
 
 
+def hooks_cost(runs: int) -> None:
+    """The tracing work alone, without Prefect or a model: what a run's hooks cost per step,
+    off (no sink: `begin_run` returns None) and on (recording, scrubbing, the Sentry
+    transaction built and queued, the OTLP spans queued)."""
+    from agents.observe import init_sentry, otel, shutdown_sentry, tracing
+    from agents.resources.llm import LLMCall
+    from agents.settings import temporary_settings
+    from agents.testing.otlp import OTLPReceiver
+    from agents.testing.sentry import SentryReceiver
+
+    call = LLMCall(
+        endpoint="bundled",
+        model="stalwart-test",
+        output_type="Routing",
+        tokens_in=90,
+        tokens_out=30,
+        latency_ms=1.0,
+    )
+
+    def one_run() -> None:
+        trace = tracing.begin_run(
+            agent="bench", tenant="t", subject="s", run_key="k", run_id="r", flow_run_id="f"
+        )
+        for step, layer in (("ticket", "perception"), ("route", "reasoning"), ("reply", "action")):
+            tracing.step_started(trace, step, layer)
+            with tracing.in_step(trace, step):
+                if layer == "reasoning":
+                    tracing.model_call(call, [{"role": "user", "content": "Route this"}])
+                if layer == "action":
+                    with tracing.action(step, "0" * 64) as span:
+                        span.done("completed")
+            tracing.step_ended(trace, step, layer, outcome="completed", attempts=1)
+        tracing.end_run(trace, status="completed")
+
+    def per_step_us() -> float:
+        started = time.perf_counter()
+        for _ in range(runs):
+            one_run()
+        return (time.perf_counter() - started) * 1e6 / (runs * STEPS)
+
+    with SentryReceiver() as sentry, OTLPReceiver() as collector:
+        shutdown_sentry()
+        off = per_step_us()
+        with temporary_settings(sentry_traces_sample_rate=1.0, otlp_endpoint=collector.endpoint):
+            init_sentry(sentry.dsn, force=True)
+            on = per_step_us()
+            otel.flush()
+            shutdown_sentry()
+    print(f"hooks alone, {runs} runs: off {off:.2f} us/step, on {on:.1f} us/step")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--hooks-only", action="store_true", help="Only the hooks' own cost.")
     args = parser.parse_args()
+    hooks_cost(500)
+    if args.hooks_only:
+        return
 
     tmp = tempfile.mkdtemp(prefix="bench-tracing-")
     os.environ["STALWART_DATABASE_URL"] = f"sqlite:///{tmp}/state.db"
     os.environ["STALWART_MONITOR"] = "off"
+    # A loaded machine can take over a minute to start Prefect's temporary API.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
     from agents import LLM, Agent
     from agents.modelserver import ModelServer
-    from agents.observe import flush, init_sentry, otel
+    from agents.observe import flush, init_sentry, otel, shutdown_sentry
     from agents.settings import reload_settings
     from agents.testing.otlp import OTLPReceiver
     from agents.testing.sentry import SentryReceiver
@@ -86,7 +143,10 @@ def main() -> None:
                         os.environ.pop(name, None)
                     os.environ.pop("STALWART_OTLP_ENDPOINT", None)
                 reload_settings()
-                init_sentry(None, force=True)
+                if mode == "on":
+                    init_sentry(None, force=True)
+                else:
+                    shutdown_sentry()
                 per_step[mode].append(batch(mode))
                 flush(5)
                 otel.flush()

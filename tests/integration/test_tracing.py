@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agents import LLM, Agent
-from agents.observe import flush, init_sentry, otel
+from agents.observe import flush, otel, shutdown_sentry
 from agents.settings import reload_settings
 from agents.store import queries
 from agents.store.decisions import find_decisions
@@ -85,7 +85,7 @@ def receivers(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[SentryReceiver,
             ):
                 monkeypatch.delenv(name, raising=False)
             reload_settings()
-            init_sentry(None, force=True)
+            shutdown_sentry()
             otel.shutdown()
 
 
@@ -233,7 +233,7 @@ def test_sampling_keeps_whole_runs_and_unsampled_runs_send_nothing(
             monkeypatch.delenv("SENTRY_DSN")
             monkeypatch.delenv("STALWART_SENTRY_TRACES_SAMPLE_RATE")
             reload_settings()
-            init_sentry(None, force=True)
+            shutdown_sentry()
         assert {r.status for r in results} == {"completed"}
         found = receiver.transactions()
     traced = {r.id: r.trace_id for r in queries.runs(tenant="acme") if r.trace_id}
