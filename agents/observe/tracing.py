@@ -37,8 +37,11 @@ import json
 import logging
 import random
 import secrets
+import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -57,6 +60,7 @@ __all__ = [
     "begin_run",
     "current_ids",
     "end_run",
+    "flush",
     "in_step",
     "model_call",
     "render_tree",
@@ -211,7 +215,8 @@ def begin_run(
 
 
 def end_run(trace: RunTrace | None, *, status: str, error: str | None = None) -> None:
-    """Close the run's span with its status and send the tree to the sinks that sampled it.
+    """Close the run's span with its status and have the tree sent to the sinks that sampled
+    it, from a background thread (`flush` waits for what is queued).
 
     Never raises: a sink that fails logs a warning and the run goes on.
     """
@@ -224,10 +229,26 @@ def end_run(trace: RunTrace | None, *, status: str, error: str | None = None) ->
     root.status = "error" if status == "failed" else "ok"
     if error:
         root.attributes["stalwart.error"] = scrub_text(error)[:500]
-    for span in trace.all_spans():
-        if span.end is None:  # a span left open by a cancelled step ends with its run
+    for span in trace.spans:  # a span left open by a cancelled step ends with its run
+        if span.end is None:
             span.end = now
             span.status = "cancelled"
+    # Scrubbing and building each sink's payload take a few milliseconds: off the run's path,
+    # in one background thread (`flush` waits for it).
+    global _sender
+    with _sender_lock:
+        if _sender is None:
+            _sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stalwart-trace")
+        sender = _sender
+    sender.submit(_send, trace)
+
+
+_sender_lock = threading.Lock()
+_sender: ThreadPoolExecutor | None = None
+
+
+def _send(trace: RunTrace) -> None:
+    for span in trace.all_spans():
         # Scrubbed once here, for every sink: secrets, e-mail addresses, secret-named keys.
         span.attributes = scrub_value(span.attributes)
     if trace.to_sentry:
@@ -244,6 +265,26 @@ def end_run(trace: RunTrace | None, *, status: str, error: str | None = None) ->
             export_trace(trace)
         except Exception as exc:
             logger.warning("Could not export a run's trace over OTLP (%s)", type(exc).__name__)
+
+
+def flush(timeout: float = 5.0) -> None:
+    """Send the traces of the runs that ended so far: to Sentry and over OTLP, waiting up to
+    about `timeout` seconds for each step. Runs that end later are not waited for.
+
+    Example:
+        >>> flush(0.1)
+    """
+    sender = _sender
+    if sender is not None:
+        with contextlib.suppress(Exception):
+            sender.submit(lambda: None).result(timeout)
+    from agents.observe.sentry import flush as flush_sentry
+
+    flush_sentry(timeout)
+    if "agents.observe.otel" in sys.modules:
+        from agents.observe.otel import flush as flush_otel
+
+        flush_otel(int(timeout * 1000))
 
 
 # -- steps ----------------------------------------------------------------------------------------

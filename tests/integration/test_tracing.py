@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agents import LLM, Agent
-from agents.observe import flush, otel, shutdown_sentry
+from agents.observe import otel, shutdown_sentry, tracing
 from agents.settings import reload_settings
 from agents.store import queries
 from agents.store.decisions import find_decisions
@@ -90,8 +90,7 @@ def receivers(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[SentryReceiver,
 
 
 def sent(receiver: SentryReceiver, collector: OTLPReceiver, spans: int) -> list[dict[str, Any]]:
-    flush(5)
-    assert otel.flush()
+    tracing.flush(5)
     collector.wait_for(spans, timeout=10)
     return receiver.transactions()
 
@@ -228,7 +227,7 @@ def test_sampling_keeps_whole_runs_and_unsampled_runs_send_nothing(
             results = agent.batch(
                 [{"raw": f"ticket {n}: my parcel is late"} for n in range(40)], tenant="acme"
             )
-            flush(5)
+            tracing.flush(5)
         finally:
             monkeypatch.delenv("SENTRY_DSN")
             monkeypatch.delenv("STALWART_SENTRY_TRACES_SAMPLE_RATE")
