@@ -198,7 +198,7 @@ class SentryConfig(Block):
         dsn: The project DSN (its key is a secret).
         environment: The Sentry environment tag.
         sample_rate: Share of error events sent (1.0: all).
-        traces_sample_rate: Share of transactions traced (0.0: no tracing).
+        traces_sample_rate: Share of agent runs traced (0.0: no tracing).
 
     Example:
         >>> from pydantic import SecretStr
@@ -225,7 +225,8 @@ class SentryConfig(Block):
         ge=0,
         le=1,
         title="Traces sample rate",
-        description="Share of transactions traced (0: no performance tracing).",
+        description="Share of agent runs traced, each a whole transaction of its steps, model "
+        "and tool calls (0: no tracing; replaces STALWART_SENTRY_TRACES_SAMPLE_RATE).",
     )
 
     def options(self) -> SentryOptions:

@@ -112,13 +112,16 @@ def add_secret_source(source: SecretSource) -> None:
 def is_sensitive_key(key: str) -> bool:
     """Whether a mapping key names a secret (password, token, api_key, authorization, dsn, ...).
 
-    Token counts such as `max_tokens` or `prompt_tokens` are not secrets.
+    Token counts such as `max_tokens` or `prompt_tokens` are not secrets, nor are they under a
+    dotted namespace (a span's `gen_ai.usage.input_tokens`).
 
     Example:
         >>> is_sensitive_key("X-Api-Key"), is_sensitive_key("max_tokens"), is_sensitive_key("name")
         (True, False, False)
+        >>> is_sensitive_key("gen_ai.usage.output_tokens"), is_sensitive_key("auth.api_token")
+        (False, True)
     """
-    if _TOKEN_COUNT_KEY.fullmatch(key):
+    if _TOKEN_COUNT_KEY.fullmatch(key.rsplit(".", 1)[-1]):
         return False
     return _SENSITIVE_KEY.search(key) is not None
 

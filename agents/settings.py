@@ -109,6 +109,28 @@ class Settings(BaseSettings):
         description="Sentry DSN (SENTRY_DSN). Unset: failures are not reported.",
     )
     sentry_environment: str = Field(default="production", description="Sentry environment tag.")
+    sentry_traces_sample_rate: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of agent runs traced to Sentry (STALWART_SENTRY_TRACES_SAMPLE_RATE): "
+        "a sampled run sends one transaction with its steps, model calls and tool calls, in the "
+        "shape of Sentry's AI Agents insights; decided per run, never per span. 0 (the "
+        "default): no tracing. A Sentry block's `traces_sample_rate` replaces it.",
+    )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP endpoint (STALWART_OTLP_ENDPOINT, e.g. http://collector:4318) that "
+        "receives the same run spans with OpenTelemetry GenAI attributes. Unset (the default): "
+        "no export, and the OpenTelemetry SDK is never imported. The standard OTEL_* variables "
+        "(headers, timeout, compression, service name, resource, traces sampler) apply.",
+    )
+    trace_content: bool = Field(
+        default=False,
+        description="Record prompts, model outputs and tool arguments and results on traced "
+        "spans (STALWART_TRACE_CONTENT), scrubbed of secrets like everything else. Off by "
+        "default: spans carry names, counts, tokens, costs and timings only.",
+    )
     max_input_bytes: int = Field(
         default=1_000_000, gt=0, description="Largest accepted JSON line in `stalwart run`."
     )

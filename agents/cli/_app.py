@@ -129,12 +129,30 @@ def runs_command(
         "--history",
         help="Every execution (reruns and crashed executions too), not each run key's latest.",
     ),
+    subject: str | None = typer.Option(
+        None, "--subject", "-s", help="Only this subject's runs, each with its evidence."
+    ),
+    run_id: str | None = typer.Option(None, "--run", help="Only this run, with its evidence."),
+    decision: str | None = typer.Option(
+        None, "--decision", help="The run that made this decision, with its evidence."
+    ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
 ) -> None:
     """List recent agent runs of one tenant, newest first: one row per run key (its latest
-    execution; `--status` filters those), or every execution with `--history`."""
+    execution; `--status` filters those), or every execution with `--history`.
+
+    With --subject, --run or --decision, each run comes with the way to its evidence: its flow
+    run (a URL when a Prefect server is configured), task run ids, trace id and decision ids.
+    """
     from agents.store import queries
 
+    if decision is not None:
+        from agents.store.decisions import get_decision
+
+        made = get_decision(decision, tenant=tenant)
+        if made is None or made.agent_run_id is None:
+            exit_with_error(f"no decision {decision!r} with a run for tenant {tenant!r}")
+        run_id = made.agent_run_id
     rows = queries.runs(
         tenant=tenant,
         agent=agent,
@@ -142,15 +160,21 @@ def runs_command(
         since=parse_since(since),
         limit=limit + 1,
         latest=not history,
+        subject=subject,
+        run_id=run_id,
     )
     truncated = len(rows) > limit
-    data = [r.model_dump(mode="json") for r in rows[:limit]]
-    _print_rows(
-        data,
-        ["started_at", "agent", "subject", "status", "duration_ms", "id", "error"],
-        f"runs · tenant {tenant}" + (" · history" if history else ""),
-        as_json,
-    )
+    rows = rows[:limit]
+    data = [r.model_dump(mode="json") for r in rows]
+    if subject is None and run_id is None:
+        _print_rows(
+            data,
+            ["started_at", "agent", "subject", "status", "duration_ms", "id", "error"],
+            f"runs · tenant {tenant}" + (" · history" if history else ""),
+            as_json,
+        )
+    else:
+        _print_evidence(data, tenant=tenant, subject=subject, as_json=as_json)
     if truncated:
         # On stderr: the JSON lines on stdout stay one object each.
         typer.echo(
@@ -158,6 +182,50 @@ def runs_command(
             "--since/--status)",
             err=True,
         )
+
+
+def _print_evidence(
+    data: list[dict[str, Any]], *, tenant: str, subject: str | None, as_json: bool
+) -> None:
+    """Each run with the way to its evidence: flow run (URL), trace, task runs, decisions."""
+    from agents.store import queries
+
+    evidence = queries.run_evidence(tenant=tenant, run_ids=[r["id"] for r in data])
+    ui_url = _prefect_ui_url()
+    for row in data:
+        found = evidence[row["id"]]
+        flow_run_id = row.get("flow_run_id")
+        row["flow_run_url"] = (
+            f"{ui_url}/runs/flow-run/{flow_run_id}" if ui_url and flow_run_id else None
+        )
+        row["task_run_ids"] = found.task_run_ids
+        row["decision_ids"] = found.decision_ids
+    if as_json:
+        _print_rows(data, [], "", True)
+        return
+    table = Table(title=f"runs · tenant {tenant}" + (f" · subject {subject}" if subject else ""))
+    for column in ("run", "evidence"):
+        table.add_column(column)
+    for row in data:
+        head = f"{row['started_at']}\n{row['agent']} · {row['status']}\nrun {row['id']}"
+        lines = [f"flow run: {row['flow_run_url'] or row.get('flow_run_id') or '-'}"]
+        lines.append(f"trace: {row.get('trace_id') or '- (not traced)'}")
+        tasks = row["task_run_ids"]
+        lines += [f"task run {step}: {task}" for step, task in tasks.items()] or ["task runs: -"]
+        lines.append("decisions: " + (", ".join(row["decision_ids"]) or "-"))
+        if row.get("error"):
+            lines.append(f"error: {row['error']}")
+        table.add_row(head, "\n".join(lines))
+    console.print(table)
+
+
+def _prefect_ui_url() -> str | None:
+    """The Prefect UI's base URL: PREFECT_UI_URL, else derived from PREFECT_API_URL; None when
+    no Prefect server is configured (a temporary one is gone by the time anyone looks)."""
+    from prefect.settings import get_current_settings as prefect_settings
+
+    url = prefect_settings().ui_url
+    return str(url).rstrip("/") if url else None
 
 
 @app.command("memory")

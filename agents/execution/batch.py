@@ -47,7 +47,7 @@ from agents.execution.storage import result_storage
 from agents.execution.threads import in_thread
 from agents.execution.walk import RunWalk, StepRunner
 from agents.graph import META_KEYS
-from agents.observe import init_sentry
+from agents.observe import init_sentry, tracing
 from agents.observe.logs import install_log_scrubbing
 from agents.policy.tenants import run_slot, server_limit_name
 from agents.redact import scrub_error
@@ -260,6 +260,16 @@ async def run_one(
     if problems:
         result.status = "failed"
         result.error = "InputError: " + "; ".join(problems)
+    trace = None
+    if not problems:
+        trace = tracing.begin_run(
+            agent=graph.name,
+            tenant=tenant,
+            subject=subject,
+            run_key=run_key,
+            run_id=run_id,
+            flow_run_id=flow_run_id,
+        )
     run_row = AgentRun(
         id=run_id,
         tenant=tenant,
@@ -269,13 +279,14 @@ async def run_one(
         status="running" if not problems else "failed",
         inputs_digest=digest(inputs, 64),
         flow_run_id=flow_run_id,
+        trace_id=trace.trace_id if trace is not None else None,
         error=result.error,
     )
     writer.start_run(run_row)
     if problems:
         return result
 
-    scope = RunScope(started_at=run_row.started_at)
+    scope = RunScope(started_at=run_row.started_at, trace=trace)
     walk = RunWalk(graph, steps, result, inputs, scope, thresholds)
     try:
         records = await walk.walk()
@@ -285,6 +296,7 @@ async def run_one(
         result.status = "failed"
         result.error = scrub_error(exc)
         records = walk.records
+    tracing.end_run(trace, status=result.status, error=result.error)
     decisions, recovered = records.decisions, records.recovered
     if degraded is not None and any(fell_to_default(d) for d in decisions):
         degraded.add(run_id)

@@ -13,6 +13,7 @@ from agents.digest import digest
 from agents.store import ledger
 
 if TYPE_CHECKING:
+    from agents.observe.tracing import RunTrace
     from agents.resources.llm import LLMCall
     from agents.result import RunResult
 
@@ -67,6 +68,9 @@ class RunScope:
     """This run's decision rows by reasoning step (`RunContext.set_outcome` sets outcomes)."""
     started_at: datetime | None = None
     """When this execution of the run started (twin detection)."""
+    trace: RunTrace | None = None
+    """The run's spans when it is traced (`agents.observe.tracing`), carried explicitly into
+    its task runs."""
 
 
 def step_call(

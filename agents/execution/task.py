@@ -15,6 +15,7 @@ from agents.execution.inject import inject
 from agents.execution.threads import in_thread
 from agents.execution.tools import PrefectToolRunner
 from agents.graph import StepNode
+from agents.observe import tracing
 from agents.resources.llm import LLM
 from agents.store import ledger
 from agents.store._convert import as_utc
@@ -25,6 +26,16 @@ async def execute(
     node: StepNode, call: StepCall, args: dict[str, Any], trace: StepTrace, scope: RunScope
 ) -> Any:
     """One attempt of one step call; its value (an action's conflict ends Cancelled)."""
+    # The run's trace comes in explicitly (the task run may execute in another thread); the
+    # fallback model's attempt serves the ladder's next rung.
+    rung = "fallback_model" if call.model else "model"
+    with tracing.in_step(scope.trace, call.step, rung=rung):
+        return await _execute(node, call, args, trace, scope)
+
+
+async def _execute(
+    node: StepNode, call: StepCall, args: dict[str, Any], trace: StepTrace, scope: RunScope
+) -> Any:
     trace.attempts += 1
     step = node.step
 
@@ -67,6 +78,18 @@ async def act(
 ) -> Any:
     """Run an action once per idempotency key: claim it in the ledger, hold the claim while it
     runs, store its result; replay the stored result when it was done before."""
+    with tracing.action(call.step, call.idempotency_key) as span:
+        return await _act(node, call, trace, scope, kwargs, span)
+
+
+async def _act(
+    node: StepNode,
+    call: StepCall,
+    trace: StepTrace,
+    scope: RunScope,
+    kwargs: dict[str, Any],
+    span: tracing.ActionSpan,
+) -> Any:
     lease = ledger.lease_seconds(node.step.options.timeout)
     try:
         record = await in_thread(
@@ -82,10 +105,12 @@ async def act(
             lease=lease,
         )
     except ActionInProgress as exc:
+        span.done("conflict")
         return conflict_state(trace, exc)
     adapter = node.adapter
     if record.status == "completed":
         if twin_completed(record, call, scope):
+            span.done("conflict")
             return conflict_state(
                 trace,
                 ActionInProgress.completed_by_twin(
@@ -93,6 +118,7 @@ async def act(
                 ),
             )
         # Done before (the result write or the process died after): replay its result.
+        span.done("replayed")
         return adapter.validate_python(record.result)
     # Renewed in a thread while the action runs: a twin execution sees this one is alive.
     try:
@@ -105,6 +131,7 @@ async def act(
         raise
     stored = adapter.dump_python(value, mode="json") if value is not None else None
     await in_thread(ledger.complete, call.idempotency_key, stored)
+    span.done("completed")
     return value
 
 

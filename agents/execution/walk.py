@@ -20,7 +20,7 @@ from agents.execution import ladder
 from agents.execution.call import RunScope, StepCall, StepTrace, step_call
 from agents.execution.ladder import LadderOutcome, ReviewPending, Verdict
 from agents.execution.rows import decision_row, settled, step_row
-from agents.observe import capture_failure
+from agents.observe import capture_failure, tracing
 from agents.redact import scrub_error
 
 if TYPE_CHECKING:
@@ -159,6 +159,7 @@ class RunWalk:
         args = {p.name: self.inputs[p.name] for p in node.run_inputs if p.name in self.inputs}
         args.update({d: self.result.outputs[d] for d in node.depends_on})
         call = step_call(self.graph.name, step, self.result, args, None)
+        tracing.step_started(self.scope.trace, step.name, step.layer)
         attempt = await self.runner.attempt(node, call, args, self.scope)
         if attempt.outcome == "conflict":
             return self.handle_conflict(node, attempt)
@@ -173,6 +174,7 @@ class RunWalk:
                 flow_run_id=self.result.flow_run_id,
                 attempt=attempt.trace.attempts,
                 extra={"run_id": self.result.run_id, "subject": self.result.subject},
+                trace=tracing.current_ids(self.scope.trace, step.name),
             )
             rescued = None
             # No decision at all (the model unreachable, or a tool loop without an answer):
@@ -201,6 +203,7 @@ class RunWalk:
         under a hold."""
         self.statuses[node.name] = "skipped"
         self.records.steps.append(step_row(self.graph.name, node.step, self.result, "skipped"))
+        tracing.step_ended(self.scope.trace, node.name, node.step.layer, outcome="skipped")
 
     def handle_completed(
         self,
@@ -401,6 +404,16 @@ class RunWalk:
                 error=error,
                 llm_calls=llm_calls,
             )
+        )
+        tracing.step_ended(
+            self.scope.trace,
+            node.name,
+            node.step.layer,
+            outcome=status,
+            attempts=attempt.trace.attempts,
+            cached=attempt.cached,
+            task_run_id=attempt.task_run_id,
+            error=error,
         )
 
     # -- the ladder's inputs ----------------------------------------------------------------

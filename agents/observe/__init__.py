@@ -1,7 +1,8 @@
 """Observability: how Stalwart reports what went wrong.
 
 This package owns failure reporting (`agents.observe.sentry`: Sentry initialisation, capture-once
-semantics and Prefect failure hooks), log scrubbing (`agents.observe.logs`) and drift
+semantics and Prefect failure hooks), run tracing (`agents.observe.tracing`, sent to Sentry and,
+through `agents.observe.otel`, to OTLP), log scrubbing (`agents.observe.logs`) and drift
 monitoring (`agents.observe.drift`). Import the reporting API from here. `scrub_text` is
 re-exported from its home, `agents.redact`, which owns secret scrubbing.
 

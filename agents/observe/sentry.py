@@ -11,6 +11,9 @@ This module owns everything Stalwart sends to Sentry:
   flow run id and attempt.
 * `task_failure_hook` / `flow_failure_hook` build Prefect `on_failure` hooks calling
   `capture_failure`; Prefect runs `on_failure` hooks only once the last retry failed.
+* `send_trace` sends a traced run (`agents.observe.tracing`) as one transaction in the shape of
+  Sentry's AI Agents insights; `traces_sample_rate` is the share of runs traced
+  (`STALWART_SENTRY_TRACES_SAMPLE_RATE` or the block's), 0 while Sentry is off.
 
 Example:
     >>> scrub_event({"extra": {"password": "hunter2", "to": "bob@example.com"}}, {})
@@ -43,6 +46,8 @@ if TYPE_CHECKING:
     from prefect.flows import FlowStateHook
     from sentry_sdk.types import Breadcrumb, BreadcrumbHint, Event, Hint
 
+    from agents.observe.tracing import RunTrace
+
 __all__ = [
     "capture_failure",
     "exception_from_state",
@@ -50,8 +55,10 @@ __all__ = [
     "flush",
     "init_sentry",
     "scrub_event",
+    "send_trace",
     "shutdown_sentry",
     "task_failure_hook",
+    "traces_sample_rate",
 ]
 
 logger = logging.getLogger(__name__)
@@ -199,7 +206,7 @@ def init_sentry(
     settings = get_current_settings()
     source = "SENTRY_DSN"
     default_environment = settings.sentry_environment
-    sample_rate, traces_sample_rate = 1.0, 0.0
+    sample_rate, traces_sample_rate = 1.0, settings.sentry_traces_sample_rate
     if dsn is None and settings.sentry_block:
         from agents.blocks import sentry_block  # Prefect's block machinery: only when named
 
@@ -226,7 +233,11 @@ def init_sentry(
                 before_send=_before_send,
                 before_breadcrumb=_before_breadcrumb,
                 sample_rate=config[2],
-                traces_sample_rate=config[3],
+                # Stalwart samples whole runs itself (`agents.observe.tracing`) and sends them
+                # with the decision made; any other transaction (an in-process web server's) is
+                # dropped, so tracing a run never traces anything else.
+                traces_sampler=_only_runs if config[3] > 0 else None,
+                before_send_transaction=_before_send_transaction,
                 default_integrations=True,
                 # One failure, one event: log records become breadcrumbs, never events.
                 integrations=[LoggingIntegration(event_level=None)],
@@ -244,6 +255,27 @@ def init_sentry(
         _active_config = config
     logger.debug("Sentry reporting on (environment %r)", config[1])
     return True
+
+
+def traces_sample_rate() -> float:
+    """The share of agent runs traced to Sentry: 0 while Sentry is off or tracing is off.
+
+    Example:
+        >>> traces_sample_rate()  # Sentry not initialised
+        0.0
+    """
+    active = _active_config
+    return active[3] if active is not None else 0.0
+
+
+def _only_runs(sampling_context: Mapping[str, Any]) -> float:
+    """Sentry's `traces_sampler`: 0 for every transaction Stalwart did not sample itself (its
+    own are sent with `sampled=True`, which the SDK takes without asking)."""
+    return 0.0
+
+
+def _before_send_transaction(event: Event, hint: Hint) -> Event:
+    return scrub_event(event, hint)
 
 
 def shutdown_sentry(timeout: float = SHUTDOWN_TIMEOUT_SECONDS) -> None:
@@ -286,6 +318,7 @@ def capture_failure(
     flow_run_id: str | None = None,
     attempt: int | None = None,
     extra: Mapping[str, Any] | None = None,
+    trace: tuple[str, str] | None = None,
 ) -> str | None:
     """Report a failure to Sentry exactly once, tagged with where and for whom it happened.
 
@@ -303,6 +336,8 @@ def capture_failure(
         flow_run_id: The Prefect flow run id.
         attempt: The attempt number (1 for the first run).
         extra: Additional context (scrubbed like the rest of the event).
+        trace: (trace id, span id) of the traced run and step it happened in
+            (`agents.observe.tracing.current_ids`): the event then links to that trace.
 
     Returns:
         The Sentry event id; the first event id when the exception was already reported; None
@@ -335,6 +370,8 @@ def capture_failure(
                         scope.set_tag(name, value)
                 for name, value in (extra or {}).items():
                     scope.set_extra(str(name), value)
+                if trace is not None:
+                    scope.set_context("trace", {"trace_id": trace[0], "span_id": trace[1]})
                 event_id = scope.capture_exception(exc)
         finally:
             _own_capture.reset(token)
@@ -487,3 +524,69 @@ def flow_failure_hook(agent: str) -> FlowStateHook[..., Any]:
 
     hook.__name__ = hook.__qualname__ = f"sentry_flow_failure_hook[{agent}]"
     return hook
+
+
+# -- traces ---------------------------------------------------------------------------------------
+
+_SENTRY_STATUS = {"ok": "ok", "error": "internal_error", "cancelled": "cancelled"}
+
+#: Run attributes that also become transaction tags (searchable in Sentry).
+_TAGGED = {
+    "stalwart.tenant": "tenant",
+    "stalwart.subject": "subject",
+    "stalwart.status": "status",
+    "gen_ai.agent.name": "agent",
+}
+
+
+def send_trace(trace: RunTrace) -> None:
+    """Send a finished run's span tree as one Sentry transaction (op `gen_ai.invoke_agent`).
+
+    The trace and span ids, times and attributes are the run's own, so an error event linked
+    with `capture_failure(trace=...)` lands in this trace. The transaction carries the sampling
+    decision made for the run (`sampled=True`); `before_send_transaction` scrubs it.
+
+    Args:
+        trace: A run ended by `agents.observe.tracing.end_run`.
+    """
+    from sentry_sdk.tracing import Span as SentrySpan
+    from sentry_sdk.tracing import Transaction
+
+    client = sentry_sdk.get_client()
+    if not client.is_active():
+        return
+    root = trace.root
+    transaction = Transaction(
+        trace_id=trace.trace_id,
+        span_id=root.span_id,
+        op=root.op,
+        name=root.name,
+        source="custom",
+        sampled=True,
+        start_timestamp=root.start,
+        status=_SENTRY_STATUS[root.status],
+    )
+    with sentry_sdk.isolation_scope() as scope:
+        for key, tag in _TAGGED.items():
+            value = root.attributes.get(key)
+            if value is not None:
+                scope.set_tag(tag, value)
+        transaction = cast(Transaction, scope.start_transaction(transaction))
+        for name, value in root.attributes.items():
+            transaction.set_data(name, value)
+        made: dict[str, SentrySpan] = {root.span_id: transaction}
+        for span in sorted(trace.spans, key=lambda s: s.start):
+            parent = made.get(span.parent_id or "", transaction)
+            child = parent.start_child(
+                op=span.op,
+                name=span.name,
+                span_id=span.span_id,
+                start_timestamp=span.start,
+            )
+            child.set_status(_SENTRY_STATUS[span.status])
+            for name, value in span.attributes.items():
+                child.set_data(name, value)
+            made[span.span_id] = child
+        for span in trace.spans:
+            made[span.span_id].finish(end_timestamp=span.end or span.start)
+        transaction.finish(scope=scope, end_timestamp=root.end or root.start)

@@ -44,6 +44,7 @@ from pydantic import BaseModel, ValidationError
 from agents.declare.tool import Tool
 from agents.endpoint import Endpoint, resolve_endpoint, use_offline_server
 from agents.errors import ModelOutputError, ProviderRejected, ProviderUnavailable
+from agents.observe import tracing
 from agents.policy import llm_cache
 from agents.policy.breaker import Permit, breaker_key, get_breaker, public_url
 from agents.policy.retry import (
@@ -570,23 +571,23 @@ class _Call(Generic[T]):
         logprobs: Any,
         cached: bool,
     ) -> None:
-        self.llm.calls.append(
-            LLMCall(
-                endpoint=self.endpoint.name,
-                model=model,
-                output_type=self.answer_type or self.output.__name__,
-                tokens_in=result_tokens[0],
-                tokens_out=result_tokens[1],
-                latency_ms=(time.perf_counter() - self.started) * 1000,
-                prompt_digest=self.digest,
-                raw_output=raw_output,
-                attempts=0 if cached else self.counter.requests,
-                error_class=None if cached else self.counter.last_error,
-                logprobs=logprobs,
-                cached=cached,
-                path_model=path,
-            )
+        made = LLMCall(
+            endpoint=self.endpoint.name,
+            model=model,
+            output_type=self.answer_type or self.output.__name__,
+            tokens_in=result_tokens[0],
+            tokens_out=result_tokens[1],
+            latency_ms=(time.perf_counter() - self.started) * 1000,
+            prompt_digest=self.digest,
+            raw_output=raw_output,
+            attempts=0 if cached else self.counter.requests,
+            error_class=None if cached else self.counter.last_error,
+            logprobs=logprobs,
+            cached=cached,
+            path_model=path,
         )
+        self.llm.calls.append(made)
+        tracing.model_call(made, self.messages)
 
     # -- messages -------------------------------------------------------------------------
 

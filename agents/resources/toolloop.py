@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from agents.declare.tool import ANSWER_TOOL, Tool
 from agents.errors import ToolLoopExhausted
+from agents.observe import tracing
 from agents.redact import scrub_text
 
 if TYPE_CHECKING:
@@ -195,7 +196,7 @@ async def _one(
     started = time.perf_counter()
 
     def record(status: str, result: str, arguments: dict[str, Any]) -> ToolCall:
-        return ToolCall(
+        made = ToolCall(
             turn=turn,
             tool=requested.name,
             arguments=arguments,
@@ -203,6 +204,15 @@ async def _one(
             result=result,
             latency_ms=(time.perf_counter() - started) * 1000,
         )
+        tracing.tool_call(
+            made.tool,
+            status=status,
+            latency_ms=made.latency_ms,
+            turn=turn,
+            arguments=arguments,
+            result=result,
+        )
+        return made
 
     tool = by_name.get(requested.name)
     if tool is None:

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -21,15 +22,24 @@ from sqlmodel import col, select
 
 from agents.store._convert import as_utc, require_tenant
 from agents.store.engine import reconnecting, session
-from agents.store.tables import ActionRecord, AgentRun, MemoryItem, StepRun, utcnow
+from agents.store.tables import (
+    ActionRecord,
+    AgentRun,
+    DecisionRecord,
+    MemoryItem,
+    StepRun,
+    utcnow,
+)
 
 __all__ = [
+    "RunEvidence",
     "actions",
     "latest_statuses",
     "memory",
     "record_run_end",
     "record_run_start",
     "record_steps",
+    "run_evidence",
     "runs",
     "steps",
 ]
@@ -45,6 +55,8 @@ def runs(
     limit: int = 100,
     latest: bool = False,
     url: str | None = None,
+    subject: str | None = None,
+    run_id: str | None = None,
 ) -> list[AgentRun]:
     """A tenant's agent runs, newest first.
 
@@ -54,6 +66,8 @@ def runs(
         status: only runs in this status (running, completed, held, awaiting_review, failed,
             conflict, superseded, crashed).
         since: only runs started at or after this instant (naive means UTC).
+        subject: only runs about this subject.
+        run_id: only the run with this id.
         limit: at most this many rows.
         latest: only the latest execution of each run key (one row per input, however many
             times it ran: a rerun after a crash adds executions, not inputs); `status` then
@@ -72,6 +86,10 @@ def runs(
         where.append(col(AgentRun.agent) == agent)
     if since is not None:
         where.append(col(AgentRun.started_at) >= since)
+    if subject is not None:
+        where.append(col(AgentRun.subject) == subject)
+    if run_id is not None:
+        where.append(col(AgentRun.id) == run_id)
     if not latest:
         query = select(AgentRun).where(*where)
         if status is not None:
@@ -137,6 +155,53 @@ def steps(*, tenant: str, agent_run_id: str, url: str | None = None) -> list[Ste
     )
     with session(url) as s:
         return list(s.exec(query).all())
+
+
+@dataclass(frozen=True)
+class RunEvidence:
+    """Where to look for what one run did: its task runs (by step) and its decisions."""
+
+    task_run_ids: dict[str, str]
+    """Step name → the Prefect task run that executed it (steps taken from a stored result or
+    skipped have none)."""
+    decision_ids: list[str]
+    """The decision-log rows the run wrote, in the order they were made."""
+
+
+@reconnecting
+def run_evidence(
+    *, tenant: str, run_ids: list[str], url: str | None = None
+) -> dict[str, RunEvidence]:
+    """The task run ids and decision ids of some of a tenant's runs (two queries in all).
+
+    A run id of another tenant gives nothing: both tables are filtered on `tenant`.
+
+    Example:
+        >>> run_evidence(tenant="acme", run_ids=["0" * 32], url="sqlite://")
+        {'00000000000000000000000000000000': RunEvidence(task_run_ids={}, decision_ids=[])}
+    """
+    require_tenant(tenant)
+    found = {run_id: RunEvidence({}, []) for run_id in run_ids}
+    if not run_ids:
+        return found
+    steps_query = (
+        select(StepRun.agent_run_id, StepRun.step, StepRun.task_run_id)
+        .where(col(StepRun.tenant) == tenant, col(StepRun.agent_run_id).in_(run_ids))
+        .order_by(col(StepRun.started_at), col(StepRun.id))
+    )
+    decisions_query = (
+        select(DecisionRecord.agent_run_id, DecisionRecord.id)
+        .where(col(DecisionRecord.tenant) == tenant, col(DecisionRecord.agent_run_id).in_(run_ids))
+        .order_by(col(DecisionRecord.created_at), col(DecisionRecord.id))
+    )
+    with session(url) as s:
+        for run_id, step, task_run_id in s.exec(steps_query).all():
+            if task_run_id:
+                found[run_id].task_run_ids[step] = task_run_id
+        for decided_in, decision_id in s.exec(decisions_query).all():
+            if decided_in is not None:
+                found[decided_in].decision_ids.append(decision_id)
+    return found
 
 
 @reconnecting

@@ -49,6 +49,11 @@ class AgentRun(SQLModel, table=True):
     )
     inputs_digest: str = Field(max_length=64)
     flow_run_id: str | None = Field(default=None, max_length=36, index=True)
+    trace_id: str | None = Field(
+        default=None,
+        max_length=32,
+        description="The run's trace (Sentry, OTLP) when it was traced; None otherwise.",
+    )
     started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime())
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
     duration_ms: float | None = None

@@ -135,6 +135,25 @@ def _decompress(body: bytes, encoding: str) -> bytes:
     raise ValueError(f"unsupported content encoding {encoding!r}")
 
 
+def _v1_span(span: dict[str, Any]) -> dict[str, Any]:
+    """A span of format v2 (a `span` envelope item) in the transaction's span shape."""
+    attributes = {
+        name: value.get("value") if isinstance(value, dict) else value
+        for name, value in (span.get("attributes") or {}).items()
+    }
+    return {
+        "trace_id": span.get("trace_id"),
+        "span_id": span.get("span_id"),
+        "parent_span_id": span.get("parent_span_id"),
+        "op": attributes.pop("sentry.op", None),
+        "description": span.get("name"),
+        "status": span.get("status"),
+        "start_timestamp": span.get("start_timestamp"),
+        "timestamp": span.get("end_timestamp"),
+        "data": attributes,
+    }
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
@@ -293,6 +312,33 @@ class SentryReceiver:
         """
         with self._cond:
             return self._events_locked()
+
+    def transactions(self) -> list[dict[str, Any]]:
+        """Every received transaction, with all its spans under `spans`, in arrival order.
+
+        Recent SDKs send a transaction's `gen_ai.*` spans in a separate `span` item of the same
+        envelope (span format v2: `name`, `attributes` of `{value, type}`, float timestamps);
+        they are put back among the transaction's spans in its own shape (`op`, `description`,
+        `data`, `status`: `ok` or `error`), so a test reads one list whatever the SDK version.
+
+        Example:
+            >>> SentryReceiver().transactions()
+            []
+        """
+        found: list[dict[str, Any]] = []
+        with self._cond:
+            for envelope in self.envelopes:
+                transaction: dict[str, Any] | None = None
+                extra: list[dict[str, Any]] = []
+                for item in envelope.items:
+                    if item.type == "transaction" and isinstance(item.json, dict):
+                        transaction = dict(item.json)
+                    elif item.type == "span" and isinstance(item.json, dict):
+                        extra += [_v1_span(s) for s in item.json.get("items", [])]
+                if transaction is not None:
+                    transaction["spans"] = [*transaction.get("spans", []), *extra]
+                    found.append(transaction)
+        return found
 
     def raw_text(self) -> str:
         """All decompressed bodies joined as text (for `assert secret not in receiver.raw_text()`).

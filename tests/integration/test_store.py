@@ -71,7 +71,7 @@ def _table_names(url: str) -> set[str]:
 def test_upgrade_creates_every_table_at_head(fresh_db_url: str) -> None:
     assert current_revision(fresh_db_url) is None
     upgrade(fresh_db_url)
-    assert current_revision(fresh_db_url) == head_revision() == "0008"
+    assert current_revision(fresh_db_url) == head_revision() == "0009"
     assert _table_names(fresh_db_url) >= TABLES | {"alembic_version"}
     upgrade(fresh_db_url)  # idempotent
     assert current_revision(fresh_db_url) == head_revision()
