@@ -10,9 +10,10 @@ process) with two changes:
   and with it every flow-run process it had started.
 - A thread, every `reclaim_every_s` seconds, runs a full garbage collection and then glibc's
   `malloc_trim(0)`.
-- It refuses to start without `STALWART_PROJECT_DIR` naming a directory: every deployment of
-  prefect.yaml loads its code from there (`enter_project_dir`, the pull step), so a worker
-  without it could only crash every run it took.
+- It warns at start, naming the variable, when `STALWART_PROJECT_DIR` names no directory:
+  every deployment of prefect.yaml loads its code from there (`enter_project_dir`, the pull
+  step), so each of their runs it took would stop. A warning, not a refusal: a pool may also
+  hold deployments of other projects.
 
 `enter_project_dir` is prefect.yaml's pull step. Prefect's own `set_working_directory` given an
 unset `{{ $STALWART_PROJECT_DIR }}` left the flow run in the worker's temporary directory, where
@@ -283,6 +284,6 @@ def main(argv: Sequence[str]) -> None:
         print("\nEvery other option is `prefect worker start`'s:\n")
     else:
         problem = project_dir_problem(os.environ)
-        if problem is not None:
-            parser.exit(2, f"stalwart worker: {problem}\n")
+        if problem is not None:  # a warning: a pool may hold deployments of other projects
+            print(f"stalwart worker: warning: {problem}", file=sys.stderr, flush=True)
     run_worker(rest, reclaim_every_s=known.reclaim_every)
