@@ -10,6 +10,7 @@ process) with two changes:
   and with it every flow-run process it had started.
 - A thread, every `reclaim_every_s` seconds, runs a full garbage collection and then glibc's
   `malloc_trim(0)`.
+- It stops on the first SIGTERM even when started with `&` from a script (`answer_interrupts`).
 - It warns at start, naming the variable, when `STALWART_PROJECT_DIR` names no directory:
   every deployment of prefect.yaml loads its code from there (`enter_project_dir`, the pull
   step), so each of their runs it took would stop. A warning, not a refusal: a pool may also
@@ -51,6 +52,7 @@ import ctypes.util
 import functools
 import gc
 import os
+import signal
 import sys
 import threading
 import warnings
@@ -65,6 +67,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PROJECT_DIR_VARIABLE",
     "ProjectDirError",
+    "answer_interrupts",
     "enter_project_dir",
     "main",
     "project_dir_problem",
@@ -238,6 +241,24 @@ def resilient_process_worker() -> type[ProcessWorker]:
     return ResilientProcessWorker
 
 
+def answer_interrupts() -> bool:
+    """Make SIGINT interrupt this process again if it was started ignoring it; whether it was.
+
+    A command started with `&` from a script (not an interactive shell) inherits SIGINT
+    ignored. Prefect's worker handles SIGTERM by sending itself SIGINT after restoring the
+    handler it found, so such a worker ignored the first SIGTERM (`kill $WORKER_PID`) and kept
+    taking flow runs; a second SIGTERM SIGKILLed it.
+
+    Example:
+        >>> answer_interrupts() in (True, False)
+        True
+    """
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        return False
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    return True
+
+
 def run_worker(prefect_args: Sequence[str], *, reclaim_every_s: float = 60.0) -> None:
     """Run `prefect worker start <prefect_args>` in this process, reclaiming memory meanwhile.
 
@@ -248,6 +269,7 @@ def run_worker(prefect_args: Sequence[str], *, reclaim_every_s: float = 60.0) ->
     """
     from prefect.cli import app
 
+    answer_interrupts()
     resilient_process_worker()
     start_memory_reclaimer(reclaim_every_s)
     sys.argv = ["prefect", "worker", "start", *prefect_args]
