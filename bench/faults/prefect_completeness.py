@@ -109,7 +109,7 @@ def completeness(
     stack: Stack,
     *,
     batches: list[Batch] | None = None,
-    settle_s: float = 60.0,
+    settle_s: float = 180.0,
 ) -> Completeness:
     """Compare the server's task runs with the steps Stalwart executed, once recording settles.
 
