@@ -34,6 +34,7 @@ __all__ = [
     "render_report",
     "report_command",
     "stats_command",
+    "time_ticks",
 ]
 
 _PATH_COLOURS: dict[str, str] = {
@@ -166,6 +167,40 @@ def auto_bucket(window: timedelta, points: int = 48) -> timedelta:
     return _NICE_BUCKETS[-1]
 
 
+def time_ticks(starts: Sequence[datetime], most: int = 6) -> list[tuple[int, str]]:
+    """At most `most` evenly spaced (bucket index, label) ticks of a time axis, in UTC.
+
+    A label shows the date only when the ticks span more than one day, and the time down to the
+    finest unit any tick needs (seconds for buckets of seconds): every label is exact, so two
+    ticks never read the same.
+
+    Example:
+        >>> starts = [datetime(2026, 12, 6, 9, 0, 5 * i, tzinfo=UTC) for i in range(12)]
+        >>> time_ticks(starts)[:3]
+        [(0, '09:00:00'), (2, '09:00:10'), (4, '09:00:20')]
+        >>> days = [datetime(2026, 12, 1, tzinfo=UTC) + timedelta(days=i) for i in range(7)]
+        >>> [label for _, label in time_ticks(days)]
+        ['12-01', '12-03', '12-05', '12-07']
+        >>> hours = [datetime(2026, 12, 1, tzinfo=UTC) + timedelta(hours=6 * i) for i in range(8)]
+        >>> [label for _, label in time_ticks(hours)]
+        ['12-01 00:00', '12-01 12:00', '12-02 00:00', '12-02 12:00']
+    """
+    if not starts:
+        return []
+    step = max(1, -(-len(starts) // most))
+    indices = list(range(0, len(starts), step))
+    times = [starts[i].astimezone(UTC) for i in indices]
+    if any(t.second or t.microsecond for t in times):
+        clock = "%H:%M:%S"
+    elif any(t.hour or t.minute for t in times):
+        clock = "%H:%M"
+    else:
+        clock = ""
+    one_day = times[0].date() == times[-1].date()
+    fmt = (clock or "%m-%d") if one_day else f"%m-%d {clock}".strip()
+    return [(i, t.strftime(fmt)) for i, t in zip(indices, times, strict=True)]
+
+
 class _Frame:
     """The axes of one plot: maps bucket index and value to SVG coordinates."""
 
@@ -194,9 +229,7 @@ def _svg(title: str, body: list[str], frame: _Frame, starts: Sequence[datetime],
         parts.append(f'<line x1="{_LEFT}" x2="{_W - _RIGHT}" y1="{y:.1f}" y2="{y:.1f}" class="g"/>')
         parts.append(f'<text x="{_LEFT - 4}" y="{y + 4:.1f}" class="a" text-anchor="end">'
                      f"{format(value, y_fmt)}</text>")  # fmt: skip
-    step = max(1, len(starts) // 6)
-    for i in range(0, len(starts), step):
-        label = starts[i].astimezone(UTC).strftime("%m-%d %H:%M")
+    for i, label in time_ticks(starts):
         parts.append(
             f'<text x="{frame.x(i):.1f}" y="{_H - 8}" class="a" text-anchor="middle">{label}</text>'
         )

@@ -43,7 +43,7 @@ EXTRA_RULES_DIR = Path(__file__).with_name("rules.d")
 
 @dataclass(frozen=True)
 class Capture:
-    """An argument taken from the text: group `group` of the first match of `pattern`.
+    r"""An argument taken from the text: group `group` of the first match of `pattern`.
 
     Example:
         >>> Capture(r"order #?(\d+)").find("About ORDER #123, please")
@@ -54,7 +54,7 @@ class Capture:
     group: int | None = None
 
     def find(self, text: str) -> str | None:
-        """The captured string, or None when the pattern does not occur in `text`.
+        r"""The captured string, or None when the pattern does not occur in `text`.
 
         Example:
             >>> Capture(r"cust-\d+").find("no customer here") is None

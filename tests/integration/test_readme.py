@@ -28,7 +28,14 @@ def test_the_twenty_line_agent_runs_as_the_readme_says(sqlite_url: str, prefect_
     from agents import decisions
 
     triage = namespace["triage"]
-    result = triage.run(tenant="acme", subject="cust-42", raw={"body": "I was charged twice"})
+    # The README's later blocks use the agent, as a reader would type them after it.
+    for number, block in enumerate(python_blocks()[1:], 2):
+        name = f"<README.md: python block {number}>"
+        linecache.cache[name] = (len(block), None, block.splitlines(keepends=True), name)
+        exec(compile(block, name, "exec", dont_inherit=True), namespace)
+    result = namespace.get("result") or triage.run(
+        tenant="acme", subject="cust-42", raw={"body": "I was charged twice"}
+    )
     assert (result.status, result.outputs["route"].category) == ("completed", "billing")
     assert result.outputs["send"].startswith("sent to billing (")
     again = triage.run(tenant="acme", subject="cust-42", raw={"body": "I was charged twice"})
