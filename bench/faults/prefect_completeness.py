@@ -129,7 +129,9 @@ def completeness(
     recorded = final = 0
     last_change, seen = time.monotonic(), (-1, -1)
     while True:
-        recorded, final = _recorded(stack, steps), _recorded(stack, steps, final=True)
+        # Final first: a task run recorded between the two queries is then counted in both.
+        final = _recorded(stack, steps, final=True)
+        recorded = _recorded(stack, steps)
         if (recorded, final) != seen:
             seen, last_change = (recorded, final), time.monotonic()
         if final >= len(steps) or time.monotonic() - last_change > settle_s:
