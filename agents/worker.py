@@ -1,5 +1,5 @@
 """A Prefect worker that stays up and stays flat: it outlives a failed submission, and it collects
-its garbage and gives freed heap back.
+its garbage and gives freed heap back; and the pull step that puts a flow run in the project.
 
 `stalwart worker --pool stalwart` is `prefect worker start --pool stalwart` (same options, in this
 process) with two changes:
@@ -10,6 +10,16 @@ process) with two changes:
   and with it every flow-run process it had started.
 - A thread, every `reclaim_every_s` seconds, runs a full garbage collection and then glibc's
   `malloc_trim(0)`.
+- It stops on the first SIGTERM even when started with `&` from a script (`answer_interrupts`).
+- It warns at start, naming the variable, when `STALWART_PROJECT_DIR` names no directory:
+  every deployment of prefect.yaml loads its code from there (`enter_project_dir`, the pull
+  step), so each of their runs it took would stop. A warning, not a refusal: a pool may also
+  hold deployments of other projects.
+
+`enter_project_dir` is prefect.yaml's pull step. Prefect's own `set_working_directory` given an
+unset `{{ $STALWART_PROJECT_DIR }}` left the flow run in the worker's temporary directory, where
+loading `flows/...py` failed with a bare `FileNotFoundError`; this one stops the run before any
+code loads, with an error (in the flow run's logs) naming the variable.
 
 Why: Prefect 3.9's process worker builds two `httpx.AsyncClient`s for every flow run, and each
 loads certifi's CA bundle into a fresh `ssl.SSLContext` (OpenSSL memory that tracemalloc does not
@@ -30,6 +40,8 @@ Example:
     >>> reclaimer = start_memory_reclaimer(every_s=60.0)
     >>> reclaimer.daemon
     True
+    >>> project_dir_problem({}) is not None
+    True
 """
 
 from __future__ import annotations
@@ -39,10 +51,13 @@ import ctypes
 import ctypes.util
 import functools
 import gc
+import os
+import signal
 import sys
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -50,13 +65,70 @@ if TYPE_CHECKING:
     from prefect.workers.process import ProcessWorker
 
 __all__ = [
+    "PROJECT_DIR_VARIABLE",
+    "ProjectDirError",
+    "answer_interrupts",
+    "enter_project_dir",
     "main",
+    "project_dir_problem",
     "reclaim_memory",
     "resilient_process_worker",
     "run_worker",
     "start_memory_reclaimer",
     "trim_heap",
 ]
+
+
+#: The variable naming the project checkout on a worker's machine (prefect.yaml's pull step).
+PROJECT_DIR_VARIABLE = "STALWART_PROJECT_DIR"
+
+
+class ProjectDirError(RuntimeError):
+    """`STALWART_PROJECT_DIR` is unset or names no directory: a flow run cannot load its code."""
+
+
+def project_dir_problem(environ: Mapping[str, str], directory: str | None = None) -> str | None:
+    """What is wrong with the project directory a flow run would load its code from; None if
+    nothing. `directory` (the pull step's, templated from the variable) wins over `environ`.
+
+    Example:
+        >>> project_dir_problem({"STALWART_PROJECT_DIR": "/"}) is None
+        True
+        >>> print(project_dir_problem({}))  # doctest: +ELLIPSIS
+        STALWART_PROJECT_DIR is not set: ...
+    """
+    configured = directory or environ.get(PROJECT_DIR_VARIABLE, "")
+    if not configured:
+        return (
+            f"{PROJECT_DIR_VARIABLE} is not set: start the worker with it naming the Stalwart "
+            f"checkout its deployments were made from (`{PROJECT_DIR_VARIABLE}=$PWD stalwart "
+            "worker --pool stalwart` from that checkout); flow runs load their code from there"
+        )
+    if not Path(configured).expanduser().is_dir():
+        return (
+            f"{PROJECT_DIR_VARIABLE}={configured!r} is not a directory on this machine: point it "
+            "at the Stalwart checkout its deployments were made from"
+        )
+    return None
+
+
+def enter_project_dir(directory: str | None = None) -> dict[str, str]:
+    """prefect.yaml's pull step: change into the project checkout (`STALWART_PROJECT_DIR`).
+
+    Returns `{"directory": <absolute path>}` as Prefect's `set_working_directory` does; raises
+    `ProjectDirError` naming the variable when it is unset or no directory, before any flow code
+    is loaded (Prefect logs the message to the flow run and the run crashes).
+
+    Example:
+        >>> enter_project_dir("/")  # doctest: +SKIP
+        {'directory': '/'}
+    """
+    problem = project_dir_problem(os.environ, directory)
+    if problem is not None:
+        raise ProjectDirError(problem)
+    path = Path(directory or os.environ[PROJECT_DIR_VARIABLE]).expanduser().resolve()
+    os.chdir(path)
+    return {"directory": str(path)}
 
 
 @functools.cache
@@ -169,6 +241,24 @@ def resilient_process_worker() -> type[ProcessWorker]:
     return ResilientProcessWorker
 
 
+def answer_interrupts() -> bool:
+    """Make SIGINT interrupt this process again if it was started ignoring it; whether it was.
+
+    A command started with `&` from a script (not an interactive shell) inherits SIGINT
+    ignored. Prefect's worker handles SIGTERM by sending itself SIGINT after restoring the
+    handler it found, so such a worker ignored the first SIGTERM (`kill $WORKER_PID`) and kept
+    taking flow runs; a second SIGTERM SIGKILLed it.
+
+    Example:
+        >>> answer_interrupts() in (True, False)
+        True
+    """
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        return False
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    return True
+
+
 def run_worker(prefect_args: Sequence[str], *, reclaim_every_s: float = 60.0) -> None:
     """Run `prefect worker start <prefect_args>` in this process, reclaiming memory meanwhile.
 
@@ -179,6 +269,7 @@ def run_worker(prefect_args: Sequence[str], *, reclaim_every_s: float = 60.0) ->
     """
     from prefect.cli import app
 
+    answer_interrupts()
     resilient_process_worker()
     start_memory_reclaimer(reclaim_every_s)
     sys.argv = ["prefect", "worker", "start", *prefect_args]
@@ -213,4 +304,8 @@ def main(argv: Sequence[str]) -> None:
     if "--help" in rest or "-h" in rest:
         parser.print_help()
         print("\nEvery other option is `prefect worker start`'s:\n")
+    else:
+        problem = project_dir_problem(os.environ)
+        if problem is not None:  # a warning: a pool may hold deployments of other projects
+            print(f"stalwart worker: warning: {problem}", file=sys.stderr, flush=True)
     run_worker(rest, reclaim_every_s=known.reclaim_every)

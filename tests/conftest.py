@@ -101,11 +101,13 @@ def prefect_server() -> Iterator[Any]:
     """A real `prefect server` on loopback, its database on the local PostgreSQL (session-wide).
 
     Production-like: flow-run creation is not throttled by SQLite's `database is locked`, as it
-    is on the ephemeral test harness. Stopped by PID at the end of the session.
+    is on the ephemeral test harness, and its events go through Redis (`STALWART_TEST_REDIS`),
+    as docs/deployment.md advises, so none is dropped. Stopped by PID at the end of the session.
     """
     from agents.testing.prefect_server import PrefectServer
 
-    with PrefectServer(postgres=PG_ADMIN_URL) as server:
+    redis_url = os.environ.get("STALWART_TEST_REDIS", "redis://127.0.0.1:6379")
+    with PrefectServer(postgres=PG_ADMIN_URL, redis=redis_url) as server:
         yield server
 
 

@@ -6,6 +6,12 @@ exit) or SQLite; `Worker` runs `prefect worker start` against it. Both are stopp
 SIGTERM to their process group (they run in their own session: a child started from a script
 ignores SIGINT, and Prefect turns SIGTERM into SIGINT), then SIGKILL if they linger.
 
+With `redis=` the server's messaging (events, the cache, causal ordering, concurrency leases) goes
+through Redis (`prefect-redis`, the `redis` extra) instead of in-memory queues, whose 10,000-slot
+subscription queues drop events under load (`REDIS_MESSAGING_SETTINGS`, docs/deployment.md).
+Each server claims a Redis database number of its own (1-15) so parallel servers never read each
+other's streams, and flushes it when it stops.
+
 For fault injection: `PrefectServer.restart()` stops the server process (by PID) and starts it
 again on the same port and database; `Worker.kill()` SIGKILLs a worker and every process below it
 (its flow-run processes run in sessions of their own, so killing the worker's group alone would
@@ -38,7 +44,55 @@ import httpx
 
 from agents.execution.recording import SERVER_SETTINGS
 
-__all__ = ["PrefectServer", "Worker", "descendants", "free_port"]
+__all__ = [
+    "DROPPED_EVENT_MARK",
+    "REDIS_MESSAGING_SETTINGS",
+    "PrefectServer",
+    "RedisClaimError",
+    "Worker",
+    "claim_redis_database",
+    "descendants",
+    "free_port",
+]
+
+#: A Prefect server's messaging through Redis (`prefect-redis`) instead of its in-memory default:
+#: the events bus, its deduplication cache, the causal ordering of events and the concurrency
+#: leases. The Redis server itself is given by `PREFECT_REDIS_MESSAGING_URL` (or `_HOST`, `_PORT`,
+#: `_DB`). Server-side settings: workers and flow runs send their events to the API as before.
+REDIS_MESSAGING_SETTINGS: dict[str, str] = {
+    "PREFECT_MESSAGING_BROKER": "prefect_redis.messaging",
+    "PREFECT_MESSAGING_CACHE": "prefect_redis.messaging",
+    "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "prefect_redis.ordering",
+    "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect_redis.lease_storage",
+    # prefect-redis's own publisher and consumer settings are kept. Tried on W1 (200 runs, two
+    # loaded cores): consumers reading 100 events per round trip (`..._READ_BATCH_SIZE=100`,
+    # default 1), with or without publishing each event alone
+    # (`PREFECT_REDIS_MESSAGING_PUBLISHER_BATCH_SIZE=1`, default 5), left 20-25% of the steps
+    # unrecorded 4 minutes after the pass, the stream fully consumed; the defaults recorded all
+    # 780, 2.5 min late (400 runs: all 1,560).
+}
+
+#: The key a test server writes into the Redis database it claims (value: host:pid:token).
+_CLAIM_KEY = "stalwart:prefect-server-claim"
+#: Replace a claim only if it is still the stale one read (two servers may find it at once).
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+#: Database 0 is left to whatever else uses this Redis; Redis has 16 unless configured otherwise.
+_CLAIMABLE_DATABASES = range(1, 16)
+
+
+#: What Prefect's in-memory messaging logs for each event it drops (a full subscription queue:
+#: `Subscription queue is full, dropping message for topic='events' queue_size=10000`).
+DROPPED_EVENT_MARK = "dropping message"
+
+
+class RedisClaimError(RuntimeError):
+    """No Redis database number is free for another test server."""
 
 
 def free_port() -> int:
@@ -73,6 +127,64 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def _redis_url(base: str, database: int) -> str:
+    return urlunparse(urlparse(base)._replace(path=f"/{database}"))
+
+
+def _claim_is_stale(owner: bytes) -> bool:
+    """Whether a claim was left by a process of this machine that is gone (crashed, killed)."""
+    host, _, rest = owner.decode(errors="replace").partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's: never taken over
+    return not Path(f"/proc/{pid}").exists()
+
+
+def claim_redis_database(url: str) -> tuple[int, str]:
+    """Claim a Redis database number no other test server uses; its number and the claim's token.
+
+    A database is free when it is empty, or when its claim was left by a dead process of this
+    machine (it is flushed first). The claim is one key set with NX, so two servers starting at
+    once never get the same number; `PrefectServer.stop()` flushes the database, claim included.
+
+    Example:
+        >>> database, token = claim_redis_database("redis://127.0.0.1:6379")  # doctest: +SKIP
+        >>> 1 <= database <= 15  # doctest: +SKIP
+        True
+    """
+    import redis
+
+    token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
+    for database in _CLAIMABLE_DATABASES:
+        with redis.Redis.from_url(_redis_url(url, database), socket_timeout=5) as client:
+            owner = client.get(_CLAIM_KEY)
+            if owner is None and client.dbsize() > 0:
+                continue  # someone else's data, not a test server's
+            if owner is None:
+                taken = bool(client.set(_CLAIM_KEY, token, nx=True))
+            elif _claim_is_stale(owner):
+                # Left by a dead process: take it over only if nobody did meanwhile.
+                taken = client.eval(_TAKE_OVER, 1, _CLAIM_KEY, owner, token) == 1
+            else:
+                continue
+            if taken:
+                # Leftover streams of a crashed server go, the new claim stays.
+                for key in client.scan_iter(count=1000):
+                    if key != _CLAIM_KEY.encode():
+                        client.delete(key)
+                return database, token
+    raise RedisClaimError(f"every Redis database 1-15 of {url} is in use by another server")
+
+
+def _release_redis_database(url: str, database: int, token: str) -> None:
+    """Flush a database this server claimed, unless its claim is no longer ours."""
+    import redis
+
+    with redis.Redis.from_url(_redis_url(url, database), socket_timeout=5) as client:
+        if client.get(_CLAIM_KEY) == token.encode():
+            client.flushdb()
+
+
 def _tail(path: Path, lines: int) -> str:
     with contextlib.suppress(OSError):
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -101,6 +213,9 @@ class PrefectServer:
         port: The port; a free one when None.
         env: Extra environment for the server (e.g. `PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT`).
         startup_timeout: Seconds to wait for `/api/health`.
+        redis: URL of a Redis server (`redis://127.0.0.1:6379`): the server's messaging goes
+            through it (`REDIS_MESSAGING_SETTINGS`), in a database number of its own, flushed
+            on exit. None keeps Prefect's in-memory messaging.
     """
 
     def __init__(
@@ -110,8 +225,12 @@ class PrefectServer:
         port: int | None = None,
         env: dict[str, str] | None = None,
         startup_timeout: float = 90.0,
+        redis: str | None = None,
     ) -> None:
         self.port = port or free_port()
+        self.redis = redis
+        self.redis_database: int | None = None
+        self._redis_claim: str | None = None
         self.postgres = postgres
         self.extra_env = dict(env or {})
         self.startup_timeout = startup_timeout
@@ -148,6 +267,13 @@ class PrefectServer:
         parts = urlparse(self.postgres)
         return urlunparse(parts._replace(scheme="postgresql+asyncpg", path=f"/{self.database}"))
 
+    @property
+    def messaging_url(self) -> str | None:
+        """The Redis database this server's messaging uses (None: in memory, or not started)."""
+        if self.redis is None or self.redis_database is None:
+            return None
+        return _redis_url(self.redis, self.redis_database)
+
     def _admin(self, sql: str) -> None:
         import psycopg
 
@@ -157,7 +283,9 @@ class PrefectServer:
             conn.execute(sql.encode())  # names are generated here, never user input
 
     def start(self) -> PrefectServer:
-        """Create the database, launch the server and wait until it answers."""
+        """Create the database (claim the Redis one), launch the server, wait until it answers."""
+        if self.redis is not None and self.redis_database is None:
+            self.redis_database, self._redis_claim = claim_redis_database(self.redis)
         if self.postgres is not None:
             self._admin(f'CREATE DATABASE "{self.database}"')
         return self.start_process()
@@ -180,6 +308,8 @@ class PrefectServer:
             PREFECT_LOGGING_LEVEL="WARNING",
         )
         env.update(SERVER_SETTINGS)  # records task runs as fast as batches make them
+        if self.messaging_url is not None:
+            env.update(REDIS_MESSAGING_SETTINGS, PREFECT_REDIS_MESSAGING_URL=self.messaging_url)
         env.update(self.extra_env)
         args = [sys.executable, "-m", "prefect", "server", "start"]
         args += ["--host", "127.0.0.1", "--port", str(self.port)]
@@ -243,12 +373,25 @@ class PrefectServer:
         """The last lines the server printed."""
         return _tail(self.log_path, lines)
 
+    def dropped_events(self) -> int:
+        """Events the server dropped so far: its "Subscription queue is full, dropping message"
+        warnings (in-memory messaging only: Redis streams do not drop)."""
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(errors="replace").count(DROPPED_EVENT_MARK)
+        return 0
+
     def stop(self) -> None:
-        """SIGTERM the server's process group (SIGKILL after 15 s), then drop its database."""
+        """SIGTERM the server's process group (SIGKILL after 15 s), then drop its database and
+        flush its Redis database."""
         self.stop_process()
         if self.postgres is not None:
             with contextlib.suppress(Exception):
                 self._admin(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+        if self.redis is not None and self.redis_database is not None:
+            assert self._redis_claim is not None
+            with contextlib.suppress(Exception):
+                _release_redis_database(self.redis, self.redis_database, self._redis_claim)
+            self.redis_database = self._redis_claim = None
 
     def __enter__(self) -> PrefectServer:
         return self.start()

@@ -94,6 +94,10 @@ __all__ = [
 
 #: Admin URL of the local PostgreSQL (databases for the Prefect server and the state are made here).
 PG = os.environ.get("STALWART_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+#: The Redis the Prefect server's messaging goes through (docs/deployment.md); each server takes a
+#: database number of its own there. With Prefect's in-memory default the server dropped events
+#: under W1 ("Subscription queue is full, dropping message"), so the UI missed task runs.
+REDIS = os.environ.get("STALWART_TEST_REDIS", "redis://127.0.0.1:6379")
 DEPLOYMENT = "ticket-triage/ticket-triage"
 #: A ticket's run with one of these statuses is done for W1: an unsure ticket of the sample stops
 #: at ticket-triage's review rung (`awaiting_review`) until a person answers, and is not lost.
@@ -193,7 +197,8 @@ class Stack:
     Attributes:
         model: The bundled model server (latency uniform in `latency_ms`).
         helpdesk: The simulated helpdesk every action goes to.
-        server: The Prefect server (its database on PostgreSQL).
+        server: The Prefect server (its database on PostgreSQL; its messaging through Redis at
+            `redis`, None: Prefect's in-memory queues).
         workers: The process workers polling pool `stalwart`: `stalwart worker` (Prefect's
             process worker reclaiming its memory every `reclaim_every_s` seconds; None: plain
             `prefect worker start`).
@@ -213,6 +218,7 @@ class Stack:
         concurrency: int = 16,
         model_timeout_s: float = 3.0,
         reclaim_every_s: float | None = 60.0,
+        redis: str | None = REDIS,
     ) -> None:
         self.latency_ms = latency_ms
         self.reclaim_every_s = reclaim_every_s
@@ -228,7 +234,9 @@ class Stack:
         self.model = ModelServer(port=0)
         self.helpdesk = SimulatedHelpdesk()
         # Generous: on a loaded two-core machine the server once took over 90 s to answer.
-        self.server = PrefectServer(postgres=PG, startup_timeout=240.0, env=dict(SERVER_SIZING))
+        self.server = PrefectServer(
+            postgres=PG, startup_timeout=240.0, env=dict(SERVER_SIZING), redis=redis
+        )
         self.workers: list[Worker] = []
         self._stack = contextlib.ExitStack()
         self.deployment_id: str | None = None
