@@ -108,13 +108,16 @@ def test_two_live_executions_act_once_and_the_twin_stops_cleanly(
     assert state is not None and state.is_cancelled(), state
     assert "ActionInProgress" in (state.message or "")
 
-    # `stalwart runs` shows the conflicts with their reason.
+    # `stalwart runs --history` shows the conflicts with their reason (a plain listing shows each
+    # run key once, by its latest execution).
     from typer.testing import CliRunner
 
     from agents.cli import app
 
     # (state_db made the test database the one in force for this process.)
-    result = CliRunner().invoke(app, ["runs", "--tenant", tenant, "--status", "conflict", "--json"])
+    result = CliRunner().invoke(
+        app, ["runs", "--tenant", tenant, "--status", "conflict", "--history", "--json"]
+    )
     assert result.exit_code == 0, result.output
     assert result.output.count('"status": "conflict"') == count
 

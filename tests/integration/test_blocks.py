@@ -30,6 +30,7 @@ from agents.blocks import ModelEndpoint, SentryConfig, StateDatabase, forget_loa
 from agents.endpoint import resolve_endpoint
 from agents.modelserver import ModelServer
 from agents.observe import flush, shutdown_sentry
+from agents.observe.sentry import traces_sample_rate
 from agents.settings import reload_settings
 from agents.store import find_decisions, queries
 from agents.testing.sentry import SentryReceiver
@@ -323,6 +324,7 @@ def test_a_sentry_block_routes_failures_with_its_environment(
             with environment(monkeypatch, STALWART_SENTRY_BLOCK=name):
                 result = agent.run(tenant="acme", subject="cust-1", raw="hello")
                 options = sentry_sdk.get_client().options
+                runs_traced = traces_sample_rate()
                 flush()
                 events = receiver.wait_for(1, timeout=10)
         finally:
@@ -333,7 +335,10 @@ def test_a_sentry_block_routes_failures_with_its_environment(
     event = events[0]
     assert event["environment"] == "blocks-test"
     assert dict(event["tags"])["step"] == "send"
-    assert options["traces_sample_rate"] == 0.25 and options["sample_rate"] == 1.0
+    # The block's rate is the share of agent runs traced (decided per run by Stalwart); Sentry
+    # gets a traces_sampler that keeps only the transactions of those runs.
+    assert runs_traced == 0.25 and options["sample_rate"] == 1.0
+    assert options["traces_sampler"] is not None
 
 
 def test_a_missing_sentry_block_names_itself(
