@@ -239,6 +239,7 @@ async def suspended_review(deployment_id: Any, timeout: float = 60) -> Any:
         DeploymentFilter,
         DeploymentFilterId,
         FlowRunFilter,
+        FlowRunFilterState,
         FlowRunFilterStateName,
         FlowRunFilterTags,
     )
@@ -249,7 +250,7 @@ async def suspended_review(deployment_id: Any, timeout: float = 60) -> Any:
             waiting = await client.read_flow_runs(
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
                 flow_run_filter=FlowRunFilter(
-                    state=FlowRunFilterStateName(any_=["Suspended"]),
+                    state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Suspended"])),
                     tags=FlowRunFilterTags(all_=["review"]),
                 ),
             )
