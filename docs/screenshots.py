@@ -271,13 +271,16 @@ async def latest_artifact(key: str) -> str:
 
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    data = Path(tempfile.mkdtemp(prefix="stalwart-shots-"))
-    with PrefectServer(postgres=PG if _postgres_up() else None) as server:
+    # The agents' state (SQLite) lives only as long as the shots, removed even when one fails.
+    with (
+        tempfile.TemporaryDirectory(prefix="stalwart-shots-", ignore_cleanup_errors=True) as data,
+        PrefectServer(postgres=PG if _postgres_up() else None) as server,
+    ):
         server.cli("work-pool", "create", "stalwart", "--type", "process", "--overwrite")
         server.cli("deploy", "--all", cwd=ROOT, timeout=300)
         env = {
             "STALWART_PROJECT_DIR": str(ROOT),
-            "STALWART_DATA_DIR": str(data),
+            "STALWART_DATA_DIR": data,
             "PYTHONPATH": str(ROOT),
         }
         with Worker(server, pool="stalwart", cwd=ROOT, env=env, name="docs-worker"):
@@ -295,7 +298,6 @@ def main() -> None:
             print(f"review run {review.name} ({review.id}): {review.state.name}")
             review_page = f"{server.ui_url}/runs/flow-run/{review.id}"
             shoot_form(review_page, "Resume", OUT / "prefect-review.png")
-    shutil.rmtree(data, ignore_errors=True)
 
 
 if __name__ == "__main__":
