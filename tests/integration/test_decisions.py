@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from agents import decisions
 from agents.cli import app
+from agents.cli._utilities import console as cli_console
 from agents.store import (
     ActionRecord,
     AgentRun,
@@ -298,10 +299,14 @@ def test_cli_decisions_json_and_filters(log: dict[str, DecisionRecord], tenant: 
 
 
 def test_cli_decisions_table_export_and_errors(
-    log: dict[str, DecisionRecord], tenant: str, tmp_path: Path
+    log: dict[str, DecisionRecord], tenant: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     record_decisions([_decision(tenant, rationale=f"pasted {SECRET} [bold]x[/bold]")])
-    result = runner.invoke(app, ["decisions", "--tenant", tenant], env={"COLUMNS": "400"})
+    # A wide terminal. The CLI's console is made at import: COLUMNS set now would only count if
+    # no earlier test in this process imported it while COLUMNS was set.
+    monkeypatch.setattr(cli_console, "_width", 400)
+    monkeypatch.setattr(cli_console, "_height", 50)
+    result = runner.invoke(app, ["decisions", "--tenant", tenant])
     assert result.exit_code == 0, result.output
     assert f"decisions · tenant {tenant}" in result.output
     assert log["d3"].id in result.output and "billing" in result.output
