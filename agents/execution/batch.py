@@ -243,9 +243,7 @@ async def run_one(
             error=f"InputError: expected an object, got {type(item).__name__}",
             flow_run_id=flow_run_id,
         )
-    inputs = {k: v for k, v in item.items() if k not in META_KEYS}
-    subject = item.get("subject")
-    subject = None if subject is None else str(subject)
+    inputs, subject = split_item(item)
     run_key = run_key_of(item)
     result = RunResult(
         status="completed",
@@ -336,10 +334,22 @@ def run_key_of(item: Mapping[str, Any]) -> str:
         >>> run_key_of({"raw": {"id": 1}}) == run_key_of({"raw": {"id": 1}, "subject": None})
         True
     """
+    if item.get("run_key"):
+        return str(item["run_key"])
+    inputs, subject = split_item(item)
+    return digest({"inputs": inputs, "subject": subject})
+
+
+def split_item(item: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """One input's run inputs (its keys but the meta keys) and its subject, as a string.
+
+    Example:
+        >>> split_item({"raw": {"id": 1}, "subject": 42, "run_key": "k"})
+        ({'raw': {'id': 1}}, '42')
+    """
     inputs = {k: v for k, v in item.items() if k not in META_KEYS}
     subject = item.get("subject")
-    subject = None if subject is None else str(subject)
-    return str(item.get("run_key") or digest({"inputs": inputs, "subject": subject}))
+    return inputs, None if subject is None else str(subject)
 
 
 def fell_to_default(decision: Any) -> bool:
