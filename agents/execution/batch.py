@@ -41,6 +41,7 @@ from agents.declare.decision import LadderPath
 from agents.digest import digest
 from agents.errors import InputError
 from agents.execution.call import RunScope
+from agents.execution.events import use_reliable_events
 from agents.execution.prefect import PrefectStepRunner
 from agents.execution.review import Reviewer, take_form_answer
 from agents.execution.storage import result_storage
@@ -90,6 +91,7 @@ async def run_flow_body(
     from prefect.runtime import deployment, flow_run
 
     check_tenant(tenant)
+    use_reliable_events()  # before the first task run emits
     install_log_scrubbing()
     init_sentry()
     await own_tenant_tags(tenant)

@@ -1,0 +1,124 @@
+"""Prefect's events client, reconnecting after dropped connections, against a loopback
+websocket server that speaks the API's events protocol (auth first, then one event per
+message, a socket closed on anything else, as `/api/events/in` does)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+
+from agents.execution.events import NO_TIME_CHECKPOINT, RECONNECTION_ATTEMPTS, use_reliable_events
+
+
+class EventsIn:
+    """`/api/events/in` in miniature: which events arrived, and whether a socket got an auth
+    message where an event belonged (the server closes such a socket and drops what follows)."""
+
+    def __init__(self) -> None:
+        self.received: set[str] = set()
+        self.auth_as_event = 0
+        self.sockets: set[ServerConnection] = set()
+
+    async def handle(self, socket: ServerConnection) -> None:
+        self.sockets.add(socket)
+        try:
+            first = json.loads(await socket.recv())
+            assert first["type"] == "auth"
+            await socket.send(json.dumps({"type": "auth_success"}))
+            async for raw in socket:
+                message = json.loads(raw)
+                if "event" not in message:
+                    self.auth_as_event += 1
+                    await socket.close(1011, "not an event")
+                    return
+                self.received.add(message["id"])
+        except Exception:
+            pass
+        finally:
+            self.sockets.discard(socket)
+
+    async def drop_all(self) -> None:
+        for socket in list(self.sockets):
+            await socket.close(1001, "going away")
+
+
+async def _emit_through_drops(checkpoint_interval: float, events: int = 300) -> EventsIn:
+    from prefect.events import Event
+    from prefect.events.clients import PrefectEventsClient
+
+    server = EventsIn()
+    async with serve(server.handle, "127.0.0.1", 0, subprotocols=["prefect"]) as listening:  # type: ignore[list-item]
+        port = listening.sockets[0].getsockname()[1]
+        client = PrefectEventsClient(
+            api_url=f"http://127.0.0.1:{port}/api",
+            reconnection_attempts=RECONNECTION_ATTEMPTS,
+            checkpoint_interval=checkpoint_interval,
+        )
+        sent: list[str] = []
+        async with client:
+            for i in range(events):
+                event = Event(event="stalwart.test", resource={"prefect.resource.id": "x"})
+                sent.append(str(event.id))
+                # A failed emit stays unconfirmed in the client: resent on its next reconnection.
+                with contextlib.suppress(Exception):
+                    await client.emit(event)
+                if i % 25 == 10:
+                    await server.drop_all()
+                await asyncio.sleep(0.01)
+            # Confirm everything: one more emit after a last drop resends the unconfirmed.
+            await server.drop_all()
+            await client.emit(Event(event="stalwart.test", resource={"prefect.resource.id": "x"}))
+            await asyncio.sleep(0.3)
+        server.received.intersection_update(sent)
+        server.sent = sent  # type: ignore[attr-defined]
+    return server
+
+
+@pytest.fixture
+def no_override() -> Iterator[None]:
+    from prefect.events.worker import EventsWorker
+
+    before = EventsWorker._client_override
+    EventsWorker.set_client_override(None)
+    try:
+        yield
+    finally:
+        EventsWorker._client_override = before
+
+
+def test_without_the_time_based_checkpoint_every_event_arrives_through_drops() -> None:
+    """The emit path alone reconnects and resends what was not confirmed: nothing is lost and
+    no auth message is ever sent where an event belongs."""
+    server: Any = asyncio.run(_emit_through_drops(checkpoint_interval=NO_TIME_CHECKPOINT))
+    assert server.auth_as_event == 0
+    assert len(server.received) == len(server.sent)
+
+
+@pytest.mark.usefixtures("no_override")
+def test_stalwart_processes_use_that_client_and_leave_a_foreign_one_alone() -> None:
+    from prefect.events.clients import PrefectEventsClient
+    from prefect.events.worker import EventsWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        assert use_reliable_events()
+        chosen = EventsWorker._client_override
+        assert chosen is not None and chosen[0] is PrefectEventsClient
+        options = dict(chosen[1])
+        assert options["checkpoint_interval"] == NO_TIME_CHECKPOINT
+        assert options["reconnection_attempts"] == RECONNECTION_ATTEMPTS > 10
+        assert use_reliable_events()  # idempotent
+        assert EventsWorker._client_override == chosen
+
+        class Elsewhere(PrefectEventsClient):
+            pass
+
+        EventsWorker.set_client_override(Elsewhere)
+        assert not use_reliable_events()
+        assert EventsWorker._client_override == (Elsewhere, ())
