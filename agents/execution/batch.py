@@ -41,7 +41,7 @@ from agents.declare.decision import LadderPath
 from agents.digest import digest
 from agents.errors import InputError
 from agents.execution.call import RunScope
-from agents.execution.events import use_reliable_events
+from agents.execution.events import confirm_sent, use_reliable_events
 from agents.execution.prefect import PrefectStepRunner
 from agents.execution.review import Reviewer, take_form_answer
 from agents.execution.storage import result_storage
@@ -153,6 +153,9 @@ async def run_flow_body(
             key=f"{graph.name}-decisions",
             description=f"Decisions of this flow run of `{graph.name}` (latest 500).",
         )
+    # The server has read every task-run event of the batch before its flow run ends: a
+    # process that exits with events still in its socket loses them (`confirm_sent`).
+    await confirm_sent()
     return final_state(results, degraded)
 
 

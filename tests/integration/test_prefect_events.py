@@ -122,3 +122,104 @@ def test_stalwart_processes_use_that_client_and_leave_a_foreign_one_alone() -> N
         EventsWorker.set_client_override(Elsewhere)
         assert not use_reliable_events()
         assert EventsWorker._client_override == (Elsewhere, ())
+
+
+class SlowEventsIn(EventsIn):
+    """A server that reads each event only once it has published the one before, as
+    `/api/events/in` does under load (the rest waits in the sockets' buffers), and drops a
+    connection whose keepalive pong is late, as uvicorn does (after 20 s; 1 s here)."""
+
+    def __init__(self, per_event_s: float) -> None:
+        super().__init__()
+        self.per_event_s = per_event_s
+
+    async def handle(self, socket: ServerConnection) -> None:
+        first = json.loads(await socket.recv())
+        assert first["type"] == "auth"
+        await socket.send(json.dumps({"type": "auth_success"}))
+        with contextlib.suppress(Exception):
+            async for raw in socket:
+                self.received.add(json.loads(raw)["id"])
+                await asyncio.sleep(self.per_event_s)
+
+
+@contextlib.contextmanager
+def _serving(server: EventsIn) -> Iterator[str]:
+    """`server` on a loopback port in a thread of its own; its API URL."""
+    import threading
+
+    ready: list[tuple[asyncio.AbstractEventLoop, asyncio.Event, int]] = []
+    started = threading.Event()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        async with serve(
+            server.handle,
+            "127.0.0.1",
+            0,
+            subprotocols=["prefect"],  # type: ignore[list-item]
+            max_queue=1,  # read no further ahead than the app takes
+            ping_interval=1.0,
+            ping_timeout=1.0,
+        ) as listening:
+            ready.append((asyncio.get_running_loop(), stop, listening.sockets[0].getsockname()[1]))
+            started.set()
+            await stop.wait()
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    assert started.wait(10)
+    loop, stop, port = ready[0]
+    try:
+        yield f"http://127.0.0.1:{port}/api"
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)
+
+
+def _emit_and_end(api_url: str, events: int, *, reliable: bool) -> list[str]:
+    """Emit `events` as a flow-run process does, then end it (its events worker drained):
+    through `use_reliable_events`' client, confirming as a batch does, or through Prefect's
+    client as it comes. The ids emitted."""
+    from prefect.events import emit_event
+    from prefect.events.clients import PrefectEventsClient
+    from prefect.events.worker import EventsWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from agents.execution.events import confirm_sent
+
+    ids: list[str] = []
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        EventsWorker.set_client_override(None)
+        if reliable:
+            assert use_reliable_events()
+        else:
+            EventsWorker.set_client_override(PrefectEventsClient)
+        for i in range(events):
+            event = emit_event(
+                event="stalwart.test",
+                resource={"prefect.resource.id": f"stalwart.test.{i}"},
+                payload={"padding": "x" * 2000},
+            )
+            assert event is not None
+            ids.append(str(event.id))
+        if reliable:
+            assert asyncio.run(confirm_sent(timeout_s=120))
+        EventsWorker.drain_all()
+    return ids
+
+
+@pytest.mark.usefixtures("no_override")
+def test_a_batch_ends_only_once_the_server_has_read_its_events() -> None:
+    """A server with a backlog drops the connection on a late pong and what it had not read;
+    Prefect's client resends it only on its next send, and a flow run's last event has none.
+    Streaming and ending as a Stalwart batch does loses nothing."""
+    lossy = SlowEventsIn(per_event_s=0.02)
+    with _serving(lossy) as api_url:
+        sent = _emit_and_end(api_url, 300, reliable=False)
+    assert len(lossy.received & set(sent)) < len(sent)  # the failure this guards against
+
+    confirmed = SlowEventsIn(per_event_s=0.02)
+    with _serving(confirmed) as api_url:
+        sent = _emit_and_end(api_url, 300, reliable=True)
+    assert confirmed.received >= set(sent)
