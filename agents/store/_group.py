@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import os
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -96,15 +97,17 @@ class _Group(Generic[Item, Out]):
 
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
+_pool_pid = 0
 
 
 async def _in_thread(fn: Callable[..., T], /, *args: Any) -> T:
     """Run a round trip in the store's own threads (context kept): the default executor also
     runs user code (tools, sync steps), which must not hold a group's commit up."""
-    global _pool
+    global _pool, _pool_pid
     with _pool_lock:
-        if _pool is None:
+        if _pool is None or _pool_pid != os.getpid():  # a forked child has none of the threads
             _pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="stalwart-store")
+            _pool_pid = os.getpid()
     ctx = contextvars.copy_context()
     return await asyncio.get_running_loop().run_in_executor(
         _pool, functools.partial(ctx.run, fn, *args)
