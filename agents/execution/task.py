@@ -92,8 +92,7 @@ async def _act(
 ) -> Any:
     lease = ledger.lease_seconds(node.step.options.timeout)
     try:
-        record = await in_thread(
-            ledger.claim,
+        record = await ledger.aclaim(
             call.idempotency_key,
             tenant=call.tenant,
             agent=call.agent,
@@ -130,7 +129,7 @@ async def _act(
             await in_thread(ledger.release, call.idempotency_key, call.run_id)
         raise
     stored = adapter.dump_python(value, mode="json") if value is not None else None
-    await in_thread(ledger.complete, call.idempotency_key, stored)
+    await ledger.acomplete(call.idempotency_key, stored)
     span.done("completed")
     return value
 

@@ -24,20 +24,23 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import col
+from sqlmodel import col, select
 
+from agents.store._group import database_of, shared
+from agents.store._writes import conflict_ignoring
 from agents.store.engine import session
 from agents.store.tables import LLMCacheEntry, utcnow
 
 __all__ = [
     "CachedAnswer",
+    "alookup",
+    "astore",
     "cache_key",
     "canonical_json",
     "lookup",
@@ -167,21 +170,46 @@ def lookup(key: str, *, url: str | None = None) -> CachedAnswer | None:
         True
     """
     try:
-        with session(url) as s:
-            row = s.get(LLMCacheEntry, key)
-            if row is None:
-                return None
-            answer = CachedAnswer.from_json(row.response)
-            if answer is not None:
-                s.exec(
-                    update(LLMCacheEntry)
-                    .where(col(LLMCacheEntry.key) == key)
-                    .values(hits=col(LLMCacheEntry.hits) + 1)
-                )
-            return answer
+        (answer,) = _lookup_together(database_of(url), [key])
+        return answer
     except Exception as exc:  # best effort: a cache problem only costs a model call
         logger.warning("LLM cache lookup failed (asking the model instead): %s", exc)
         return None
+
+
+async def alookup(key: str, *, url: str | None = None) -> CachedAnswer | None:
+    """Async `lookup`: the lookups of one event loop made while a lookup runs share the next
+    transaction (one query, one commit for their hit counts), in a worker thread."""
+    try:
+        answer: CachedAnswer | None = await shared(_lookup_together, database_of(url), key)
+        return answer
+    except Exception as exc:  # best effort: a cache problem only costs a model call
+        logger.warning("LLM cache lookup failed (asking the model instead): %s", exc)
+        return None
+
+
+def _lookup_together(url: str, keys: list[str]) -> list[CachedAnswer | None]:
+    """The answers cached under several keys, their hits counted, in one transaction."""
+    with session(url) as s:
+        stored = dict(
+            s.exec(
+                select(LLMCacheEntry.key, LLMCacheEntry.response).where(
+                    col(LLMCacheEntry.key).in_(sorted(set(keys)))
+                )
+            ).all()
+        )
+        answers = [CachedAnswer.from_json(stored[k]) if k in stored else None for k in keys]
+        hits = Counter(k for k, a in zip(keys, answers, strict=True) if a is not None)
+        by_count: dict[int, list[str]] = {}
+        for k, n in sorted(hits.items()):
+            by_count.setdefault(n, []).append(k)
+        for n, counted in by_count.items():
+            s.exec(
+                update(LLMCacheEntry)
+                .where(col(LLMCacheEntry.key).in_(counted))
+                .values(hits=col(LLMCacheEntry.hits) + n)
+            )
+    return answers
 
 
 def store(
@@ -207,7 +235,32 @@ def store(
         >>> store("1" * 64, CachedAnswer(output=1), tenant="", endpoint="e", model="m",
         ...       url="sqlite://")
     """
-    values: dict[str, Any] = {
+    try:
+        _store_together(database_of(url), [_row(key, answer, tenant, endpoint, model)])
+    except Exception as exc:  # best effort
+        logger.warning("LLM cache store failed (the answer is not cached): %s", exc)
+
+
+async def astore(
+    key: str,
+    answer: CachedAnswer,
+    *,
+    tenant: str,
+    endpoint: str,
+    model: str,
+    url: str | None = None,
+) -> None:
+    """Async `store`: the answers of one event loop stored while a store transaction runs
+    share the next one (group commit), in a worker thread. Best effort, like `store`."""
+    try:
+        row = _row(key, answer, tenant, endpoint, model)
+        await shared(_store_together, database_of(url), row)
+    except Exception as exc:  # best effort
+        logger.warning("LLM cache store failed (the answer is not cached): %s", exc)
+
+
+def _row(key: str, answer: CachedAnswer, tenant: str, endpoint: str, model: str) -> dict[str, Any]:
+    return {
         "key": key,
         "tenant": tenant,
         "endpoint": endpoint[:_COLUMN_MAX],
@@ -216,18 +269,14 @@ def store(
         "hits": 0,
         "created_at": utcnow(),
     }
-    try:
-        with session(url) as s:
-            dialect = s.get_bind().dialect.name
-            if dialect == "postgresql":
-                pg = postgresql.insert(LLMCacheEntry).values(**values)
-                s.exec(pg.on_conflict_do_nothing(index_elements=["key"]))
-            elif dialect == "sqlite":
-                lite = sqlite.insert(LLMCacheEntry).values(**values)
-                s.exec(lite.on_conflict_do_nothing(index_elements=["key"]))
-            else:
-                s.add(LLMCacheEntry(**values))
-    except IntegrityError:
-        return  # stored concurrently by someone else: theirs is as good
-    except Exception as exc:  # best effort
-        logger.warning("LLM cache store failed (the answer is not cached): %s", exc)
+
+
+def _store_together(url: str, rows: list[dict[str, Any]]) -> list[None]:
+    """Several answers inserted in one transaction, each only if its key is not stored yet
+    (the first writer wins, within the group too)."""
+    first: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        first.setdefault(row["key"], row)
+    with session(url) as s:
+        s.exec(conflict_ignoring(s, LLMCacheEntry), params=[first[k] for k in sorted(first)])
+    return [None] * len(rows)

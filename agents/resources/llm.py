@@ -263,6 +263,17 @@ class _Route:
     permit: Permit
 
 
+@dataclass(frozen=True)
+class _ToCache:
+    """An answer to keep in the LLM cache (`llm_cache.store`'s arguments)."""
+
+    key: str
+    answer: llm_cache.CachedAnswer
+    tenant: str
+    endpoint: str
+    model: str
+
+
 @dataclass
 class _Hit(Generic[T]):
     """A cached answer: no request needed."""
@@ -357,7 +368,17 @@ class _Call(Generic[T]):
         """A cached answer for `model`, recorded as a cached call; None on a miss."""
         if not self.use_cache:
             return None
-        answer = llm_cache.lookup(self._cache_key(model))
+        return self._hit(model, path, llm_cache.lookup(self._cache_key(model)))
+
+    async def alookup(self, model: str, path: PathModel) -> _Hit[T] | None:
+        """Async `lookup`: shares a query with the lookups made meanwhile."""
+        if not self.use_cache:
+            return None
+        return self._hit(model, path, await llm_cache.alookup(self._cache_key(model)))
+
+    def _hit(
+        self, model: str, path: PathModel, answer: llm_cache.CachedAnswer | None
+    ) -> _Hit[T] | None:
         if answer is None:
             return None
         try:
@@ -381,6 +402,11 @@ class _Call(Generic[T]):
         """A cached answer of the primary model, or else the route of the first request."""
         hit = self.lookup(self.primary, "primary")
         return hit if hit is not None else self.route()
+
+    async def abegin(self) -> _Route | _Hit[T]:
+        """Async `begin`: the lookup shared with others, the route in a worker thread."""
+        hit = await self.alookup(self.primary, "primary")
+        return hit if hit is not None else await asyncio.to_thread(self.route)
 
     def route(self) -> _Route | _Hit[T]:
         """The model the next request goes to, or a cached fallback answer.
@@ -447,6 +473,33 @@ class _Call(Generic[T]):
 
     def succeeded(self, route: _Route, result: T, completion: Any) -> T:
         """Close the books on an answer: breaker, tokens, record, cache."""
+        to_cache = self.settled(route, result, completion)
+        if to_cache is not None:
+            llm_cache.store(
+                to_cache.key,
+                to_cache.answer,
+                tenant=to_cache.tenant,
+                endpoint=to_cache.endpoint,
+                model=to_cache.model,
+            )
+        return result
+
+    async def asucceeded(self, route: _Route, result: T, completion: Any) -> T:
+        """Async `succeeded`: the breaker and record in a worker thread; the answer stored with
+        the other answers stored meanwhile (`llm_cache.astore`)."""
+        to_cache = await asyncio.to_thread(self.settled, route, result, completion)
+        if to_cache is not None:
+            await llm_cache.astore(
+                to_cache.key,
+                to_cache.answer,
+                tenant=to_cache.tenant,
+                endpoint=to_cache.endpoint,
+                model=to_cache.model,
+            )
+        return result
+
+    def settled(self, route: _Route, result: T, completion: Any) -> _ToCache | None:
+        """An answer's breaker verdict, tokens and record; what to cache (None: nothing)."""
         route.permit.success()
         total = getattr(result, "_total_usage", None)
         tokens = _usage_tokens(total if total is not None else getattr(completion, "usage", None))
@@ -461,20 +514,20 @@ class _Call(Generic[T]):
             logprobs=logprobs,
             cached=False,
         )
-        if self.use_cache:
-            llm_cache.store(
-                self._cache_key(route.model),
-                llm_cache.CachedAnswer(
-                    output=result.model_dump(mode="json"),
-                    raw_output=raw,
-                    usage={"tokens_in": tokens[0], "tokens_out": tokens[1]},
-                    logprobs=logprobs,
-                ),
-                tenant=self.llm.tenant or "",
-                endpoint=public_url(self.endpoint.base_url),
-                model=route.model,
-            )
-        return result
+        if not self.use_cache:
+            return None
+        return _ToCache(
+            key=self._cache_key(route.model),
+            answer=llm_cache.CachedAnswer(
+                output=result.model_dump(mode="json"),
+                raw_output=raw,
+                usage={"tokens_in": tokens[0], "tokens_out": tokens[1]},
+                logprobs=logprobs,
+            ),
+            tenant=self.llm.tenant or "",
+            endpoint=public_url(self.endpoint.base_url),
+            model=route.model,
+        )
 
     def failed(self, route: _Route, exc: Exception) -> float:
         """Judge a failed instructor call: the wait before the next try, or raise.
@@ -822,9 +875,9 @@ class LLM:
     async def _adrive(self, call: _Call[T]) -> T:
         """One policy-governed call: cache, breaker, retries, recording.
 
-        The database work before the request (cache lookup, breaker) is one worker-thread hop,
-        and the bookkeeping after it another: a hop costs a few ms on a busy loop."""
-        route = await asyncio.to_thread(call.begin)
+        The cache lookup and store share round trips with the other calls of the event loop;
+        the breaker's work before and after the request is one worker-thread hop each."""
+        route = await call.abegin()
         while True:
             if isinstance(route, _Hit):
                 return route.result
@@ -849,7 +902,7 @@ class LLM:
             except BaseException:  # cancelled: free the breaker permit
                 call.abandoned(route)
                 raise
-            return await asyncio.to_thread(call.succeeded, route, result, completion)
+            return await call.asucceeded(route, result, completion)
 
     def _tools(self, tools: Sequence[Any] | None) -> tuple[Tool, ...]:
         if tools is None:

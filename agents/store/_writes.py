@@ -26,7 +26,7 @@ from sqlmodel import Session, SQLModel
 
 from agents.store.engine import retrying, session
 
-__all__ = ["insert_ignoring", "insert_once", "upsert"]
+__all__ = ["conflict_ignoring", "insert_ignoring", "insert_once", "upsert"]
 
 
 def _primary_key(model: type[SQLModel]) -> list[str]:
@@ -41,6 +41,28 @@ def _insert(s: Session, model: type[SQLModel]) -> Any:
     if dialect == "sqlite":
         return sqlite.insert(model)
     return None
+
+
+def conflict_ignoring(
+    s: Session, model: type[SQLModel], columns: Sequence[str] | None = None
+) -> Any:
+    """An INSERT of `model` rows that skips a row whose `columns` (default: the primary key)
+    are already stored; with `.returning(...)` it tells which rows went in.
+
+    Example:
+        >>> from agents.store.engine import session
+        >>> from agents.store.tables import StepResult
+        >>> with session("sqlite://") as s:
+        ...     statement = conflict_ignoring(s, StepResult).returning(StepResult.key)
+        ...     went_in = s.exec(statement, params=[{"key": "c", "content": b"x"}]).scalars()
+        ...     list(went_in)
+        ['c']
+    """
+    statement = _insert(s, model)
+    if statement is None:  # pragma: no cover - only SQLite and PostgreSQL are supported
+        raise NotImplementedError(f"No INSERT ... ON CONFLICT for {s.get_bind().dialect.name}.")
+    keys = list(columns) if columns is not None else _primary_key(model)
+    return statement.on_conflict_do_nothing(index_elements=keys)
 
 
 def insert_ignoring(s: Session, model: type[SQLModel], rows: Sequence[dict[str, Any]]) -> None:

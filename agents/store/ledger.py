@@ -19,6 +19,10 @@ Every operation survives a lost database connection (`engine.retrying`), and a r
 never applies twice: a claim whose insert may have committed finds its own row, `complete`
 only moves a `started` row to `completed`, `renew` only extends the caller's own lease.
 
+`aclaim` and `acomplete` are the async twins the runtime calls: the claims (completions) of one
+event loop made while one transaction runs share the next (`agents.store._group`), each with its
+own outcome; the same rules hold, per key.
+
 Leases use the workers' clocks (UTC): keep them in sync (NTP) well within the lease.
 
 Example:
@@ -35,6 +39,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -43,24 +48,27 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import or_, update
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import col
+from sqlmodel import col, select
 
 from agents.errors import ActionInProgress
 from agents.settings import get_current_settings
 from agents.store._convert import require_tenant, to_json_value
+from agents.store._group import database_of, shared
+from agents.store._writes import conflict_ignoring
 from agents.store.engine import reconnecting, retrying, session
 from agents.store.tables import ActionRecord, utcnow
 
 __all__ = [
     "COMPLETED",
     "STARTED",
+    "aclaim",
+    "acomplete",
     "claim",
     "complete",
     "get",
@@ -160,38 +168,188 @@ def claim(
         ...       agent_run_id=None, url="sqlite://").status
         'started'
     """
-    require_tenant(tenant)
-    me = owner or agent_run_id or uuid.uuid4().hex
-    seconds = float(lease) if lease is not None else lease_seconds()
-    retried_insert = False
+    request = _claim_request(key, tenant, agent, subject, run_key, step, agent_run_id, owner, lease)
+    resolved = database_of(url)
+    retried = False
 
     def insert(retry: bool) -> ActionRecord | None:
-        nonlocal retried_insert
-        retried_insert = retried_insert or retry
-        record = ActionRecord(
-            idempotency_key=key,
-            tenant=tenant,
-            agent=agent,
-            subject=subject or "",
-            run_key=run_key,
-            step=step,
-            status=STARTED,
-            attempts=1,
-            agent_run_id=agent_run_id,
-            started_at=utcnow(),
-            lease_owner=me,
-            lease_expires_at=utcnow() + timedelta(seconds=seconds),
-        )
-        try:
-            with session(url) as s:
-                s.add(record)
-            return record
-        except IntegrityError:
-            return None
+        nonlocal retried
+        retried = retried or retry
+        (outcome,) = _insert_claims(resolved, [request])
+        return outcome
 
     inserted = retrying(insert, what="ledger claim")
     if inserted is not None:
         return inserted
+    return _claim_existing(request, resolved, retried_insert=retried)
+
+
+async def aclaim(
+    key: str,
+    *,
+    tenant: str,
+    agent: str,
+    subject: str | None,
+    run_key: str,
+    step: str,
+    agent_run_id: str | None,
+    owner: str | None = None,
+    lease: float | None = None,
+    url: str | None = None,
+) -> ActionRecord:
+    """Async `claim`: the claims of one event loop made while a claim transaction runs share
+    the next one (group commit). Same arguments, outcome and exceptions as `claim`.
+
+    The inserts are shared; a key that is already there (a rerun, a twin execution, a second
+    claim of the same key in the group) is then settled on its own, as `claim` settles it.
+    """
+    request = _claim_request(key, tenant, agent, subject, run_key, step, agent_run_id, owner, lease)
+    resolved = database_of(url)
+    outcome: ActionRecord | _Exists = await shared(_claim_together, resolved, request)
+    if isinstance(outcome, ActionRecord):
+        return outcome
+    return await _aclaim_existing(request, resolved, retried_insert=outcome.retried)
+
+
+@dataclass(frozen=True)
+class _ClaimRequest:
+    key: str
+    tenant: str
+    agent: str
+    subject: str
+    run_key: str
+    step: str
+    agent_run_id: str | None
+    owner: str
+    seconds: float
+
+    def record(self) -> ActionRecord:
+        """The `started` row this claim inserts, leased from now."""
+        now = utcnow()
+        return ActionRecord(
+            idempotency_key=self.key,
+            tenant=self.tenant,
+            agent=self.agent,
+            subject=self.subject,
+            run_key=self.run_key,
+            step=self.step,
+            status=STARTED,
+            attempts=1,
+            agent_run_id=self.agent_run_id,
+            started_at=now,
+            lease_owner=self.owner,
+            lease_expires_at=now + timedelta(seconds=self.seconds),
+        )
+
+
+@dataclass(frozen=True)
+class _Exists:
+    """The key was already there when the shared insert ran (`retried`: the insert was
+    retried after a lost connection, so the row may be this claim's own)."""
+
+    retried: bool
+
+
+def _claim_request(
+    key: str,
+    tenant: str,
+    agent: str,
+    subject: str | None,
+    run_key: str,
+    step: str,
+    agent_run_id: str | None,
+    owner: str | None,
+    lease: float | None,
+) -> _ClaimRequest:
+    require_tenant(tenant)
+    return _ClaimRequest(
+        key=key,
+        tenant=tenant,
+        agent=agent,
+        subject=subject or "",
+        run_key=run_key,
+        step=step,
+        agent_run_id=agent_run_id,
+        owner=owner or agent_run_id or uuid.uuid4().hex,
+        seconds=float(lease) if lease is not None else lease_seconds(),
+    )
+
+
+def _insert_claims(url: str, requests: list[_ClaimRequest]) -> list[ActionRecord | None]:
+    """Insert a `started` row per request in one transaction; a request whose key is already
+    stored (or taken by an earlier request of the list) gets None.
+
+    Rows go in key order, so two processes inserting overlapping groups on PostgreSQL wait for
+    each other instead of deadlocking.
+    """
+    first: dict[str, int] = {}  # each key's first request: the only one that may insert it
+    for i, request in enumerate(requests):
+        first.setdefault(request.key, i)
+    records = {key: requests[i].record() for key, i in first.items()}
+    with session(url) as s:
+        statement = conflict_ignoring(s, ActionRecord).returning(col(ActionRecord.idempotency_key))
+        rows = [_values(records[key]) for key in sorted(records)]
+        landed = set(s.exec(statement, params=rows).scalars())
+    return [
+        records[r.key] if first[r.key] == i and r.key in landed else None
+        for i, r in enumerate(requests)
+    ]
+
+
+def _values(record: ActionRecord) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in ActionRecord.model_fields}
+
+
+def _claim_together(url: str, requests: list[_ClaimRequest]) -> list[ActionRecord | _Exists]:
+    """Concurrent `aclaim`s: their inserts in one transaction."""
+    retried = False
+
+    def insert(retry: bool) -> list[ActionRecord | None]:
+        nonlocal retried
+        retried = retried or retry
+        return _insert_claims(url, requests)
+
+    outcomes = retrying(insert, what="ledger claim")
+    return [_Exists(retried) if o is None else o for o in outcomes]
+
+
+def _claim_existing(request: _ClaimRequest, url: str, *, retried_insert: bool) -> ActionRecord:
+    """Settle a claim whose key was already stored: reuse, take over, or watch its holder."""
+    steps = _settling(request, url, retried_insert)
+    while True:
+        step = _step(steps)
+        if isinstance(step, ActionRecord):
+            return step
+        time.sleep(step)
+
+
+async def _aclaim_existing(
+    request: _ClaimRequest, url: str, *, retried_insert: bool
+) -> ActionRecord:
+    """Async `_claim_existing`: each look in a worker thread, the waits between them on the
+    event loop (a claim watching a live holder for seconds holds no thread)."""
+    steps = _settling(request, url, retried_insert)
+    while True:
+        step = await asyncio.to_thread(_step, steps)
+        if isinstance(step, ActionRecord):
+            return step
+        await asyncio.sleep(step)
+
+
+def _step(steps: Generator[float, None, ActionRecord]) -> float | ActionRecord:
+    """Run a settling claim to its next wait (seconds) or its end (the row)."""
+    try:
+        return next(steps)
+    except StopIteration as end:
+        return end.value
+
+
+def _settling(
+    request: _ClaimRequest, url: str, retried_insert: bool
+) -> Generator[float, None, ActionRecord]:
+    """The settling of a claim whose key was already stored, as a generator that yields the
+    seconds to wait before looking again and returns the row (or raises)."""
+    key, tenant, me, seconds = request.key, request.tenant, request.owner, request.seconds
     # The key exists: someone else's row, or our own insert committed before the connection
     # dropped (then the retry hit the primary key).
     watched: tuple[Any, ...] | None = None
@@ -224,7 +382,7 @@ def claim(
             raise ActionInProgress.held(key, existing.lease_owner, expires)
         if time.monotonic() >= deadline:
             raise ActionInProgress.held(key, existing.lease_owner, expires)
-        time.sleep(poll)
+        yield poll
 
 
 def _take_over(
@@ -460,22 +618,56 @@ def complete(key: str, result_json: Any, *, url: str | None = None) -> None:
         >>> complete(k, {"ok": True}, url="sqlite://")
     """
     data = to_json_value(result_json, what=f"Result of action {key!r}")
+    (outcome,) = _complete_together(database_of(url), [(key, data)])
+    if outcome is not None:
+        raise outcome
 
-    def finish(_retry: bool) -> int:
+
+async def acomplete(key: str, result_json: Any, *, url: str | None = None) -> None:
+    """Async `complete`: the completions of one event loop made while a completion transaction
+    runs share the next one (group commit). Same arguments and exceptions as `complete`."""
+    data = to_json_value(result_json, what=f"Result of action {key!r}")
+    await shared(_complete_together, database_of(url), (key, data))  # raises its LookupError
+
+
+def _complete_together(url: str, items: list[tuple[str, Any]]) -> list[LookupError | None]:
+    """Move each claimed key's `started` row to `completed` with its result, in one
+    transaction (key order: no deadlock between overlapping groups); a key never claimed
+    gets a `LookupError`."""
+    order = sorted(range(len(items)), key=lambda i: items[i][0])
+
+    def finish(_retry: bool) -> set[str]:
+        """The keys no `started` row was found for (completed already, or never claimed)."""
+        unchanged: set[str] = set()
         with session(url) as s:
-            result = s.exec(
-                update(ActionRecord)
-                .where(
-                    col(ActionRecord.idempotency_key) == key, col(ActionRecord.status) == STARTED
+            for i in order:
+                key, data = items[i]
+                result = s.exec(
+                    update(ActionRecord)
+                    .where(
+                        col(ActionRecord.idempotency_key) == key,
+                        col(ActionRecord.status) == STARTED,
+                    )
+                    .values(status=COMPLETED, result=data, completed_at=utcnow())
                 )
-                .values(status=COMPLETED, result=data, completed_at=utcnow())
-            )
-            return int(result.rowcount)
+                if not result.rowcount:
+                    unchanged.add(key)
+            if unchanged:
+                stored = set(
+                    s.exec(
+                        select(ActionRecord.idempotency_key).where(
+                            col(ActionRecord.idempotency_key).in_(unchanged)
+                        )
+                    ).all()
+                )
+                unchanged -= stored
+        return unchanged
 
-    if retrying(finish, what="ledger complete"):
-        return
-    if get(key, url=url) is None:
-        raise LookupError(f"No action claimed under idempotency key {key!r}.")
+    missing = retrying(finish, what="ledger complete")
+    return [
+        LookupError(f"No action claimed under idempotency key {key!r}.") if key in missing else None
+        for key, _ in items
+    ]
 
 
 @reconnecting

@@ -26,14 +26,16 @@ import random
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, insert, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import delete, tuple_, update
 from sqlmodel import Session, col, select
 
 from agents.errors import MemoryConflict
 from agents.store._convert import require_tenant, to_json_value
+from agents.store._group import database_of, shared
+from agents.store._writes import conflict_ignoring
 from agents.store.engine import reconnecting, retrying, session
 from agents.store.tables import MemoryItem, utcnow
 
@@ -44,7 +46,10 @@ class Memory:
     """A handle on one agent's memory about one subject, within one tenant.
 
     Sync methods do the work; each has an `a`-prefixed async twin that runs it in a worker
-    thread. The handle holds no connection and is safe to share between threads.
+    thread. The twins of reads and writes of single keys (`aget`, `aget_item`, `aset`,
+    `aupdate`) share a transaction with the same calls made meanwhile on the event loop (group
+    commit), each keeping its own outcome. The handle holds no connection and is safe to share
+    between threads.
 
     Args:
         tenant: mandatory, non-empty; memory never crosses tenants.
@@ -110,7 +115,6 @@ class Memory:
     def _scope(self, key: str) -> list[Any]:
         return [*self._scope_all(), col(MemoryItem.key) == key]
 
-    @reconnecting
     def get_item(self, key: str) -> MemoryItem | None:
         """The stored row (value and version) for a key, or None.
 
@@ -121,8 +125,8 @@ class Memory:
             >>> mem.get_item("plan").version
             1
         """
-        with session(self._url) as s:
-            return s.exec(select(MemoryItem).where(*self._scope(key))).one_or_none()
+        (item,) = _read_together(database_of(self._url), [self._where(key)])
+        return item
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value stored under a key, or `default` when there is none.
@@ -189,102 +193,23 @@ class Memory:
             >>> mem.set("tier", "platinum", expected_version=v) == v + 1
             True
         """
+        write = self._write(key, value, expected_version)
+        (outcome,) = _write_together(database_of(self._url), [write])
+        if isinstance(outcome, MemoryConflict):
+            raise outcome
+        return outcome
+
+    def _where(self, key: str) -> _Key:
+        return (self._tenant, self._agent, self._subject, key)
+
+    def _write(self, key: str, value: Any, expected_version: int | None) -> _Write:
+        """One write, checked and converted (errors are the caller's, before any I/O)."""
         if not key:
             raise ValueError("Memory keys must be non-empty strings.")
-        data = to_json_value(value, what=f"Memory value for key {key!r}")
-        token = uuid.uuid4().hex
-        if expected_version is None:
-
-            def last_writer_wins(retry: bool) -> int:
-                landed = self._landed(key, token) if retry else None
-                return landed or self._set_last_writer_wins(key, data, token)
-
-            return retrying(last_writer_wins, what="memory write")
-        if expected_version < 0:
+        if expected_version is not None and expected_version < 0:
             raise ValueError(f"expected_version must be >= 0, got {expected_version}.")
-
-        def compare_and_set(retry: bool) -> int:
-            landed = self._landed(key, token) if retry else None
-            if landed is not None:
-                return landed
-            if expected_version == 0:
-                try:
-                    with session(self._url) as s:
-                        self._insert(s, key, data, token)
-                    return 1
-                except IntegrityError:
-                    raise MemoryConflict(key, 0, self._version(key)) from None
-            with session(self._url) as s:
-                new_version = s.exec(
-                    update(MemoryItem)
-                    .where(*self._scope(key), col(MemoryItem.version) == expected_version)
-                    .values(
-                        value=data,
-                        version=col(MemoryItem.version) + 1,
-                        updated_at=utcnow(),
-                        writer=token,
-                    )
-                    .returning(col(MemoryItem.version))
-                ).scalar_one_or_none()
-            if new_version is None:
-                raise MemoryConflict(key, expected_version, self._version(key))
-            return int(new_version)
-
-        return retrying(compare_and_set, what="memory write")
-
-    def _landed(self, key: str, token: str) -> int | None:
-        """The row's version if our write (its token) is the one stored, else None."""
-        with session(self._url) as s:
-            version = s.exec(
-                select(MemoryItem.version).where(*self._scope(key), col(MemoryItem.writer) == token)
-            ).one_or_none()
-        return None if version is None else int(version)
-
-    def _set_last_writer_wins(self, key: str, data: Any, token: str) -> int:
-        for attempt in range(2):
-            with session(self._url) as s:
-                new_version = self._bump(s, key, data, token)
-                if new_version is not None:
-                    return new_version
-            try:
-                with session(self._url) as s:
-                    self._insert(s, key, data, token)
-                return 1
-            except IntegrityError:
-                # Another writer inserted the key between our UPDATE and INSERT: update it.
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _bump(self, s: Session, key: str, data: Any, token: str) -> int | None:
-        version = s.exec(
-            update(MemoryItem)
-            .where(*self._scope(key))
-            .values(
-                value=data, version=col(MemoryItem.version) + 1, updated_at=utcnow(), writer=token
-            )
-            .returning(col(MemoryItem.version))
-        ).scalar_one_or_none()
-        return None if version is None else int(version)
-
-    def _insert(self, s: Session, key: str, data: Any, token: str) -> None:
-        s.exec(
-            insert(MemoryItem).values(
-                tenant=self._tenant,
-                agent=self._agent,
-                subject=self._subject,
-                key=key,
-                value=data,
-                version=1,
-                updated_at=utcnow(),
-                writer=token,
-            )
-        )
-
-    @reconnecting
-    def _version(self, key: str) -> int | None:
-        with session(self._url) as s:
-            return s.exec(select(MemoryItem.version).where(*self._scope(key))).one_or_none()
+        data = to_json_value(value, what=f"Memory value for key {key!r}")
+        return _Write(self._where(key), data, uuid.uuid4().hex, expected_version)
 
     def update(
         self, key: str, fn: Callable[[Any], Any], default: Any = None, retries: int = 5
@@ -340,22 +265,46 @@ class Memory:
     # -- async twins --------------------------------------------------------------------------
 
     async def aget(self, key: str, default: Any = None) -> Any:
-        """Async `get` (runs in a worker thread)."""
-        return await asyncio.to_thread(self.get, key, default)
+        """Async `get` (shares a query with the reads made meanwhile; see `aget_item`)."""
+        item = await self.aget_item(key)
+        return default if item is None else item.value
 
     async def aget_item(self, key: str) -> MemoryItem | None:
-        """Async `get_item` (runs in a worker thread)."""
-        return await asyncio.to_thread(self.get_item, key)
+        """Async `get_item`: the reads of one event loop made while a read runs share the next
+        query, in a worker thread."""
+        item: MemoryItem | None = await shared(
+            _read_together, database_of(self._url), self._where(key)
+        )
+        return item
 
     async def aset(self, key: str, value: Any, *, expected_version: int | None = None) -> int:
-        """Async `set` (runs in a worker thread)."""
-        return await asyncio.to_thread(self.set, key, value, expected_version=expected_version)
+        """Async `set`: the writes of one event loop made while a write transaction runs share
+        the next one (group commit), each still its own compare-and-set: a conflicting write
+        raises `MemoryConflict` to its caller alone."""
+        write = self._write(key, value, expected_version)
+        version: int = await shared(_write_together, database_of(self._url), write)
+        return version
 
     async def aupdate(
         self, key: str, fn: Callable[[Any], Any], default: Any = None, retries: int = 5
     ) -> Any:
-        """Async `update` (runs in a worker thread; `fn` is a plain function)."""
-        return await asyncio.to_thread(self.update, key, fn, default, retries)
+        """Async `update`: its read and its compare-and-set share round trips with the other
+        reads and writes made meanwhile (`aget_item`, `aset`). `fn` is a plain function, called
+        on the event loop: keep it quick, and free of side effects (it may run several times).
+        """
+        attempt = 0
+        while True:
+            item = await self.aget_item(key)
+            current, version = (default, 0) if item is None else (item.value, item.version)
+            new_value = to_json_value(fn(current), what=f"Memory value for key {key!r}")
+            try:
+                await self.aset(key, new_value, expected_version=version)
+                return new_value
+            except MemoryConflict:
+                if attempt >= retries:
+                    raise
+                attempt += 1
+                await asyncio.sleep(random.uniform(0, 0.01 * 2 ** min(attempt, 6)))
 
     async def adelete(self, key: str) -> bool:
         """Async `delete` (runs in a worker thread)."""
@@ -368,3 +317,135 @@ class Memory:
     async def aitems(self) -> dict[str, Any]:
         """Async `items` (runs in a worker thread)."""
         return await asyncio.to_thread(self.items)
+
+
+#: A memory key with its scope: (tenant, agent, subject, key).
+_Key = tuple[str, str, str, str]
+
+
+@dataclass(frozen=True)
+class _Write:
+    """One `set`: its key, JSON value, fresh token and expected version (None: last wins)."""
+
+    where: _Key
+    data: Any
+    token: str
+    expected: int | None
+
+
+def _scope_of(where: _Key) -> list[Any]:
+    tenant, agent, subject, key = where
+    return [
+        col(MemoryItem.tenant) == tenant,
+        col(MemoryItem.agent) == agent,
+        col(MemoryItem.subject) == subject,
+        col(MemoryItem.key) == key,
+    ]
+
+
+@reconnecting
+def _read_together(url: str, keys: list[_Key]) -> list[MemoryItem | None]:
+    """The rows of several keys (each in its own scope), in one query."""
+    scoped = tuple_(
+        col(MemoryItem.tenant), col(MemoryItem.agent), col(MemoryItem.subject), col(MemoryItem.key)
+    )
+    with session(url) as s:
+        rows = s.exec(select(MemoryItem).where(scoped.in_(sorted(set(keys))))).all()
+    found: dict[_Key, MemoryItem] = {(r.tenant, r.agent, r.subject, r.key): r for r in rows}
+    items: list[MemoryItem | None] = []
+    given: set[_Key] = set()
+    for where in keys:
+        row = found.get(where)
+        if row is not None and where in given:
+            row = row.model_copy()  # each caller gets its own object
+        given.add(where)
+        items.append(row)
+    return items
+
+
+def _write_together(url: str, writes: list[_Write]) -> list[int | MemoryConflict]:
+    """Several `set`s in one transaction, each its own compare-and-set (or last-writer-wins)
+    write: a write that loses gets its `MemoryConflict`, the others still commit.
+
+    Writes go in key order (those to one key in the order given), so two processes writing
+    overlapping groups on PostgreSQL wait for each other instead of deadlocking. After a lost
+    connection each write first looks for its own token: a COMMIT that landed unacknowledged
+    is not applied twice.
+    """
+    order = sorted(range(len(writes)), key=lambda i: writes[i].where)
+
+    def write_all(retry: bool) -> list[int | MemoryConflict]:
+        outcomes: list[int | MemoryConflict] = [0] * len(writes)
+        with session(url) as s:
+            for i in order:
+                write = writes[i]
+                landed = _landed(s, write) if retry else None
+                outcomes[i] = landed if landed is not None else _apply(s, write)
+        return outcomes
+
+    return retrying(write_all, what="memory write")
+
+
+def _landed(s: Session, write: _Write) -> int | None:
+    """The row's version if this write (its token) is the one stored, else None."""
+    version = s.exec(
+        select(MemoryItem.version).where(
+            *_scope_of(write.where), col(MemoryItem.writer) == write.token
+        )
+    ).one_or_none()
+    return None if version is None else int(version)
+
+
+def _apply(s: Session, write: _Write) -> int | MemoryConflict:
+    key = write.where[3]
+    if write.expected is None:  # last writer wins
+        for _ in range(2):
+            version = _bump(s, write)
+            if version is not None:
+                return version
+            if _insert(s, write):
+                return 1
+            # Another writer inserted the key between our UPDATE and INSERT: update it.
+        raise RuntimeError(f"Memory key {key!r} kept vanishing and reappearing while written.")
+    if write.expected == 0:
+        if _insert(s, write):
+            return 1
+    else:
+        version = _bump(s, write, col(MemoryItem.version) == write.expected)
+        if version is not None:
+            return version
+    stored = s.exec(select(MemoryItem.version).where(*_scope_of(write.where))).one_or_none()
+    return MemoryConflict(key, write.expected, stored)
+
+
+def _bump(s: Session, write: _Write, *conditions: Any) -> int | None:
+    version = s.exec(
+        update(MemoryItem)
+        .where(*_scope_of(write.where), *conditions)
+        .values(
+            value=write.data,
+            version=col(MemoryItem.version) + 1,
+            updated_at=utcnow(),
+            writer=write.token,
+        )
+        .returning(col(MemoryItem.version))
+    ).scalar_one_or_none()
+    return None if version is None else int(version)
+
+
+def _insert(s: Session, write: _Write) -> bool:
+    """Insert the key at version 1; False if it is already stored."""
+    tenant, agent, subject, key = write.where
+    row = {
+        "tenant": tenant,
+        "agent": agent,
+        "subject": subject,
+        "key": key,
+        "value": write.data,
+        "version": 1,
+        "updated_at": utcnow(),
+        "writer": write.token,
+    }
+    statement = conflict_ignoring(s, MemoryItem, ["tenant", "agent", "subject", "key"])
+    went_in = s.exec(statement.values(**row).returning(col(MemoryItem.id))).first()
+    return went_in is not None

@@ -23,9 +23,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import Sequence
-from typing import Any, Generic, TypeVar, cast
 
 from prefect.filesystems import WritableFileSystem
 from pydantic import Field, SecretStr
@@ -33,14 +31,11 @@ from sqlalchemy import delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
+from agents.store._group import database_of, shared
 from agents.store.engine import reconnecting, session
 from agents.store.tables import StepResult, utcnow
 
 __all__ = ["SQLResultStorage"]
-
-Item = TypeVar("Item")
-Out = TypeVar("Out")
-B = TypeVar("B", bound="_Batch[Any, Any]")
 
 MAX_KEY_LENGTH = 512
 
@@ -122,12 +117,9 @@ class SQLResultStorage(WritableFileSystem):
             _upsert(s, path, content)
         return path
 
-    @reconnecting
     def write_paths(self, items: Sequence[tuple[str, bytes]]) -> None:
         """Store several results in one transaction (what concurrent `awrite_path`s share)."""
-        with session(self._url()) as s:
-            for path, content in items:
-                _upsert(s, path, content)
+        _write_rows(self._url(), items)
 
     @reconnecting
     def delete_path(self, path: str) -> bool:
@@ -150,19 +142,14 @@ class SQLResultStorage(WritableFileSystem):
         Raises:
             FileNotFoundError: nothing is stored under the key.
         """
-        found = await _batch_of(self, _ReadBatch).submit(path)
+        found = await shared(_read_together, database_of(self._url()), path)
         if found is None:
             raise _missing(path)
         return found
 
-    @reconnecting
     def read_paths(self, paths: Sequence[str]) -> dict[str, bytes]:
         """The results stored under several keys, in one query (absent keys are left out)."""
-        with session(self._url()) as s:
-            rows = s.exec(
-                select(StepResult.key, StepResult.content).where(col(StepResult.key).in_(paths))
-            ).all()
-        return {key: bytes(content) for key, content in rows}
+        return _read_rows(self._url(), paths)
 
     async def awrite_path(self, path: str, content: bytes) -> str:
         """Async `write_path`: the writes of one event loop that arrive while a transaction is
@@ -173,7 +160,7 @@ class SQLResultStorage(WritableFileSystem):
         its own result is committed, as `write_path` does.
         """
         _check_key(path)
-        await _batch_of(self, _WriteBatch).submit((path, bytes(content)))
+        await shared(_write_together, database_of(self._url()), (path, bytes(content)))
         return path
 
     async def adelete_path(self, path: str) -> bool:
@@ -209,77 +196,29 @@ def _upsert(s: Session, path: str, content: bytes) -> None:
         s.add(StepResult(key=path, content=data, created_at=now))
 
 
-class _Batch(Generic[Item, Out]):
-    """Requests waiting for the next shared database round trip, of one event loop and
-    database: while one round trip runs, the requests that arrive wait for the next."""
-
-    def __init__(self, storage: SQLResultStorage) -> None:
-        self.storage = storage
-        self.waiting: list[tuple[Item, asyncio.Future[Out]]] = []
-        self.drainer: asyncio.Future[None] | None = None
-
-    async def submit(self, item: Item) -> Out:
-        done: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
-        self.waiting.append((item, done))
-        if self.drainer is None or self.drainer.done():
-            self.drainer = asyncio.ensure_future(self._drain())
-        return await done
-
-    async def _drain(self) -> None:
-        while self.waiting:
-            await asyncio.sleep(0)  # the requests made in this turn of the loop join in
-            batch, self.waiting = self.waiting, []
-            items = [item for item, _ in batch]
-            try:
-                outs = await asyncio.to_thread(self.together, items)
-            except Exception:
-                # One bad request must not fail the others: each is made on its own.
-                await asyncio.gather(*(self._alone(item, done) for item, done in batch))
-                continue
-            for (_, done), out in zip(batch, outs, strict=True):
-                if not done.done():
-                    done.set_result(out)
-
-    async def _alone(self, item: Item, done: asyncio.Future[Out]) -> None:
-        try:
-            (out,) = await asyncio.to_thread(self.together, [item])
-        except Exception as exc:
-            if not done.done():
-                done.set_exception(exc)
-        else:
-            if not done.done():
-                done.set_result(out)
-
-    def together(self, items: list[Item]) -> list[Out]:
-        raise NotImplementedError
+@reconnecting
+def _write_rows(url: str | None, items: Sequence[tuple[str, bytes]]) -> None:
+    with session(url) as s:
+        for path, content in items:
+            _upsert(s, path, content)
 
 
-class _WriteBatch(_Batch[tuple[str, bytes], None]):
-    """Results written in one transaction (one commit for all)."""
-
-    def together(self, items: list[tuple[str, bytes]]) -> list[None]:
-        self.storage.write_paths(items)
-        return [None] * len(items)
-
-
-class _ReadBatch(_Batch[str, "bytes | None"]):
-    """Results read in one query."""
-
-    def together(self, items: list[str]) -> list[bytes | None]:
-        found = self.storage.read_paths(sorted(set(items)))
-        return [found.get(path) for path in items]
+@reconnecting
+def _read_rows(url: str | None, paths: Sequence[str]) -> dict[str, bytes]:
+    with session(url) as s:
+        rows = s.exec(
+            select(StepResult.key, StepResult.content).where(col(StepResult.key).in_(paths))
+        ).all()
+    return {key: bytes(content) for key, content in rows}
 
 
-#: Each event loop's batches, by kind and database URL (a loop's futures belong to it).
-_batches: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[tuple[type[Any], str], _Batch[Any, Any]]
-] = weakref.WeakKeyDictionary()
+def _write_together(url: str, items: list[tuple[str, bytes]]) -> list[None]:
+    """Concurrent `awrite_path`s: one transaction (one commit for all)."""
+    _write_rows(url, items)
+    return [None] * len(items)
 
 
-def _batch_of(storage: SQLResultStorage, kind: type[B]) -> B:
-    batches = _batches.setdefault(asyncio.get_running_loop(), {})
-    key = (kind, storage._url() or "")
-    batch = batches.get(key)
-    if batch is None:
-        batch = batches[key] = kind(storage)
-    return cast("B", batch)
+def _read_together(url: str, items: list[str]) -> list[bytes | None]:
+    """Concurrent `aread_path`s: one query."""
+    found = _read_rows(url, sorted(set(items)))
+    return [found.get(path) for path in items]

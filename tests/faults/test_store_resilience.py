@@ -14,6 +14,7 @@ shared cluster of the test session is never stopped here.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -267,6 +268,53 @@ def test_a_lost_commit_acknowledgement_is_not_applied_twice(db_url: str, new_ten
     item = counts["memory"]
     assert item is not None and (item.value, item.version) == (6, 2)
     assert memory.get_item("fresh") is not None
+
+
+def test_a_lost_commit_acknowledgement_of_a_group_is_not_applied_twice(
+    db_url: str, new_tenant: str
+) -> None:
+    """The same, for the group commits of concurrent async callers: after the lost COMMIT of a
+    group, every claim finds its own row (attempts stays 1), every completion and
+    compare-and-set lands once (a second application would conflict or bump the version)."""
+    tenant, url = new_tenant, db_url
+    keys = [ledger.idempotency_key(tenant, "a", "s", f"rk{i}", "send") for i in range(8)]
+    counters = [Memory(tenant, "a", f"s{i}", url=url) for i in range(8)]
+    for counter in counters:
+        counter.set("n", 10)
+
+    async def claims() -> list[ActionRecord]:
+        return await asyncio.gather(
+            *(ledger.aclaim(k, tenant=tenant, agent="a", subject="s", run_key=f"rk{i}",
+                            step="send", agent_run_id=f"run{i}", url=url)
+              for i, k in enumerate(keys))
+        )  # fmt: skip
+
+    async def completions() -> None:
+        await asyncio.gather(*(ledger.acomplete(k, {"i": i}, url=url) for i, k in enumerate(keys)))
+
+    async def writes() -> list[int]:
+        return await asyncio.gather(*(c.aset("n", 11, expected_version=1) for c in counters))
+
+    with _lose_commit_acks(url, 1) as lost:
+        claimed = asyncio.run(claims())
+    assert lost
+    assert [(r.status, r.attempts, r.lease_owner) for r in claimed] == [
+        ("started", 1, f"run{i}") for i in range(8)
+    ]
+    with _lose_commit_acks(url, 1) as lost:
+        asyncio.run(completions())
+    assert lost
+    with _lose_commit_acks(url, 1) as lost:
+        assert asyncio.run(writes()) == [2] * 8  # each compare-and-set applied once
+    assert lost
+
+    counts = _counts(tenant, url)
+    assert counts["action_attempts"] == [1]
+    assert counts["actions_completed"] == 8
+    stored = [ledger.get(k, url=url) for k in keys]
+    assert [(r.result, r.attempts) for r in stored if r] == [({"i": i}, 1) for i in range(8)]
+    items = [c.get_item("n") for c in counters]
+    assert [(i.value, i.version) for i in items if i] == [(11, 2)] * 8
 
 
 def test_only_connection_errors_are_retried() -> None:

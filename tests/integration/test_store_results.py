@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from agents.settings import temporary_settings
 from agents.store import SQLResultStorage, get_engine
 from agents.store.tables import StepResult
+from tests.support.sqlcount import counted
 
 
 def _row_count(url: str, key: str) -> int:
@@ -74,52 +75,38 @@ def test_async_round_trip_and_overwrite(db_url: str) -> None:
     assert _row_count(db_url, key) == 0
 
 
-def test_concurrent_async_writes_and_reads_share_round_trips(
-    db_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_concurrent_async_writes_and_reads_share_round_trips(db_url: str) -> None:
     """50 results written at once take a few transactions, not 50; each caller returns with its
     own row committed; a bad key fails alone; reads at once share queries and still tell a
     missing key apart."""
     storage = SQLResultStorage(database_url=db_url)
-    trips: list[tuple[str, int]] = []
-    write_paths, read_paths = storage.write_paths, storage.read_paths
-
-    def counted_writes(items: Any) -> None:
-        trips.append(("write", len(items)))
-        write_paths(items)
-
-    def counted_reads(paths: Any) -> dict[str, bytes]:
-        trips.append(("read", len(paths)))
-        return read_paths(paths)
-
-    # Our own block's methods, counted: the database calls themselves run for real.
-    monkeypatch.setattr(storage, "write_paths", counted_writes)
-    monkeypatch.setattr(storage, "read_paths", counted_reads)
     prefix = uuid.uuid4().hex
+    keys = [f"{prefix}-{i}" for i in range(50)]
 
-    async def main() -> tuple[list[Any], list[Any]]:
-        keys = [f"{prefix}-{i}" for i in range(50)]
-        writes = await asyncio.gather(
+    async def writes() -> list[Any]:
+        return await asyncio.gather(
             *(storage.awrite_path(k, k.encode()) for k in keys),
             storage.awrite_path("", b"no key"),
             return_exceptions=True,
         )
-        reads = await asyncio.gather(
+
+    async def reads() -> list[Any]:
+        return await asyncio.gather(
             *(storage.aread_path(k) for k in [*keys, f"{prefix}-absent"]),
             return_exceptions=True,
         )
-        return writes, reads
 
-    writes, reads = asyncio.run(main())
-    assert writes[:50] == [f"{prefix}-{i}" for i in range(50)]
-    assert isinstance(writes[50], ValueError)
-    assert reads[:50] == [f"{prefix}-{i}".encode() for i in range(50)]
-    assert isinstance(reads[50], FileNotFoundError)
-    write_trips = [n for kind, n in trips if kind == "write"]
-    read_trips = [n for kind, n in trips if kind == "read"]
-    assert sum(write_trips) == 50 and len(write_trips) <= 3, write_trips
-    assert sum(read_trips) == 51 and len(read_trips) <= 3, read_trips
-    assert all(_row_count(db_url, f"{prefix}-{i}") == 1 for i in (0, 49))
+    with counted(db_url) as write_trips:
+        written = asyncio.run(writes())
+    with counted(db_url) as read_trips:
+        read = asyncio.run(reads())
+    assert written[:50] == keys
+    assert isinstance(written[50], ValueError)
+    assert read[:50] == [k.encode() for k in keys]
+    assert isinstance(read[50], FileNotFoundError)
+    assert write_trips["commit"] <= 3 and write_trips["INSERT step_result"] == 50, write_trips
+    assert read_trips["SELECT step_result"] <= 3, read_trips
+    assert all(_row_count(db_url, k) == 1 for k in (keys[0], keys[49]))
 
 
 def test_long_keys(db_url: str) -> None:

@@ -1,0 +1,49 @@
+"""Counting what a block of code asks a database: its transactions (COMMITs) and statements."""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import sqlalchemy as sa
+
+from agents.store.engine import get_engine
+
+
+@contextlib.contextmanager
+def counted(url: str) -> Iterator[Counter[str]]:
+    """Count the COMMITs (`"commit"`) and the statements, by verb and table (`"INSERT
+    action_record"`, `"SELECT memory_item"`, ...), that this process sends to `url`'s engine
+    while the block runs."""
+    engine = get_engine(url)
+    counts: Counter[str] = Counter()
+
+    def on_commit(_conn: Any) -> None:
+        counts["commit"] += 1
+
+    def on_statement(_conn: Any, _cursor: Any, text: str, *_: Any) -> None:
+        counts[_kind(text)] += 1
+
+    sa.event.listen(engine, "commit", on_commit)
+    sa.event.listen(engine, "before_cursor_execute", on_statement)
+    try:
+        yield counts
+    finally:
+        sa.event.remove(engine, "commit", on_commit)
+        sa.event.remove(engine, "before_cursor_execute", on_statement)
+
+
+def _kind(text: str) -> str:
+    words = text.replace("(", " ").replace(",", " ").replace('"', " ").split()
+    if not words:
+        return "?"
+    verb = words[0].upper()
+    if verb == "UPDATE" and len(words) > 1:
+        return f"UPDATE {words[1]}"
+    upper = [w.upper() for w in words]
+    anchor = {"INSERT": "INTO", "SELECT": "FROM", "DELETE": "FROM"}.get(verb)
+    if anchor in upper and upper.index(anchor) + 1 < len(words):
+        return f"{verb} {words[upper.index(anchor) + 1]}"
+    return verb
