@@ -214,12 +214,12 @@ def test_a_batch_ends_only_once_the_server_has_read_its_events() -> None:
     """A server with a backlog drops the connection on a late pong and what it had not read;
     Prefect's client resends it only on its next send, and a flow run's last event has none.
     Streaming and ending as a Stalwart batch does loses nothing."""
-    lossy = SlowEventsIn(per_event_s=0.02)
+    lossy = SlowEventsIn(per_event_s=0.03)
     with _serving(lossy) as api_url:
         sent = _emit_and_end(api_url, 300, reliable=False)
     assert len(lossy.received & set(sent)) < len(sent)  # the failure this guards against
 
-    confirmed = SlowEventsIn(per_event_s=0.02)
+    confirmed = SlowEventsIn(per_event_s=0.03)
     with _serving(confirmed) as api_url:
         sent = _emit_and_end(api_url, 300, reliable=True)
     assert confirmed.received >= set(sent)
