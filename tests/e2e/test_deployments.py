@@ -165,13 +165,22 @@ def test_a_deployment_run_for_another_tenant_is_tagged_with_it_and_fails_on_a_fa
 
 
 def test_deploy_created_every_reference_deployment(deployed: dict[str, Any]) -> None:
-    listed = deployed["server"].cli("deployment", "ls")
-    for name in ("ticket-triage", "qa-runs", "engagement-campaign"):
-        assert name in listed
-    described = json.dumps(
-        deployed["server"].cli("deployment", "inspect", "ticket-triage/ticket-triage")
-    )
-    assert "*/30 * * * *" in described and "stalwart" in described
+    # Read from the server's API (what `prefect deployment ls/inspect` print), not through two
+    # more CLI processes.
+    from prefect.client.orchestration import SyncPrefectClient
+
+    with SyncPrefectClient(deployed["server"].api_url) as client:
+        found = {
+            name: client.read_deployment_by_name(name)
+            for name in (
+                "ticket-triage/ticket-triage",
+                "qa-runs-round/qa-runs",
+                "engagement-campaign-waves/engagement-campaign",
+            )
+        }
+    assert {d.work_pool_name for d in found.values()} == {"stalwart"}
+    triage = found["ticket-triage/ticket-triage"]
+    assert [getattr(s.schedule, "cron", None) for s in triage.schedules] == ["*/30 * * * *"]
 
 
 @pytest.mark.usefixtures("on_prefect_server")

@@ -1,7 +1,8 @@
 """What a person sees of `stalwart run` and `stalwart eval`, run as they would run them (a
 subprocess, its own data directory, the bundled model server started by the CLI): a progress
 bar and a summary, Prefect's per-task-run lines in the printed log file (on the terminal with
-`--verbose`), a JSON summary whose counts are the decision log's, and a clean end."""
+`--verbose`), a JSON summary whose counts are the decision log's, and a clean end. The demo over
+the whole bundled sample hands its unsure tickets to a person and returns."""
 
 from __future__ import annotations
 
@@ -11,26 +12,25 @@ import re
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from flows.ticket_triage import SAMPLE_INPUTS
+from tests.support.triage import refused, sample, unsure
 
 TASK_STATE_LINE = "Finished in state"
 #: The README's acceptance: the demo over the bundled tickets prints at most this many lines.
 MOST_LINES = 30
 
 
-@pytest.fixture(scope="module")
-def prefect_api_url() -> Iterator[str]:
-    """One temporary Prefect server for the subprocesses that need not start their own."""
+@pytest.fixture
+def prefect_api_url(prefect_api: None) -> str:
+    """The session's temporary Prefect server, for the subprocesses that need not start their
+    own (each has its own data directory: nothing else is shared)."""
     from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=180):
-        yield str(PREFECT_API_URL.value())
+    return str(PREFECT_API_URL.value())
 
 
 def stalwart(
@@ -78,10 +78,20 @@ def printed_log_file(output: str) -> Path:
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # a loaded two-core machine: minutes to start Prefect's server
 def test_the_demo_prints_a_bar_and_a_summary_and_logs_prefect_to_a_file(tmp_path: Path) -> None:
-    """The README's first command over the bundled tickets, on Prefect's temporary server."""
+    """The README's first command over the bundled tickets, on Prefect's temporary server: the
+    tickets both models are unsure of end `awaiting_review` (nothing waits for the reviewer, so
+    the command returns, exit status 0), the injections `held`, and the summary counts them."""
+    from agents import reviews
+    from agents.store import queries
+
+    lines = sample()
+    waits, refusals = unsure(lines), refused(lines)
+    assert waits and refusals and not waits & refusals
+    decided = len(lines) - len(waits) - len(refusals)
+
     done = stalwart(["run", "ticket-triage", "--input", str(SAMPLE_INPUTS)], tmp_path)
     shown = done.stdout + done.stderr
-    assert done.returncode == 0, shown[-3000:]
+    assert done.returncode == 0, shown[-3000:]  # a run awaiting review is not a failure
     assert len(shown.splitlines()) <= MOST_LINES, shown
     assert TASK_STATE_LINE not in shown
     assert "Traceback" not in shown and "ERROR" not in shown, shown
@@ -90,7 +100,29 @@ def test_the_demo_prints_a_bar_and_a_summary_and_logs_prefect_to_a_file(tmp_path
     assert "stalwart decisions --tenant default --agent ticket-triage" in done.stdout
     log = printed_log_file(done.stdout)
     assert log.parent == tmp_path / "data" / "logs"
-    assert log.read_text().count(TASK_STATE_LINE) >= len(SAMPLE_INPUTS.read_text().splitlines())
+    assert log.read_text().count(TASK_STATE_LINE) >= len(lines)
+
+    outcomes = re.search(r"^outcomes\s+(.*)$", done.stdout, re.MULTILINE)
+    assert outcomes, done.stdout
+    assert outcomes.group(1).strip().split(" · ") == [
+        f"{decided} completed",
+        f"{len(refusals)} held",
+        f"{len(waits)} awaiting review",
+        "0 failed",
+    ], done.stdout
+    ladder = re.search(r"^ladder\s+(.*)$", done.stdout, re.MULTILINE)
+    assert ladder and f"{len(waits)} awaiting review" in ladder.group(1).strip().split(" · "), (
+        done.stdout
+    )
+    url = f"sqlite:///{tmp_path / 'data' / 'stalwart.db'}"
+    runs = queries.runs(tenant="default", agent="ticket-triage", limit=1000, url=url)
+    assert Counter(r.status for r in runs) == {
+        "completed": decided,
+        "awaiting_review": len(waits),
+        "held": len(refusals),
+    }
+    pending = reviews.pending(tenant="default", agent="ticket-triage", url=url)
+    assert sorted(p.inputs["ticket"]["id"] for p in pending) == sorted(waits)
 
 
 def test_verbose_shows_prefect_task_run_lines_on_the_terminal(
@@ -117,7 +149,15 @@ def test_verbose_shows_prefect_task_run_lines_on_the_terminal(
 def test_json_summary_counts_are_the_decision_logs(tmp_path: Path, prefect_api_url: str) -> None:
     from agents import decisions
 
-    source = first_tickets(tmp_path / "five.jsonl", 5)
+    # Three tickets the models decide, one both are unsure of, one whose action is refused.
+    lines = sample()
+    waits, refusals = unsure(lines), refused(lines)
+    picked = [line for line in lines if line["raw"]["id"] not in waits | refusals][:3]
+    picked += [
+        next(line for line in lines if line["raw"]["id"] in ids) for ids in (waits, refusals)
+    ]
+    source = tmp_path / "five.jsonl"
+    source.write_text("".join(json.dumps(line) + "\n" for line in picked))
     done = stalwart(
         ["run", "ticket-triage", "--input", str(source), "--tenant", "js", "--json"],
         tmp_path,
@@ -130,6 +170,9 @@ def test_json_summary_counts_are_the_decision_logs(tmp_path: Path, prefect_api_u
         tenant="js", agent="ticket-triage", url=f"sqlite:///{tmp_path / 'data' / 'stalwart.db'}"
     )
     assert summary["runs"] == 5 and sum(summary["outcomes"].values()) == 5
+    assert summary["outcomes"]["completed"] == 3 and summary["outcomes"]["failed"] == 0
+    assert summary["outcomes"]["awaiting_review"] == summary["ladder"]["awaiting_review"] == 1
+    assert summary["outcomes"]["held"] == 1
     assert summary["decisions_logged"] == len(rows) == 5
     assert {p: n for p, n in summary["ladder"].items() if n} == Counter(r.path for r in rows)
     decided = [r for r in rows if r.path in ("direct", "fallback_model", "human", "default")]
