@@ -126,20 +126,30 @@ def test_stalwart_processes_use_that_client_and_leave_a_foreign_one_alone() -> N
 
 class SlowEventsIn(EventsIn):
     """A server that reads each event only once it has published the one before, as
-    `/api/events/in` does under load (the rest waits in the sockets' buffers), and drops a
-    connection whose keepalive pong is late, as uvicorn does (after 20 s; 1 s here)."""
+    `/api/events/in` does under load (the rest waits in the sockets' buffers), and that drops
+    its first connection after reading `drop_after` events, discarding what it had not read, as
+    uvicorn does when a keepalive pong stuck behind such a backlog comes too late."""
 
-    def __init__(self, per_event_s: float) -> None:
+    def __init__(self, per_event_s: float, drop_after: int) -> None:
         super().__init__()
         self.per_event_s = per_event_s
+        self.drop_after = drop_after
+        self.connections = 0
 
     async def handle(self, socket: ServerConnection) -> None:
+        self.connections += 1
+        first_connection = self.connections == 1
         first = json.loads(await socket.recv())
         assert first["type"] == "auth"
         await socket.send(json.dumps({"type": "auth_success"}))
+        read = 0
         with contextlib.suppress(Exception):
             async for raw in socket:
                 self.received.add(json.loads(raw)["id"])
+                read += 1
+                if first_connection and read == self.drop_after:
+                    socket.transport.abort()  # unread bytes are gone with the connection
+                    return
                 await asyncio.sleep(self.per_event_s)
 
 
@@ -159,8 +169,7 @@ def _serving(server: EventsIn) -> Iterator[str]:
             0,
             subprotocols=["prefect"],  # type: ignore[list-item]
             max_queue=1,  # read no further ahead than the app takes
-            ping_interval=1.0,
-            ping_timeout=1.0,
+            ping_interval=None,
         ) as listening:
             ready.append((asyncio.get_running_loop(), stop, listening.sockets[0].getsockname()[1]))
             started.set()
@@ -211,15 +220,15 @@ def _emit_and_end(api_url: str, events: int, *, reliable: bool) -> list[str]:
 
 @pytest.mark.usefixtures("no_override")
 def test_a_batch_ends_only_once_the_server_has_read_its_events() -> None:
-    """A server with a backlog drops the connection on a late pong and what it had not read;
-    Prefect's client resends it only on its next send, and a flow run's last event has none.
+    """A server with a backlog drops the connection and what it had not read; Prefect's client
+    resends it only on its next send, and after a flow run's last event there is none.
     Streaming and ending as a Stalwart batch does loses nothing."""
-    lossy = SlowEventsIn(per_event_s=0.03)
+    lossy = SlowEventsIn(per_event_s=0.02, drop_after=100)
     with _serving(lossy) as api_url:
         sent = _emit_and_end(api_url, 300, reliable=False)
     assert len(lossy.received & set(sent)) < len(sent)  # the failure this guards against
 
-    confirmed = SlowEventsIn(per_event_s=0.03)
+    confirmed = SlowEventsIn(per_event_s=0.02, drop_after=100)
     with _serving(confirmed) as api_url:
         sent = _emit_and_end(api_url, 300, reliable=True)
     assert confirmed.received >= set(sent)
