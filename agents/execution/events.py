@@ -142,7 +142,7 @@ def _reliable_worker() -> Any:
             isinstance(worker, EventsWorker)
             and not worker._stopped
             and worker._started
-            and ("checkpoint_interval", NO_TIME_CHECKPOINT) in worker.client_options
+            and _is_ours((worker.client_type, worker.client_options))
         ):
             return worker
     return None

@@ -475,13 +475,7 @@ class _Call(Generic[T]):
         """Close the books on an answer: breaker, tokens, record, cache."""
         to_cache = self.settled(route, result, completion)
         if to_cache is not None:
-            llm_cache.store(
-                to_cache.key,
-                to_cache.answer,
-                tenant=to_cache.tenant,
-                endpoint=to_cache.endpoint,
-                model=to_cache.model,
-            )
+            llm_cache.store(**vars(to_cache))
         return result
 
     async def asucceeded(self, route: _Route, result: T, completion: Any) -> T:
@@ -489,13 +483,7 @@ class _Call(Generic[T]):
         the other answers stored meanwhile (`llm_cache.astore`)."""
         to_cache = await asyncio.to_thread(self.settled, route, result, completion)
         if to_cache is not None:
-            await llm_cache.astore(
-                to_cache.key,
-                to_cache.answer,
-                tenant=to_cache.tenant,
-                endpoint=to_cache.endpoint,
-                model=to_cache.model,
-            )
+            await llm_cache.astore(**vars(to_cache))
         return result
 
     def settled(self, route: _Route, result: T, completion: Any) -> _ToCache | None:

@@ -170,18 +170,10 @@ def claim(
     """
     request = _claim_request(key, tenant, agent, subject, run_key, step, agent_run_id, owner, lease)
     resolved = database_of(url)
-    retried = False
-
-    def insert(retry: bool) -> ActionRecord | None:
-        nonlocal retried
-        retried = retried or retry
-        (outcome,) = _insert_claims(resolved, [request])
+    (outcome,) = _claim_together(resolved, [request])
+    if isinstance(outcome, ActionRecord):
         return outcome
-
-    inserted = retrying(insert, what="ledger claim")
-    if inserted is not None:
-        return inserted
-    return _claim_existing(request, resolved, retried_insert=retried)
+    return _claim_existing(request, resolved, retried_insert=outcome.retried)
 
 
 async def aclaim(

@@ -112,9 +112,6 @@ class Memory:
             col(MemoryItem.subject) == self._subject,
         ]
 
-    def _scope(self, key: str) -> list[Any]:
-        return [*self._scope_all(), col(MemoryItem.key) == key]
-
     def get_item(self, key: str) -> MemoryItem | None:
         """The stored row (value and version) for a key, or None.
 
@@ -259,7 +256,7 @@ class Memory:
             False
         """
         with session(self._url) as s:
-            result = s.exec(delete(MemoryItem).where(*self._scope(key)))
+            result = s.exec(delete(MemoryItem).where(*_scope_of(self._where(key))))
             return bool(result.rowcount)
 
     # -- async twins --------------------------------------------------------------------------
