@@ -1,10 +1,12 @@
-"""The Prefect wiring: one task per step with its cache policy, retries and result storage; the
-flow that runs a batch; and the step runner the walk uses to run step calls as task runs."""
+"""The Prefect wiring: one task per step (its name, retries, timeout, tags and result storage);
+the flow that runs a batch; and the step runner the walk uses to run step calls as task runs
+(through `agents.execution.task_engine`)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Coroutine, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from prefect import Flow, Task
@@ -12,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.results import ResultStore
 from prefect.states import Failed, State
 from prefect.tasks import exponential_backoff
-from prefect.utilities.annotations import quote
+from pydantic import BaseModel
 
 from agents.declare.decision import Decision
 from agents.digest import digest
@@ -21,12 +23,12 @@ from agents.execution.review import Reviewer
 from agents.execution.shadow import live_shadow
 from agents.execution.storage import ComputedKey
 from agents.execution.task import execute, twin_conflict
-from agents.execution.threads import in_thread
+from agents.execution.task_engine import run_task
 from agents.execution.walk import Attempt
 from agents.observe import flow_failure_hook
 from agents.policy.retry import retry_unless_user_error
 from agents.redact import scrub_error
-from agents.store.decisions import logged_decision
+from agents.store.decisions import alogged_decision
 from agents.store.results import SQLResultStorage
 
 if TYPE_CHECKING:
@@ -49,7 +51,10 @@ def caches(node: StepNode) -> bool:
 
 
 def make_task(node: StepNode, storage: SQLResultStorage) -> Task[Any, Any]:
-    """The Prefect task of one step, named `<agent>.<step>`; its runs are named after the run."""
+    """The Prefect task of one step, named `<agent>.<step>`: the declaration its task runs are
+    recorded under. `PrefectStepRunner` runs it through Stalwart's task engine, which reads its
+    retries, delays, retry condition, timeout and tags; calling it as a Prefect task (outside a
+    batch) runs the same body through Prefect's engine."""
     step = node.step
 
     async def run_step(
@@ -74,8 +79,6 @@ def make_task(node: StepNode, storage: SQLResultStorage) -> Task[Any, Any]:
         cache_policy=STEP_CACHE if caching else NO_CACHE,
         persist_result=caching,
         result_storage=storage if caching else None,
-        # The runner has read the stored result already (`_stored`) and starts a task run only
-        # on a miss: Prefect's own lookup would read the same row again, so it writes only.
         refresh_cache=True if caching else None,
         # No default tags: Prefect 3.9 makes one concurrency-slot API call per tagged task run
         # (tag-based limits), which costs more than the step itself.
@@ -157,6 +160,30 @@ def flow_run_name() -> str:
     return f"{name}/batch-{len(inputs)}"
 
 
+def stored_form(node: StepNode, value: Any) -> Any:
+    """What a step's persisted result holds: for a step declared to return a Pydantic model,
+    the model's fields (`model_dump`), else the value itself.
+
+    A model instance is pickled with its class, and a class Python cannot import by name is
+    pickled whole: instructor hands back instances of such a class (a subclass it makes of the
+    declared model), and rebuilding one on every read cost a rerun ~9 ms per reasoning step.
+    The fields pickle by reference and are validated back into the declared model."""
+    if _is_model(node.returns) and isinstance(value, BaseModel):
+        return node.adapter.dump_python(value)
+    return value
+
+
+def read_form(node: StepNode, stored: Any) -> Any:
+    """The step's value from what `stored_form` persisted (older records hold the value)."""
+    if _is_model(node.returns) and isinstance(stored, dict):
+        return node.adapter.validate_python(stored)
+    return stored
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
 # -- the step runner --------------------------------------------------------------------------
 
 
@@ -201,29 +228,25 @@ class PrefectStepRunner:
             return Attempt(
                 outcome="completed", value=value, cached=True, trace=trace, elapsed_ms=elapsed
             )
-        state = await self.tasks[node.name](
-            call=call,
-            args=quote(args),
-            trace=quote(trace),
-            scope=quote(scope),
-            return_state=True,
+        run = await run_task(
+            self.tasks[node.name],
+            partial(execute, node, call, args, trace, scope),
+            name=call.label,
+            parameters={"call": call, "args": args},
+            result_store=self.store if caches(node) else None,
+            persist_key=call.cache_key,
+            stored_form=partial(stored_form, node),
         )
-        elapsed = (time.perf_counter() - t0) * 1000
         common: dict[str, Any] = {
             "trace": trace,
-            "elapsed_ms": elapsed,
-            "task_run_id": str(state.state_details.task_run_id or "") or None,
+            "elapsed_ms": (time.perf_counter() - t0) * 1000,
+            "task_run_id": str(run.task_run_id),
         }
-        cached = state.is_completed() and state.name == "Cached"
-        conflict = trace.conflict
-        if conflict is None and node.step.layer == "action" and cached:
-            conflict = await twin_conflict(call, scope)
-        if conflict is not None:
-            return Attempt(outcome="conflict", conflict=conflict, **common)
-        if state.is_completed():
-            value = await state.aresult()
-            return Attempt(outcome="completed", value=value, cached=cached, **common)
-        return Attempt(outcome="failed", error=await _state_exception(state), **common)
+        if trace.conflict is not None:
+            return Attempt(outcome="conflict", conflict=trace.conflict, **common)
+        if run.error is not None:
+            return Attempt(outcome="failed", error=run.error, **common)
+        return Attempt(outcome="completed", value=run.value, **common)
 
     async def _stored(self, node: StepNode, call: StepCall) -> tuple[bool, Any]:
         """The persisted result of this exact step call, if a previous run stored one."""
@@ -231,9 +254,9 @@ class PrefectStepRunner:
             return False, None
         try:
             record = await self.store.aread(call.cache_key)
+            return True, read_form(node, record.result)
         except Exception:  # missing (the usual first-run case) or unreadable: run the task
             return False, None
-        return True, record.result
 
     async def review(
         self,
@@ -255,8 +278,7 @@ class PrefectStepRunner:
     async def logged_decision(
         self, node: StepNode, result: RunResult, args: dict[str, Any]
     ) -> DecisionRecord | None:
-        found: DecisionRecord | None = await in_thread(
-            logged_decision,
+        found: DecisionRecord | None = await alogged_decision(
             tenant=result.tenant,
             agent=self.graph.name,
             step=node.name,
@@ -264,13 +286,3 @@ class PrefectStepRunner:
             input_digest=digest(args, 64),
         )
         return found
-
-
-async def _state_exception(state: Any) -> BaseException:
-    try:
-        data = await state.aresult(raise_on_failure=False)
-    except Exception as exc:
-        data = exc
-    if isinstance(data, BaseException):
-        return data
-    return RuntimeError(state.message or state.name)

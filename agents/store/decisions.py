@@ -25,7 +25,8 @@ import sqlalchemy as sa
 from sqlalchemy import ColumnElement, delete, update
 from sqlmodel import Session, SQLModel, col, select
 
-from agents.store._convert import parse_since, require_tenant, to_json_value
+from agents.store._convert import as_utc, parse_since, require_tenant, to_json_value
+from agents.store._group import database_of, shared
 from agents.store._writes import insert_ignoring, upsert
 from agents.store.engine import reconnecting, retrying, session
 from agents.store.tables import (
@@ -120,7 +121,6 @@ def record_decisions_in(
 _UPDATED_COLUMNS = tuple(name for name in DecisionRecord.model_fields if name != "id")
 
 
-@reconnecting
 def logged_decision(
     *,
     tenant: str,
@@ -139,21 +139,52 @@ def logged_decision(
         True
     """
     require_tenant(tenant)
-    query = (
-        select(DecisionRecord)
-        .where(
-            col(DecisionRecord.tenant) == tenant,
-            col(DecisionRecord.agent) == agent,
-            col(DecisionRecord.run_key) == run_key,
-            col(DecisionRecord.step) == step,
-            col(DecisionRecord.input_digest) == input_digest,
-            col(DecisionRecord.path) != "shadow",
-        )
-        .order_by(col(DecisionRecord.created_at).desc())
-        .limit(1)
+    key = (tenant, agent, step, run_key, input_digest)
+    return _logged_together(database_of(url), [key])[0]
+
+
+async def alogged_decision(
+    *,
+    tenant: str,
+    agent: str,
+    step: str,
+    run_key: str,
+    input_digest: str,
+    url: str | None = None,
+) -> DecisionRecord | None:
+    """Async `logged_decision`: the lookups of one event loop that arrive while a query runs
+    share the next one (a rerun of a batch makes one per cached decision)."""
+    require_tenant(tenant)
+    key = (tenant, agent, step, run_key, input_digest)
+    found: DecisionRecord | None = await shared(_logged_together, database_of(url), key)
+    return found
+
+
+#: tenant, agent, step, run key, input digest.
+_DecisionKey = tuple[str, str, str, str, str]
+
+
+@reconnecting
+def _logged_together(url: str, keys: list[_DecisionKey]) -> list[DecisionRecord | None]:
+    """Concurrent `logged_decision`s: one query; the latest row of each key."""
+    columns = (
+        col(DecisionRecord.tenant),
+        col(DecisionRecord.agent),
+        col(DecisionRecord.step),
+        col(DecisionRecord.run_key),
+        col(DecisionRecord.input_digest),
     )
+    query = select(DecisionRecord).where(
+        sa.tuple_(*columns).in_(sorted(set(keys))), col(DecisionRecord.path) != "shadow"
+    )
+    latest: dict[_DecisionKey, DecisionRecord] = {}
     with session(url) as s:
-        return s.exec(query).first()
+        for row in s.exec(query):
+            key = (row.tenant, row.agent, row.step, row.run_key or "", row.input_digest)
+            seen = latest.get(key)
+            if seen is None or as_utc(row.created_at) > as_utc(seen.created_at):
+                latest[key] = row
+    return [latest.get(key) for key in keys]
 
 
 @reconnecting
