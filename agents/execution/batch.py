@@ -88,7 +88,7 @@ async def run_flow_body(
     decisions artifact. A review's own flow run (`review` set) first records the answer its
     form was given. Returns the results, or the final state holding them when some inputs
     failed or were degraded (see the module docstring)."""
-    from prefect.runtime import deployment, flow_run
+    from prefect.runtime import flow_run
 
     check_tenant(tenant)
     use_reliable_events()  # before the first task run emits
@@ -103,8 +103,7 @@ async def run_flow_body(
     storage = await result_storage()
     # A review's form is a flow run of the agent's own deployment: none when the agent runs
     # inside another deployment's flow (whose parameters are not the agent's).
-    own = deployment.id and flow_run.flow_name == graph.name
-    deployment_id = str(deployment.id) if own else None
+    deployment_id = own_deployment_id()
     reviewer = Reviewer(graph.name, deployment_id=deployment_id)
     steps = PrefectStepRunner(graph, runner.tasks_for(storage), storage, reviewer)
     flow_run_id = str(flow_run.id) if flow_run.id else None
@@ -146,7 +145,7 @@ async def run_flow_body(
         with contextlib.suppress(asyncio.CancelledError):
             await flusher
         await in_thread(writer.flush)
-    await monitor(graph, tenant, deployment.id)
+    await monitor(graph, tenant, deployment_id or under_deployment())
     if writer.decisions_seen:
         await publish_artifact(
             writer.decisions_seen[-500:],
@@ -371,6 +370,32 @@ async def thresholds_in_force(graph: AgentGraph, tenant: str) -> dict[str, float
 
     found: dict[str, float] = await in_thread(in_force, graph, tenant)
     return found
+
+
+def own_deployment_id() -> str | None:
+    """The deployment this flow run was created from, read from the run context.
+
+    Not `prefect.runtime.deployment.id`: outside a deployment it reads the flow run from the
+    API with a blocking call, which stalls the event loop (seconds while the API server is busy
+    recording the previous batch)."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    run = context.flow_run if context is not None else None
+    return str(run.deployment_id) if run is not None and run.deployment_id else None
+
+
+def under_deployment() -> str | None:
+    """For a nested flow run: the deployment of the flow run it runs in, if any."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    run = context.flow_run if context is not None else None
+    if run is None or run.parent_task_run_id is None:
+        return None
+    from prefect.runtime import deployment
+
+    return deployment.id
 
 
 async def monitor(graph: AgentGraph, tenant: str, deployment_id: Any) -> None:
