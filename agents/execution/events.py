@@ -26,10 +26,13 @@ alone.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
 __all__ = ["RECONNECTION_ATTEMPTS", "confirm_sent", "use_reliable_events"]
+
+logger = logging.getLogger(__name__)
 
 #: How many times an emit reconnects before the events worker gives up. Prefect's default, 10,
 #: lasts about 8 s (attempts after the third wait 1 s); this rides out about five minutes of
@@ -116,12 +119,16 @@ async def confirm_sent(timeout_s: float = CONFIRM_TIMEOUT_S) -> bool:
         client = getattr(worker, "_client", None)
         loop = worker._loop
         if client is None or loop is None:
-            return not worker._queue.unfinished_tasks
+            if worker._queue.unfinished_tasks:
+                _warn_unconfirmed(timeout_s)
+                return False
+            return True
     except Exception:
         return False
     while True:  # a checkpoint that fails (the server dropped the socket) is tried again
         remaining = deadline - time.monotonic()
         if remaining <= 0:
+            _warn_unconfirmed(timeout_s)
             return False
         try:
             done = asyncio.run_coroutine_threadsafe(_checkpoint(client), loop)
@@ -130,6 +137,14 @@ async def confirm_sent(timeout_s: float = CONFIRM_TIMEOUT_S) -> bool:
             await asyncio.sleep(min(1.0, max(deadline - time.monotonic(), 0.0)))
             continue
         return True
+
+
+def _warn_unconfirmed(timeout_s: float) -> None:
+    logger.warning(
+        "The Prefect API server did not confirm this process's task-run events within %.0f s: "
+        "the last task runs of this batch may be missing from the UI",
+        timeout_s,
+    )
 
 
 def _reliable_worker() -> Any:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -153,6 +155,16 @@ class SlowEventsIn(EventsIn):
                 await asyncio.sleep(self.per_event_s)
 
 
+class NeverReads(EventsIn):
+    """A server that takes the connection and never reads an event (nor the client's ping)."""
+
+    async def handle(self, socket: ServerConnection) -> None:
+        first = json.loads(await socket.recv())
+        assert first["type"] == "auth"
+        await socket.send(json.dumps({"type": "auth_success"}))
+        await socket.wait_closed()
+
+
 @contextlib.contextmanager
 def _serving(server: EventsIn) -> Iterator[str]:
     """`server` on a loopback port in a thread of its own; its API URL."""
@@ -232,3 +244,29 @@ def test_a_batch_ends_only_once_the_server_has_read_its_events() -> None:
     with _serving(confirmed) as api_url:
         sent = _emit_and_end(api_url, 300, reliable=True)
     assert confirmed.received >= set(sent)
+
+
+@pytest.mark.usefixtures("no_override")
+def test_a_batch_whose_events_are_not_confirmed_in_time_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A server that never gets through its backlog: the end of the batch gives up after its
+    timeout with a warning, instead of returning as if the events had arrived."""
+    from prefect.events import emit_event
+    from prefect.events.worker import EventsWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from agents.execution.events import confirm_sent
+
+    stuck = NeverReads()
+    with _serving(stuck) as api_url, temporary_settings(updates={PREFECT_API_URL: api_url}):
+        EventsWorker.set_client_override(None)
+        assert use_reliable_events()
+        for i in range(5):
+            emit_event(event="stalwart.test", resource={"prefect.resource.id": f"stalwart.s.{i}"})
+        with caplog.at_level(logging.WARNING, logger="agents.execution.events"):
+            started = time.monotonic()
+            assert asyncio.run(confirm_sent(timeout_s=1.5)) is False
+        assert time.monotonic() - started < 10
+        assert "did not confirm" in caplog.text
+        EventsWorker.set_client_override(None)
