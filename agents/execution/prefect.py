@@ -4,15 +4,18 @@ the flow that runs a batch; and the step runner the walk uses to run step calls 
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import httpx
 from prefect import Flow, Task
 from prefect.cache_policies import NO_CACHE
 from prefect.results import ResultStore
-from prefect.states import Failed, State
+from prefect.states import Failed, Pending, State
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel
 
@@ -126,6 +129,65 @@ def make_flow(
         validate_parameters=False,
         on_failure=[only_exceptions(flow_failure_hook(graph.name))],
     )
+
+
+#: How long creating a batch's flow run rides out a busy API server's 503 answers with short
+#: waits (0.1 s, doubling to 1 s) before leaving the retries to Prefect's client (2 s, 4 s, ...).
+BUSY_SERVER_PATIENCE_S = 30.0
+
+
+async def create_flow_run(
+    flow: Flow[Any, Any], parameters: dict[str, Any], *, patience_s: float = BUSY_SERVER_PATIENCE_S
+) -> FlowRun:
+    """Create a top-level flow run of `flow` as Prefect's flow engine would (Pending, with the
+    current tags); on a loopback API, retry its `503 Service Unavailable` after short waits.
+
+    Why: a temporary API server (SQLite) answers 503 to a request that reads then writes while
+    its task-run recorder and event persister commit, as they do for seconds after a large
+    batch (SQLite's `SQLITE_BUSY_SNAPSHOT`, which Prefect's server maps to "retry"). Prefect's
+    client waits 2 s, then 4 s, then 8 s before trying again (not configurable), so the next
+    batch of a process started its flow run up to 15 s late (docs/measurements.md). A 503 means
+    nothing was created, so trying again cannot make a second flow run. A remote API keeps
+    Prefect's client as it is (its proxies and TLS settings live in its transport)."""
+    from urllib.parse import urlparse
+
+    from prefect import get_client
+    from prefect.context import TagsContext
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    loopback = not url or urlparse(url).hostname in ("127.0.0.1", "localhost", "::1")
+    settings = {"transport": _PatientTransport(patience_s)} if loopback else None
+    async with get_client(httpx_settings=settings) as client:
+        return await client.create_flow_run(
+            flow=flow,
+            parameters=flow.serialize_parameters(parameters),
+            state=Pending(),
+            tags=TagsContext.get().current_tags,
+        )
+
+
+class _PatientTransport(httpx.AsyncBaseTransport):
+    """Sends a request again after 0.1 s, doubling to 1 s, while the server answers 503, for
+    up to `patience_s`; then hands the last answer to the client (which retries as it does)."""
+
+    def __init__(self, patience_s: float) -> None:
+        self.patience_s = patience_s
+        self._inner = httpx.AsyncHTTPTransport(retries=3)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        deadline = time.monotonic() + self.patience_s
+        wait = 0.1
+        while True:
+            response = await self._inner.handle_async_request(request)
+            if response.status_code != 503 or time.monotonic() + wait > deadline:
+                return response
+            await response.aclose()
+            await asyncio.sleep(wait * random.uniform(0.5, 1.5))
+            wait = min(wait * 2, 1.0)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 def only_exceptions(hook: FlowStateHook[..., Any]) -> FlowStateHook[..., Any]:

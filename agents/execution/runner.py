@@ -16,7 +16,7 @@ from prefect import Flow, State, Task, tags
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from agents.execution import batch
-from agents.execution.prefect import make_flow, make_task
+from agents.execution.prefect import create_flow_run, make_flow, make_task
 from agents.execution.recording import prepare_temporary_server
 from agents.execution.threads import in_thread
 from agents.graph import AgentGraph
@@ -136,10 +136,18 @@ class AgentRunner:
         """One flow run's results, whatever its final state: a batch with failed inputs ends
         `Failed` (`agents.execution.batch.final_state`) and still returns every result. An
         exception that ended the flow run is raised, as calling the flow would."""
-        state = await cast(
-            "Coroutine[Any, Any, State[Any]]",
-            self.flow(inputs=chunk, tenant=tenant, concurrency=concurrency, return_state=True),
-        )
+        from prefect.context import FlowRunContext
+        from prefect.flow_engine import run_flow
+
+        parameters: dict[str, Any] = {"inputs": chunk, "tenant": tenant, "concurrency": concurrency}
+        if FlowRunContext.get() is not None:  # a subflow: Prefect links it to its parent
+            running = self.flow(**parameters, return_state=True)
+        else:
+            flow_run = await create_flow_run(self.flow, parameters)
+            running = run_flow(
+                self.flow, flow_run=flow_run, parameters=parameters, return_type="state"
+            )
+        state = await cast("Coroutine[Any, Any, State[Any]]", running)
         data = await state.aresult(raise_on_failure=False)
         if isinstance(data, BaseException):
             raise data
