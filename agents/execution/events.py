@@ -72,7 +72,14 @@ def use_reliable_events() -> bool:
         "checkpoint_every": CHECKPOINT_EVERY,
         "checkpoint_interval": NO_TIME_CHECKPOINT,
     }
-    if not should_emit_events_to_running_server():
+    if should_emit_events_to_running_server():
+        # Named, so that a process whose API changes (tests, a tool switching servers) gets a
+        # worker for the new one instead of streaming to the old one: Prefect keys its events
+        # worker by client type and options, and a client keeps the URL it was made with.
+        from prefect.settings import PREFECT_API_URL
+
+        options["api_url"] = PREFECT_API_URL.value()
+    else:
         from prefect.server.api.server import SubprocessASGIServer
 
         server = SubprocessASGIServer()  # Prefect's temporary server: one per process
@@ -148,16 +155,20 @@ def _warn_unconfirmed(timeout_s: float) -> None:
 
 
 def _reliable_worker() -> Any:
-    """The running events worker with `use_reliable_events`' client, if any."""
+    """The running events worker with the client `use_reliable_events` chose last (the API in
+    force), if any: one streaming to an API this process used before is not this batch's."""
     from prefect.events.worker import EventsWorker
 
+    chosen = EventsWorker._client_override
+    if chosen is None or not _is_ours(chosen):
+        return None
     instances: dict[int, Any] = EventsWorker._instances  # type: ignore[misc]
     for worker in list(instances.values()):
         if (
             isinstance(worker, EventsWorker)
             and not worker._stopped
             and worker._started
-            and _is_ours((worker.client_type, worker.client_options))
+            and (worker.client_type, worker.client_options) == chosen
         ):
             return worker
     return None

@@ -270,3 +270,41 @@ def test_a_batch_whose_events_are_not_confirmed_in_time_says_so(
         assert time.monotonic() - started < 10
         assert "did not confirm" in caplog.text
         EventsWorker.set_client_override(None)
+
+
+@pytest.mark.usefixtures("no_override")
+def test_a_process_whose_api_changes_streams_to_the_new_one() -> None:
+    """Prefect keys its events worker by client type and options, and a client keeps the URL it
+    was made with: without the URL among the options, a process that moved to another API kept
+    streaming to the old one, and the end of each batch waited its full timeout for a server
+    that was gone."""
+    from prefect.events import emit_event
+    from prefect.events.worker import EventsWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from agents.execution.events import confirm_sent
+
+    def batch(api_url: str, prefix: str) -> set[str]:
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            assert use_reliable_events()
+            ids = set()
+            for i in range(20):
+                event = emit_event(
+                    event="stalwart.test", resource={"prefect.resource.id": f"{prefix}.{i}"}
+                )
+                assert event is not None
+                ids.add(str(event.id))
+            assert asyncio.run(confirm_sent(timeout_s=20))
+            return ids
+
+    first, second = EventsIn(), EventsIn()
+    with _serving(first) as first_url:
+        sent_first = batch(first_url, "first")
+    with _serving(second) as second_url:  # the first server is gone
+        started = time.monotonic()
+        sent_second = batch(second_url, "second")
+        assert time.monotonic() - started < 15
+    EventsWorker.drain_all()
+    assert first.received >= sent_first
+    assert second.received >= sent_second
+    assert not second.received & sent_first
