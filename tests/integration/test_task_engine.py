@@ -227,3 +227,43 @@ def test_a_model_result_persists_as_the_declared_model_not_its_runtime_subclass(
 
 def _bytes(content: Any) -> bytes:
     return content if isinstance(content, bytes) else str(content).encode()
+
+
+def test_a_tagged_step_holds_its_tag_concurrency_slot_while_it_runs(sqlite_url: str) -> None:
+    """A step's tags reach its task run, and a tag concurrency limit on the server holds the
+    step to it: two runs of a step limited to one slot do not overlap."""
+    from prefect import get_client
+
+    tag = f"te-tag-{uuid.uuid4().hex[:6]}"
+    name = f"te-tags-{uuid.uuid4().hex[:6]}"
+    agent = Agent(name)
+    spans: list[tuple[float, float]] = []
+
+    @agent.perception(tags=[tag], cache=False)
+    async def slow(raw: str) -> str:
+        started = time.monotonic()
+        await asyncio.sleep(0.5)
+        spans.append((started, time.monotonic()))
+        return raw
+
+    @agent.reasoning(cache=False)
+    def route(slow: str) -> Routing:
+        return Routing(queue=slow, confidence=1.0, rationale="fixed")
+
+    with get_client(sync_client=True) as client:
+        client.create_concurrency_limit(tag=tag, concurrency_limit=1)
+    try:
+        results = agent.batch(
+            [{"raw": "a", "subject": "t1"}, {"raw": "b", "subject": "t2"}],
+            tenant="acme",
+            concurrency=2,
+        )
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_concurrency_limit_by_tag(tag)
+    assert [r.status for r in results] == ["completed", "completed"], [r.error for r in results]
+    (_, first_ended), (second_started, _) = sorted(spans)
+    assert second_started >= first_ended, f"the limit of one slot did not hold: {spans}"
+    assert results[0].flow_run_id
+    found = _recorded(results[0].flow_run_id, count=4)
+    assert found[f"{name}.slow[t1]"][0].tags == [tag]
