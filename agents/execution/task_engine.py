@@ -122,12 +122,14 @@ class TaskRunEngine:
     # -- the run -------------------------------------------------------------------------------
 
     async def run(self, body: Callable[[], Awaitable[Any]]) -> TaskRunOutcome:
-        self._last_event = emit_task_run_state_change_event(
-            task_run=self.task_run, initial_state=None, validated_state=self.state
-        )
         try:
             async with AsyncExitStack() as stack:
                 stack.enter_context(self._run_context())
+                # Pending inside the run context, as Prefect's engine emits it: the events
+                # worker takes related resources from the context current at the emit.
+                self._last_event = emit_task_run_state_change_event(
+                    task_run=self.task_run, initial_state=None, validated_state=self.state
+                )
                 if self.task_run.tags:
                     await stack.enter_async_context(self._concurrency_slots())
                 self.begin_run()
