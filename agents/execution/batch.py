@@ -58,6 +58,8 @@ from agents.store.records import RecordWriter
 from agents.store.tables import AgentRun
 
 if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
+
     from agents.execution.runner import AgentRunner
     from agents.graph import AgentGraph
 
@@ -105,7 +107,7 @@ async def run_flow_body(
     # inside another deployment's flow (whose parameters are not the agent's).
     deployment_id = own_deployment_id()
     reviewer = Reviewer(graph.name, deployment_id=deployment_id)
-    steps = PrefectStepRunner(graph, runner.tasks_for(storage), storage, reviewer)
+    steps = PrefectStepRunner(graph, runner.tasks, storage, reviewer)
     flow_run_id = str(flow_run.id) if flow_run.id else None
     await publish_graph(graph)
     gate = asyncio.Semaphore(max(1, int(concurrency)))
@@ -372,25 +374,26 @@ async def thresholds_in_force(graph: AgentGraph, tenant: str) -> dict[str, float
     return found
 
 
+def _context_flow_run() -> FlowRun | None:
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    return context.flow_run if context is not None else None
+
+
 def own_deployment_id() -> str | None:
     """The deployment this flow run was created from, read from the run context.
 
     Not `prefect.runtime.deployment.id`: outside a deployment it reads the flow run from the
     API with a blocking call, which stalls the event loop (seconds while the API server is busy
     recording the previous batch)."""
-    from prefect.context import FlowRunContext
-
-    context = FlowRunContext.get()
-    run = context.flow_run if context is not None else None
+    run = _context_flow_run()
     return str(run.deployment_id) if run is not None and run.deployment_id else None
 
 
 def under_deployment() -> str | None:
     """For a nested flow run: the deployment of the flow run it runs in, if any."""
-    from prefect.context import FlowRunContext
-
-    context = FlowRunContext.get()
-    run = context.flow_run if context is not None else None
+    run = _context_flow_run()
     if run is None or run.parent_task_run_id is None:
         return None
     from prefect.runtime import deployment

@@ -24,7 +24,6 @@ from agents.digest import digest
 from agents.execution.call import RunScope, StepCall, StepTrace
 from agents.execution.review import Reviewer
 from agents.execution.shadow import live_shadow
-from agents.execution.storage import ComputedKey
 from agents.execution.task import execute, twin_conflict
 from agents.execution.task_engine import run_task
 from agents.execution.walk import Attempt
@@ -44,20 +43,16 @@ if TYPE_CHECKING:
     from agents.store.tables import DecisionRecord
 
 
-#: A step's cache key is its `StepCall.cache_key` (tenant, agent, subject, step, source, inputs).
-STEP_CACHE = ComputedKey(parameter="call")
-
-
 def caches(node: StepNode) -> bool:
     """Whether the step's results persist: when it caches, and always for an action."""
     return node.step.options.cache or node.step.layer == "action"
 
 
-def make_task(node: StepNode, storage: SQLResultStorage) -> Task[Any, Any]:
+def make_task(node: StepNode) -> Task[Any, Any]:
     """The Prefect task of one step, named `<agent>.<step>`: the declaration its task runs are
     recorded under. `PrefectStepRunner` runs it through Stalwart's task engine, which reads its
-    retries, delays, retry condition, timeout and tags; calling it as a Prefect task (outside a
-    batch) runs the same body through Prefect's engine."""
+    retries, delays, retry condition, timeout and tags, and persists its result itself (the
+    runner's result store, under `StepCall.cache_key`)."""
     step = node.step
 
     async def run_step(
@@ -68,7 +63,6 @@ def make_task(node: StepNode, storage: SQLResultStorage) -> Task[Any, Any]:
     run_step.__name__ = step.name
     run_step.__qualname__ = step.qualified_name
     run_step.__doc__ = step.fn.__doc__
-    caching = caches(node)
     retries = step.options.retries
     return Task(
         fn=run_step,
@@ -79,10 +73,7 @@ def make_task(node: StepNode, storage: SQLResultStorage) -> Task[Any, Any]:
         retry_jitter_factor=0.5 if retries else None,
         retry_condition_fn=retry_unless_user_error,
         timeout_seconds=step.options.timeout,
-        cache_policy=STEP_CACHE if caching else NO_CACHE,
-        persist_result=caching,
-        result_storage=storage if caching else None,
-        refresh_cache=True if caching else None,
+        cache_policy=NO_CACHE,
         # No default tags: Prefect 3.9 makes one concurrency-slot API call per tagged task run
         # (tag-based limits), which costs more than the step itself.
         tags=set(step.options.tags),
@@ -295,8 +286,8 @@ class PrefectStepRunner:
             partial(execute, node, call, args, trace, scope),
             name=call.label,
             parameters={"call": call, "args": args},
-            result_store=self.store if caches(node) else None,
-            persist_key=call.cache_key,
+            result_store=self.store,
+            persist_key=call.cache_key if caches(node) else None,
             stored_form=partial(stored_form, node),
         )
         common: dict[str, Any] = {

@@ -22,7 +22,6 @@ from agents.execution.threads import in_thread
 from agents.graph import AgentGraph
 from agents.inputs import batches, input_problem
 from agents.result import RunResult
-from agents.store.results import SQLResultStorage
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +44,6 @@ class AgentRunner:
     def __init__(self, graph: AgentGraph) -> None:
         self.graph = graph
         self.name = graph.name
-        self._tasks: dict[str, Task[Any, Any]] = {}
-        self._tasks_storage: SQLResultStorage | None = None
         self.flow: Flow[Any, Any] = make_flow(graph, self._flow_body)
 
     async def _flow_body(
@@ -54,14 +51,10 @@ class AgentRunner:
     ) -> list[RunResult] | State[list[RunResult]]:
         return await batch.run_flow_body(self, inputs, tenant, concurrency, review)
 
-    def tasks_for(self, storage: SQLResultStorage) -> dict[str, Task[Any, Any]]:
-        """The step tasks, persisting results to `storage` (rebuilt when the storage changes)."""
-        if self._tasks_storage is not storage:
-            self._tasks = {
-                name: make_task(node, storage) for name, node in self.graph.nodes.items()
-            }
-            self._tasks_storage = storage
-        return self._tasks
+    @functools.cached_property
+    def tasks(self) -> dict[str, Task[Any, Any]]:
+        """The step tasks, by step name (built on first use)."""
+        return {name: make_task(node) for name, node in self.graph.nodes.items()}
 
     def run_batch(
         self,

@@ -163,12 +163,8 @@ def conflict_state(trace: StepTrace, exc: ActionInProgress) -> Any:
 
     Cancelled, not Failed: nothing went wrong in this execution and retrying cannot help (the
     twin holds the key), so neither the step's retries nor the failure hook (Sentry) apply. The
-    result is kept out of the cache, or a rerun would replay "nothing" as the action's result.
+    task engine writes no result for a run its body ends with a state, or a rerun would replay
+    "nothing" as the action's result.
     """
-    from prefect.transactions import get_transaction
-
-    transaction = get_transaction()
-    if transaction is not None:
-        transaction.write_on_commit = False
     trace.conflict = str(exc)
     return Cancelled(message=f"ActionInProgress: {exc}")

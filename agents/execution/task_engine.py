@@ -81,8 +81,8 @@ async def run_task(
     stored_form: Callable[[Any], Any] | None = None,
 ) -> TaskRunOutcome:
     """Run `body` as one task run of `task` named `name`; its value (`stored_form(value)` when
-    given) is written to `result_store` under `persist_key` (when both are given) before the
-    run is Completed."""
+    given) is written to `result_store` under `persist_key`, when one is given, before the run
+    is Completed (a default result store when none is)."""
     engine = TaskRunEngine(
         task,
         name=name,
@@ -110,8 +110,8 @@ class TaskRunEngine:
         self.task = task
         self.stored_form = stored_form
         self.parameters = parameters
-        self.result_store = result_store
-        self.persist_key = persist_key if result_store is not None else None
+        self.result_store = ResultStore() if result_store is None else result_store
+        self.persist_key = persist_key
         self.flow_run_context = FlowRunContext.get()
         self.task_run = self._create_run(name)
         self.state: State[Any] = self.task_run.state  # type: ignore[assignment]
@@ -175,7 +175,7 @@ class TaskRunEngine:
 
     async def handle_success(self, value: Any) -> TaskRunOutcome:
         data: Any = value
-        if self.persist_key is not None and self.result_store is not None:
+        if self.persist_key is not None:
             try:
                 stored = value if self.stored_form is None else self.stored_form(value)
                 record: ResultRecord[Any] = self.result_store.create_result_record(
@@ -216,9 +216,8 @@ class TaskRunEngine:
         return True
 
     def handle_exception(self, exc: BaseException) -> TaskRunOutcome:
-        message = f"Task run encountered an exception {scrub_error(exc)}"
         self._log_failure(exc)
-        self.set_state(Failed(data=exc, message=message))
+        self.set_state(_failed(exc))
         return self._outcome(error=exc)
 
     def handle_timeout(self, exc: TaskRunTimeoutError) -> TaskRunOutcome:
@@ -312,7 +311,7 @@ class TaskRunEngine:
             task=self.task,
             task_run=self.task_run,
             parameters=self.parameters,
-            result_store=self.result_store or ResultStore(),
+            result_store=self.result_store,
             persist_result=self.persist_key is not None,
             client=client,
         )
@@ -333,10 +332,8 @@ class TaskRunEngine:
         condition = self.task.retry_condition_fn
         if condition is None:
             return True
-        message = f"Task run encountered an exception {scrub_error(exc)}"
-        state: State[Any] = Failed(data=exc, message=message)
         try:
-            return bool(condition(self.task, self.task_run, state))
+            return bool(condition(self.task, self.task_run, _failed(exc)))
         except Exception:
             self.logger.error("An error was encountered while running `retry_condition_fn`")
             return False
@@ -367,3 +364,8 @@ class TaskRunEngine:
         return TaskRunOutcome(
             state=self.state, task_run_id=self.task_run.id, value=value, error=error
         )
+
+
+def _failed(exc: BaseException) -> State[Any]:
+    """The Failed state of an attempt that raised `exc` (its message scrubbed of secrets)."""
+    return Failed(data=exc, message=f"Task run encountered an exception {scrub_error(exc)}")
