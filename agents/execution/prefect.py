@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from agents.declare.decision import Decision
 from agents.digest import digest
 from agents.execution.call import RunScope, StepCall, StepTrace
+from agents.execution.events import is_loopback
 from agents.execution.review import Reviewer
 from agents.execution.shadow import live_shadow
 from agents.execution.task import execute, twin_conflict
@@ -140,15 +141,12 @@ async def create_flow_run(
     batch of a process started its flow run up to 15 s late (docs/measurements.md). A 503 means
     nothing was created, so trying again cannot make a second flow run. A remote API keeps
     Prefect's client as it is (its proxies and TLS settings live in its transport)."""
-    from urllib.parse import urlparse
-
     from prefect import get_client
     from prefect.context import TagsContext
     from prefect.settings import PREFECT_API_URL
 
     url = PREFECT_API_URL.value()
-    loopback = not url or urlparse(url).hostname in ("127.0.0.1", "localhost", "::1")
-    settings = {"transport": _PatientTransport(patience_s)} if loopback else None
+    settings = {"transport": _PatientTransport(patience_s)} if is_loopback(url) else None
     async with get_client(httpx_settings=settings) as client:
         return await client.create_flow_run(
             flow=flow,

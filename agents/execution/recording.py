@@ -27,6 +27,10 @@ SERVER_SETTINGS: Mapping[str, str] = {
     # The events feed of the UI, the same way (default: 20 per write, every 5 s).
     "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "500",
     "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "1",
+    # No per-message compression on the events websocket (uvicorn's option, read by
+    # `python -m uvicorn`, which starts the temporary server): each event deflated by the client
+    # and inflated by the server cost both processes CPU and saved nothing on a local socket.
+    "UVICORN_WS_PER_MESSAGE_DEFLATE": "false",
     # Offline machines otherwise log a telemetry error per run.
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
 }

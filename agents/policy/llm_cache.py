@@ -191,12 +191,15 @@ async def alookup(key: str, *, url: str | None = None) -> CachedAnswer | None:
 def _lookup_together(url: str, keys: list[str]) -> list[CachedAnswer | None]:
     """The answers cached under several keys, their hits counted, in one transaction."""
     with session(url) as s:
-        stored = dict(
-            s.exec(
+        stored: dict[str, str] = dict(
+            s.connection()
+            .execute(
                 select(LLMCacheEntry.key, LLMCacheEntry.response).where(
                     col(LLMCacheEntry.key).in_(sorted(set(keys)))
                 )
-            ).all()
+            )
+            .tuples()
+            .all()
         )
         answers = [CachedAnswer.from_json(stored[k]) if k in stored else None for k in keys]
         hits = Counter(k for k, a in zip(keys, answers, strict=True) if a is not None)
@@ -204,7 +207,7 @@ def _lookup_together(url: str, keys: list[str]) -> list[CachedAnswer | None]:
         for k, n in sorted(hits.items()):
             by_count.setdefault(n, []).append(k)
         for n, counted in by_count.items():
-            s.exec(
+            s.connection().execute(
                 update(LLMCacheEntry)
                 .where(col(LLMCacheEntry.key).in_(counted))
                 .values(hits=col(LLMCacheEntry.hits) + n)
@@ -278,5 +281,7 @@ def _store_together(url: str, rows: list[dict[str, Any]]) -> list[None]:
     for row in rows:
         first.setdefault(row["key"], row)
     with session(url) as s:
-        s.exec(conflict_ignoring(s, LLMCacheEntry), params=[first[k] for k in sorted(first)])
+        s.connection().execute(
+            conflict_ignoring(s, LLMCacheEntry), [first[k] for k in sorted(first)]
+        )
     return [None] * len(rows)

@@ -281,7 +281,7 @@ def _insert_claims(url: str, requests: list[_ClaimRequest]) -> list[ActionRecord
     with session(url) as s:
         statement = conflict_ignoring(s, ActionRecord).returning(col(ActionRecord.idempotency_key))
         rows = [_values(records[key]) for key in sorted(records)]
-        landed = set(s.exec(statement, params=rows).scalars())
+        landed = set(s.connection().execute(statement, rows).scalars())
     return [
         records[r.key] if first[r.key] == i and r.key in landed else None
         for i, r in enumerate(requests)
@@ -634,7 +634,7 @@ def _complete_together(url: str, items: list[tuple[str, Any]]) -> list[LookupErr
         with session(url) as s:
             for i in order:
                 key, data = items[i]
-                result = s.exec(
+                result = s.connection().execute(
                     update(ActionRecord)
                     .where(
                         col(ActionRecord.idempotency_key) == key,

@@ -416,17 +416,21 @@ def _apply(s: Session, write: _Write) -> int | MemoryConflict:
 
 
 def _bump(s: Session, write: _Write, *conditions: Any) -> int | None:
-    version = s.exec(
-        update(MemoryItem)
-        .where(*_scope_of(write.where), *conditions)
-        .values(
-            value=write.data,
-            version=col(MemoryItem.version) + 1,
-            updated_at=utcnow(),
-            writer=write.token,
+    version = (
+        s.connection()
+        .execute(
+            update(MemoryItem)
+            .where(*_scope_of(write.where), *conditions)
+            .values(
+                value=write.data,
+                version=col(MemoryItem.version) + 1,
+                updated_at=utcnow(),
+                writer=write.token,
+            )
+            .returning(col(MemoryItem.version))
         )
-        .returning(col(MemoryItem.version))
-    ).scalar_one_or_none()
+        .scalar_one_or_none()
+    )
     return None if version is None else int(version)
 
 
@@ -444,5 +448,5 @@ def _insert(s: Session, write: _Write) -> bool:
         "writer": write.token,
     }
     statement = conflict_ignoring(s, MemoryItem, ["tenant", "agent", "subject", "key"])
-    went_in = s.exec(statement.values(**row).returning(col(MemoryItem.id))).first()
+    went_in = s.connection().execute(statement.values(**row).returning(col(MemoryItem.id))).first()
     return went_in is not None

@@ -100,3 +100,20 @@ def test_the_temporary_server_runs_with_batched_recording() -> None:
             assert float(environment.get(name, "nan")) == float(expected), name
         else:
             assert environment.get(name, "").lower() == expected.lower(), name
+
+
+def test_the_temporary_server_streams_events_uncompressed() -> None:
+    """The harness's API server, started with Stalwart's server settings as a user's temporary
+    server is, negotiates no per-message deflate on the events websocket: every event was
+    deflated by the client and inflated by the server, on loopback."""
+    import asyncio
+
+    from prefect.events.clients import PrefectEventsClient
+    from prefect.settings import PREFECT_API_URL
+
+    async def negotiated() -> list[str]:
+        async with PrefectEventsClient(PREFECT_API_URL.value()) as client:
+            assert client._websocket is not None
+            return [str(e.name) for e in client._websocket.protocol.extensions]
+
+    assert asyncio.run(negotiated()) == []

@@ -104,9 +104,10 @@ def test_concurrent_async_writes_and_reads_share_round_trips(db_url: str) -> Non
     assert isinstance(written[50], ValueError)
     assert read[:50] == [k.encode() for k in keys]
     assert isinstance(read[50], FileNotFoundError)
-    assert write_trips["commit"] <= 3 and write_trips["INSERT step_result"] == 50, write_trips
+    # A group's rows go in one statement (executemany), in one transaction.
+    assert write_trips["commit"] <= 3 and write_trips["INSERT step_result"] <= 3, write_trips
     assert read_trips["SELECT step_result"] <= 3, read_trips
-    assert all(_row_count(db_url, k) == 1 for k in (keys[0], keys[49]))
+    assert all(_row_count(db_url, k) == 1 for k in keys)
 
 
 def test_long_keys(db_url: str) -> None:
