@@ -160,11 +160,12 @@ class Settings(BaseSettings):
         description="When a batch ends with a quality check (drift detector) and a summary "
         "artifact: in flow runs of deployments (scheduled or triggered), always, or never.",
     )
-    task_state_logs: Literal["local", "api"] = Field(
-        default="local",
-        description="Where Prefect's INFO line per finished task run ('Finished in state "
-        "Completed()') goes: `local` (console and log files of this process) or `api` as well "
-        "(one log row per step on the Prefect server). The states are recorded either way.",
+    task_state_logs: Literal["off", "local", "api"] = Field(
+        default="off",
+        description="The INFO line per completed step ('Finished in state Completed()', one "
+        "per task run): `off` (not logged: the UI shows each task run's state), `local` "
+        "(console and log files of this process) or `api` as well (one log row per step on "
+        "the Prefect server). A step that fails is logged at ERROR whatever this says.",
     )
     max_concurrency: int = Field(
         default=64,

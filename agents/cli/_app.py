@@ -312,6 +312,9 @@ def main() -> None:
     from agents.execution.recording import prepare_temporary_server
     from agents.observe.logs import install_log_scrubbing
 
+    # The CLI keeps a log file with every step's line (and the terminal quiet, `--verbose`
+    # aside), unless the user chose otherwise.
+    os.environ.setdefault("STALWART_TASK_STATE_LOGS", "local")
     install_log_scrubbing()
     prepare_temporary_server()
     if not os.environ.get("PREFECT_API_URL"):

@@ -8,11 +8,12 @@ at Sentry alone would miss that path. `install_log_scrubbing()` wraps the log-re
 every record of every logger (Prefect's included) passes `scrub_text` before any handler or
 formatter sees it: its message, and its traceback, formatted once and scrubbed.
 
-"Finished in state Completed()" is logged once per task run, i.e. once per step: sent to the
-API, it is a log row per step for the server to write while the states themselves already show
-it. Those records get `send_to_api = False` (Prefect's own opt-out) unless
-`STALWART_TASK_STATE_LOGS=api`; the console and log files still get them, and a task run that
-fails logs at ERROR, which is always sent.
+"Finished in state Completed()" is one line per task run, i.e. per step. Stalwart's task
+engine does not log it for a completed step unless `STALWART_TASK_STATE_LOGS` is `local`
+(console and log files) or `api`; sent to the API, it is a log row per step for the server to
+write while the states themselves already show it, so such records get `send_to_api = False`
+(Prefect's own opt-out) unless `api`. A task run that fails logs at ERROR, which is always
+sent.
 
 Example:
     >>> import logging
@@ -69,7 +70,7 @@ def install_log_scrubbing() -> None:
         if _installed:
             return
         make = logging.getLogRecordFactory()
-        keep_state_lines_local = get_current_settings().task_state_logs == "local"
+        keep_state_lines_local = get_current_settings().task_state_logs != "api"
 
         def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
             record = make(*args, **kwargs)

@@ -267,3 +267,58 @@ def test_a_tagged_step_holds_its_tag_concurrency_slot_while_it_runs(sqlite_url: 
     assert results[0].flow_run_id
     found = _recorded(results[0].flow_run_id, count=4)
     assert found[f"{name}.slow[t1]"][0].tags == [tag]
+
+
+@pytest.mark.parametrize("setting", ["off", "local"])
+def test_a_completed_steps_finished_line_is_logged_only_when_asked(
+    sqlite_url: str, setting: str
+) -> None:
+    """By default a completed step logs no "Finished in state Completed()" (the UI shows its
+    state); `STALWART_TASK_STATE_LOGS=local` brings the line back; a failed step is logged at
+    ERROR either way."""
+    import logging
+
+    from agents.settings import temporary_settings
+
+    agent = Agent(f"te-lines-{uuid.uuid4().hex[:6]}")
+
+    @agent.perception(cache=False)
+    def parsed(raw: str) -> str:
+        if raw == "bad":
+            raise ValueError("unreadable ticket")
+        return raw
+
+    @agent.learning(cache=False)
+    def noted(parsed: str) -> None:
+        return None
+
+    class Kept(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.DEBUG)
+            self.records: list[logging.LogRecord] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.records.append(record)
+
+    agent.run(tenant="acme", subject="warm", raw="fine")  # Prefect sets its logging up once
+    kept = Kept()
+    logger = logging.getLogger("prefect.task_runs")
+    level = logger.level
+    logger.addHandler(kept)
+    logger.setLevel(logging.INFO)
+    try:
+        with temporary_settings(task_state_logs=setting):
+            good = agent.run(tenant="acme", subject="good", raw="fine")
+            bad = agent.run(tenant="acme", subject="bad", raw="bad")
+    finally:
+        logger.removeHandler(kept)
+        logger.setLevel(level)
+    assert (good.status, bad.status) == ("completed", "failed")
+    completed = [
+        r.getMessage()
+        for r in kept.records
+        if r.levelno == logging.INFO and r.getMessage().startswith("Finished in state Completed")
+    ]
+    assert len(completed) == (2 if setting == "local" else 0), completed
+    errors = [r.getMessage() for r in kept.records if r.levelno == logging.ERROR]
+    assert any("unreadable ticket" in m for m in errors), errors
