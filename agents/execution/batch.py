@@ -42,6 +42,7 @@ from agents.digest import digest
 from agents.errors import InputError
 from agents.execution.call import RunScope
 from agents.execution.events import confirm_sent, use_reliable_events
+from agents.execution.heap import freeze_startup_heap
 from agents.execution.prefect import PrefectStepRunner
 from agents.execution.review import Reviewer, take_form_answer
 from agents.execution.storage import result_storage
@@ -93,6 +94,7 @@ async def run_flow_body(
     from prefect.runtime import flow_run
 
     check_tenant(tenant)
+    freeze_startup_heap()
     use_reliable_events()  # before the first task run emits
     install_log_scrubbing()
     init_sentry()
