@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,18 +30,43 @@ from agents.store.engine import retrying, session
 __all__ = ["conflict_ignoring", "insert_ignoring", "insert_once", "upsert"]
 
 
-def _primary_key(model: type[SQLModel]) -> list[str]:
+def _primary_key(model: type[SQLModel]) -> tuple[str, ...]:
     table = model.metadata.tables[str(model.__tablename__)]
-    return [c.name for c in table.primary_key.columns]
+    return tuple(c.name for c in table.primary_key.columns)
 
 
 def _insert(s: Session, model: type[SQLModel]) -> Any:
-    dialect = s.get_bind().dialect.name
+    return _dialect_insert(s.get_bind().dialect.name, model)
+
+
+def _dialect_insert(dialect: str, model: type[SQLModel]) -> Any:
     if dialect == "postgresql":
         return postgresql.insert(model)
     if dialect == "sqlite":
         return sqlite.insert(model)
     return None
+
+
+@functools.cache
+def _ignoring(dialect: str, model: type[SQLModel], keys: tuple[str, ...]) -> Any:
+    """`INSERT ... ON CONFLICT (keys) DO NOTHING`, built once per dialect, model and keys:
+    building a statement and its cache key on every call cost more than executing it."""
+    statement = _dialect_insert(dialect, model)
+    return None if statement is None else statement.on_conflict_do_nothing(index_elements=keys)
+
+
+@functools.cache
+def _upserting(
+    dialect: str, model: type[SQLModel], keys: tuple[str, ...], columns: tuple[str, ...]
+) -> Any:
+    """`INSERT ... ON CONFLICT (keys) DO UPDATE SET columns`, built once (see `_ignoring`)."""
+    statement = _dialect_insert(dialect, model)
+    if statement is None:
+        return None
+    excluded = statement.excluded
+    return statement.on_conflict_do_update(
+        index_elements=keys, set_={c: excluded[c] for c in columns}
+    )
 
 
 def conflict_ignoring(
@@ -58,11 +84,11 @@ def conflict_ignoring(
         ...     list(went_in)
         ['c']
     """
-    statement = _insert(s, model)
+    keys = tuple(columns) if columns is not None else _primary_key(model)
+    statement = _ignoring(s.get_bind().dialect.name, model, keys)
     if statement is None:  # pragma: no cover - only SQLite and PostgreSQL are supported
         raise NotImplementedError(f"No INSERT ... ON CONFLICT for {s.get_bind().dialect.name}.")
-    keys = list(columns) if columns is not None else _primary_key(model)
-    return statement.on_conflict_do_nothing(index_elements=keys)
+    return statement
 
 
 def insert_ignoring(s: Session, model: type[SQLModel], rows: Sequence[dict[str, Any]]) -> None:
@@ -76,14 +102,12 @@ def insert_ignoring(s: Session, model: type[SQLModel], rows: Sequence[dict[str, 
     """
     if not rows:
         return
-    statement = _insert(s, model)
+    statement = _ignoring(s.get_bind().dialect.name, model, _primary_key(model))
     if statement is None:  # pragma: no cover - other databases: a plain insert
-        s.connection().execute(insert(model), list(rows))
-        return
-    # A Core executemany: the ORM's bulk-insert path cost 3-4x as much for the same statement.
-    s.connection().execute(
-        statement.on_conflict_do_nothing(index_elements=_primary_key(model)), list(rows)
-    )
+        statement = insert(model)
+    # A Core executemany on the session's connection: the ORM's bulk-insert path cost several
+    # times as much for the same statement.
+    s.connection().execute(statement, list(rows))
 
 
 def upsert(
@@ -103,17 +127,10 @@ def upsert(
     """
     if not rows:
         return
-    statement = _insert(s, model)
+    statement = _upserting(s.get_bind().dialect.name, model, _primary_key(model), tuple(columns))
     if statement is None:  # pragma: no cover - other databases: a plain insert
-        s.connection().execute(insert(model), list(rows))
-        return
-    excluded = statement.excluded
-    s.connection().execute(
-        statement.on_conflict_do_update(
-            index_elements=_primary_key(model), set_={c: excluded[c] for c in columns}
-        ),
-        list(rows),
-    )
+        statement = insert(model)
+    s.connection().execute(statement, list(rows))
 
 
 def insert_once(row: SQLModel, *, url: str | None = None) -> None:

@@ -27,11 +27,11 @@ from collections.abc import Sequence
 
 from prefect.filesystems import WritableFileSystem
 from pydantic import Field, SecretStr
-from sqlalchemy import Connection, Executable, bindparam, delete
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session, col, select
+from sqlalchemy import bindparam, delete
+from sqlmodel import col, select
 
 from agents.store._group import database_of, shared
+from agents.store._writes import upsert
 from agents.store.engine import get_engine, reconnecting, session
 from agents.store.tables import StepResult, utcnow
 
@@ -97,7 +97,6 @@ class SQLResultStorage(WritableFileSystem):
             raise _missing(path)
         return bytes(content)
 
-    @reconnecting
     def write_path(  # type: ignore[override]
         self, path: str, content: bytes, _sync: bool | None = None
     ) -> str:
@@ -113,8 +112,7 @@ class SQLResultStorage(WritableFileSystem):
             'k'
         """
         _check_key(path)
-        with session(self._url()) as s:
-            _upsert(s, path, content)
+        _write_rows(self._url(), [(path, content)])
         return path
 
     def write_paths(self, items: Sequence[tuple[str, bytes]]) -> None:
@@ -179,52 +177,18 @@ def _check_key(path: str) -> None:
         )
 
 
-def _upsert(s: Session, path: str, content: bytes) -> None:
-    """Insert or replace one result row in the session's transaction."""
-    _write_in(s.connection(), [(path, content)])
-
-
 _READ = select(StepResult.key, StepResult.content).where(
     col(StepResult.key).in_(bindparam("keys", expanding=True))
 )
 
 
-def _upsert_statement(dialect: str) -> Executable | None:
-    """`INSERT ... ON CONFLICT (key) DO UPDATE` for a dialect that has it, else None."""
-    stmt: postgresql.Insert | sqlite.Insert
-    if dialect == "postgresql":
-        stmt = postgresql.insert(StepResult)
-    elif dialect == "sqlite":
-        stmt = sqlite.insert(StepResult)
-    else:
-        return None
-    return stmt.on_conflict_do_update(
-        index_elements=["key"],
-        set_={"content": stmt.excluded.content, "created_at": stmt.excluded.created_at},
-    )
-
-
-#: Built once per dialect: building and caching-keying a statement per call cost a result
-#: read or write 3-4x what executing it does.
-_UPSERTS = {dialect: _upsert_statement(dialect) for dialect in ("postgresql", "sqlite")}
-
-
-def _write_in(conn: Connection, items: Sequence[tuple[str, bytes]]) -> None:
-    now = utcnow()
-    rows = [{"key": path, "content": bytes(content), "created_at": now} for path, content in items]
-    upsert = _UPSERTS.get(conn.dialect.name)
-    if upsert is not None:
-        conn.execute(upsert, rows)
-        return
-    # Portable fallback: delete then insert, in the caller's transaction.
-    conn.execute(delete(StepResult).where(col(StepResult.key).in_([r["key"] for r in rows])))
-    conn.execute(StepResult.__table__.insert(), rows)  # type: ignore[attr-defined]
-
-
 @reconnecting
 def _write_rows(url: str | None, items: Sequence[tuple[str, bytes]]) -> None:
-    with get_engine(url).begin() as conn:
-        _write_in(conn, items)
+    """Insert or replace result rows, in one transaction."""
+    now = utcnow()
+    rows = [{"key": path, "content": bytes(content), "created_at": now} for path, content in items]
+    with session(url) as s:
+        upsert(s, StepResult, rows, ["content", "created_at"])
 
 
 @reconnecting
