@@ -29,9 +29,8 @@ import asyncio
 import logging
 import time
 from typing import Any
-from urllib.parse import urlparse
 
-__all__ = ["RECONNECTION_ATTEMPTS", "confirm_sent", "is_loopback", "use_reliable_events"]
+__all__ = ["RECONNECTION_ATTEMPTS", "confirm_sent", "use_reliable_events"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,16 +89,6 @@ def use_reliable_events() -> bool:
     if chosen != wanted:
         EventsWorker.set_client_override(PrefectEventsClient, **options)
     return True
-
-
-def is_loopback(api_url: str | None) -> bool:
-    """Whether a Prefect API URL names this machine (an unset URL: the temporary server).
-
-    Example:
-        >>> is_loopback("http://127.0.0.1:4200/api"), is_loopback("https://api.prefect.cloud")
-        (True, False)
-    """
-    return not api_url or urlparse(api_url).hostname in ("127.0.0.1", "localhost", "::1")
 
 
 def _is_ours(chosen: tuple[type, tuple[tuple[str, object], ...]]) -> bool:

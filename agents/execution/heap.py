@@ -3,8 +3,8 @@
 By the time a batch starts, a Stalwart process holds a few hundred thousand objects that live
 as long as it does: Prefect, pydantic, SQLAlchemy, instructor and openai modules, their classes
 and schemas. Python's collector traverses all of them at every full (generation 2) collection,
-and a batch's allocations trigger one every few seconds: ~0.3 s each with the loop stopped,
-9% of a 1,000-run batch's wall time at C=32 (docs/measurements.md). `gc.freeze()` moves what
+which a batch's allocations trigger every few seconds, each stopping the event loop
+(docs/measurements.md has the figures). `gc.freeze()` moves what
 exists now to a permanent generation the collector skips; it is what CPython documents for a
 process whose start-up heap stays. Done once per process, at its first batch.
 
@@ -32,8 +32,8 @@ def freeze_startup_heap() -> None:
 
     Objects frozen here are never collected, even if they later become garbage: at the first
     batch they are the modules and their state, which live as long as the process anyway. No
-    collection first: it would stop the first batch for a full pass (~0.3 s) to free the few
-    cycles imports left behind.
+    collection first: it would stop the first batch for a full pass to free the few cycles
+    imports left behind.
     """
     global _frozen_in
     with _lock:

@@ -22,7 +22,6 @@ from pydantic import BaseModel
 from agents.declare.decision import Decision
 from agents.digest import digest
 from agents.execution.call import RunScope, StepCall, StepTrace
-from agents.execution.events import is_loopback
 from agents.execution.review import Reviewer
 from agents.execution.shadow import live_shadow
 from agents.execution.task import execute, twin_conflict
@@ -146,7 +145,7 @@ async def create_flow_run(
     from prefect.settings import PREFECT_API_URL
 
     url = PREFECT_API_URL.value()
-    settings = {"transport": _PatientTransport(patience_s)} if is_loopback(url) else None
+    settings = {"transport": _PatientTransport(patience_s)} if _is_loopback(url) else None
     async with get_client(httpx_settings=settings) as client:
         return await client.create_flow_run(
             flow=flow,
@@ -154,6 +153,13 @@ async def create_flow_run(
             state=Pending(),
             tags=TagsContext.get().current_tags,
         )
+
+
+def _is_loopback(api_url: str | None) -> bool:
+    """Whether a Prefect API URL names this machine (an unset URL: the temporary server)."""
+    from urllib.parse import urlparse
+
+    return not api_url or urlparse(api_url).hostname in ("127.0.0.1", "localhost", "::1")
 
 
 class _PatientTransport(httpx.AsyncBaseTransport):

@@ -359,8 +359,8 @@ class TaskRunEngine:
 
     def _log_finished(self) -> None:
         if self.state.is_completed() and self.state_lines == "off":
-            # One line per step printed through Prefect's rich console handler cost a batch
-            # ~11% of its client CPU, for what the UI shows as each task run's state.
+            # A line per step printed through Prefect's rich console handler is a large share
+            # of a batch's client CPU, for what the UI shows as each task run's state.
             return
         level = logging.INFO if self.state.is_completed() else logging.ERROR
         if self.logger.isEnabledFor(level):
