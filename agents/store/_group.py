@@ -4,7 +4,8 @@ A batch runs dozens of agent runs at once, and each of their steps makes the sam
 operations (a step result, a ledger claim, a memory write, ...). One transaction per operation
 makes the database's commit (and on SQLite its single writer) the bottleneck. Here the requests
 of one kind that arrive while a round trip runs wait for the next one, which serves them all in
-one transaction, in one of the store's worker threads.
+one transaction: on SQLite on the loop's own thread (in a worker thread when another writer holds
+the lock), on PostgreSQL in one of the store's worker threads.
 
 The rules every user relies on:
 
@@ -40,7 +41,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar, cast
 
-from agents.store.engine import database_url, normalize_url
+from agents.store.engine import (
+    database_url,
+    is_sqlite,
+    is_sqlite_busy,
+    normalize_url,
+    without_lock_waits,
+)
 
 __all__ = ["Together", "database_of", "shared"]
 
@@ -74,7 +81,7 @@ class _Group(Generic[Item, Out]):
             await asyncio.sleep(0)  # the requests made in this turn of the loop join in
             batch, self.waiting = self.waiting, []
             try:
-                outs = await _in_thread(self.together, self.url, [i for i, _ in batch])
+                outs = await _round_trip(self.together, self.url, [i for i, _ in batch])
             except Exception:
                 # One bad request must not fail the others: each is made on its own.
                 await asyncio.gather(*(self._alone(item, done) for item, done in batch))
@@ -89,10 +96,28 @@ class _Group(Generic[Item, Out]):
 
     async def _alone(self, item: Item, done: asyncio.Future[Out]) -> None:
         try:
-            (out,) = await _in_thread(self.together, self.url, [item])
+            (out,) = await _round_trip(self.together, self.url, [item])
         except Exception as exc:
             out = exc
         _settle(done, out)
+
+
+async def _round_trip(together: Together[Item, Out], url: str, items: list[Item]) -> Any:
+    """Serve a group: on SQLite right here, on the loop's thread, unless another writer holds
+    the database; otherwise (PostgreSQL, or SQLite locked) in one of the store's threads.
+
+    Why: SQLite's work is the Python around it (the file is in the OS cache, and WAL commits do
+    not sync), so a worker thread buys no parallelism, only a hand-over of the interpreter
+    lock each way, which costs more than the query when the process is busy."""
+    if is_sqlite(url):
+        try:
+            with without_lock_waits():
+                return together(url, items)
+        except Exception as exc:
+            if not is_sqlite_busy(exc):
+                raise
+            # Nothing was committed: a locked SQLite statement fails before its COMMIT lands.
+    return await _in_thread(together, url, items)
 
 
 _pool_lock = threading.Lock()

@@ -25,6 +25,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -50,12 +51,15 @@ __all__ = [
     "get_engine",
     "head_revision",
     "is_disconnect",
+    "is_sqlite",
+    "is_sqlite_busy",
     "normalize_url",
     "reconnecting",
     "redact_url",
     "retrying",
     "session",
     "upgrade",
+    "without_lock_waits",
 ]
 
 P = ParamSpec("P")
@@ -68,6 +72,9 @@ _UPGRADE_LOCK_ID = 0x5354_4C57
 
 _lock = threading.RLock()
 _engines: dict[str, Engine] = {}
+
+#: Set while a store call runs on an event loop's own thread (`without_lock_waits`).
+_no_lock_waits: ContextVar[bool] = ContextVar("stalwart_sqlite_no_lock_waits", default=False)
 _schema_ok: set[str] = set()
 _reached: set[str] = set()  # URLs this process has connected to at least once
 
@@ -147,6 +154,69 @@ def _on_sqlite_connect(memory: bool) -> Any:
     return on_connect
 
 
+def _on_sqlite_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    # The busy timeout is the connection's, and a pooled connection serves both kinds of
+    # caller: set it only when this checkout wants the other one.
+    wanted = 0 if _no_lock_waits.get() else SQLITE_BUSY_TIMEOUT_MS
+    if record.info.get("busy_timeout_ms", SQLITE_BUSY_TIMEOUT_MS) != wanted:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout={wanted}")
+        finally:
+            cursor.close()
+        record.info["busy_timeout_ms"] = wanted
+
+
+@contextlib.contextmanager
+def without_lock_waits() -> Iterator[None]:
+    """SQLite connections checked out inside answer "database is locked" at once instead of
+    waiting up to `SQLITE_BUSY_TIMEOUT_MS` for another writer (see `is_sqlite_busy`).
+
+    For a store call made on an event loop's own thread: a wait there would stall every
+    coroutine of the loop, so the caller makes the call again in a worker thread instead.
+    PostgreSQL connections are not affected.
+
+    Example:
+        >>> with without_lock_waits():
+        ...     pass
+    """
+    token = _no_lock_waits.set(True)
+    try:
+        yield
+    finally:
+        _no_lock_waits.reset(token)
+
+
+def is_sqlite_busy(exc: BaseException) -> bool:
+    """Whether an error is SQLite's "database is locked" (another connection holds the lock).
+
+    Example:
+        >>> import sqlite3
+        >>> is_sqlite_busy(sa.exc.OperationalError("COMMIT", {}, sqlite3.OperationalError(
+        ...     "database is locked")))
+        True
+    """
+    orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+    return getattr(orig, "sqlite_errorname", None) in (
+        "SQLITE_BUSY",
+        "SQLITE_LOCKED",
+    ) or "database is locked" in str(orig)
+
+
+@functools.cache
+def is_sqlite(url: str) -> bool:
+    """Whether a resolved database URL is a SQLite database (False for what is not a URL).
+
+    Example:
+        >>> is_sqlite("sqlite://"), is_sqlite("postgresql+psycopg://u@h/db")
+        (True, False)
+    """
+    try:
+        return make_url(url).get_backend_name() == "sqlite"
+    except sa.exc.ArgumentError:
+        return False
+
+
 def _create_engine(url: str) -> Engine:
     parsed = make_url(url)
     backend = parsed.get_backend_name()
@@ -167,6 +237,8 @@ def _create_engine(url: str) -> Engine:
                 parsed, connect_args=connect_args, pool_size=16, max_overflow=48
             )
         sa.event.listen(engine, "connect", _on_sqlite_connect(memory))
+        if not memory:
+            sa.event.listen(engine, "checkout", _on_sqlite_checkout)
         return engine
     if backend == "postgresql":
         connect_args = (

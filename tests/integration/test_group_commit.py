@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 import threading
 import uuid
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from agents.errors import ActionInProgress, MemoryConflict
 from agents.policy import llm_cache
-from agents.store import ActionRecord, Memory, ledger
-from agents.store._group import shared
+from agents.store import ActionRecord, Memory, ledger, results
+from agents.store._group import database_of, shared
+from agents.store.engine import SQLITE_BUSY_TIMEOUT_MS, get_engine, upgrade
 from tests.support.sqlcount import counted
 
 N = 32
@@ -64,6 +67,70 @@ def test_a_failing_group_is_served_one_request_at_a_time() -> None:
     assert second[0] == 10 and second[3] == 20
     assert isinstance(second[1], RuntimeError) and isinstance(second[2], LookupError)
     assert sorted(len(g) for g in groups[1:]) == [1, 1, 1, 1, 4]  # the group, then each alone
+
+
+def test_sqlite_groups_run_on_the_loop_and_postgresql_groups_in_a_worker(
+    db_url: str, new_tenant: str
+) -> None:
+    """On SQLite a group is served on the loop's own thread (a worker thread would only add
+    the interpreter lock's hand-overs); PostgreSQL's network round trips stay off the loop."""
+    threads: list[int] = []
+
+    def together(url: str, items: list[str]) -> list[bytes | None]:
+        threads.append(threading.get_ident())
+        return results._read_together(url, items)
+
+    async def main() -> tuple[int, list[bytes | None]]:
+        keys = [f"{new_tenant}:{i}" for i in range(3)]
+        found = await asyncio.gather(*(shared(together, db_url, k) for k in keys))
+        return threading.get_ident(), found
+
+    loop_thread, found = asyncio.run(main())
+    assert found == [None, None, None] and len(threads) == 1
+    assert (threads[0] == loop_thread) is db_url.startswith("sqlite")
+
+
+def test_a_locked_sqlite_database_waits_in_a_worker_not_on_the_loop(
+    sqlite_url: str, new_tenant: str
+) -> None:
+    """While another connection holds SQLite's write lock, a write made on the loop fails at
+    once (no busy wait there) and is made again in a worker thread, which waits for the lock:
+    the loop keeps running meanwhile, and the write lands once, after the lock is released."""
+    upgrade(sqlite_url)
+    url = database_of(sqlite_url)
+    holder = sqlite3.connect(make_url(url).database, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # the write lock, held by another connection
+    writers: list[str] = []
+
+    def together(url: str, items: list[tuple[str, bytes]]) -> list[None]:
+        writers.append(threading.current_thread().name)
+        return results._write_together(url, items)
+
+    async def main() -> int:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticking = asyncio.ensure_future(ticker())
+        threading.Timer(0.5, holder.rollback).start()
+        await shared(together, url, (f"{new_tenant}:locked", b"value"))
+        ticking.cancel()
+        return ticks
+
+    ticks = asyncio.run(main())
+    holder.close()
+    assert writers[0] == threading.main_thread().name  # tried on the loop first
+    assert [w.startswith("stalwart-store") for w in writers[1:]] == [True]
+    assert ticks >= 10  # the loop ran while the worker waited for the lock (~50 ticks)
+    assert results._read_rows(url, [f"{new_tenant}:locked"]) == {f"{new_tenant}:locked": b"value"}
+    # The loop's connection went back to the pool waiting as long as any other would.
+    with get_engine(url).connect() as conn:
+        timeouts = {conn.exec_driver_sql("PRAGMA busy_timeout").scalar()}
+    assert timeouts == {SQLITE_BUSY_TIMEOUT_MS}
 
 
 # -- the action ledger --------------------------------------------------------------------------
