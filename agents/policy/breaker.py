@@ -177,6 +177,31 @@ class CircuitBreaker:
         with self._lock:
             return self._failures
 
+    def is_quiet(self) -> bool:
+        """Whether `allow()` and a success's report would touch no database now: the breaker
+        is closed and its row was read less than `DB_SYNC_INTERVAL_S` ago.
+
+        An async caller may then make them on its event loop instead of a worker thread.
+
+        Example:
+            >>> reset_breakers()
+            >>> breaker = get_breaker("http://127.0.0.1:9/v1#quiet")
+            >>> breaker.is_quiet()  # never read from the database yet
+            False
+            >>> from agents.settings import temporary_settings
+            >>> with temporary_settings(database_url="sqlite://"):
+            ...     breaker.allow().success()
+            >>> breaker.is_quiet()
+            True
+        """
+        with self._lock:
+            synced = self._synced_at
+            return (
+                self._state == "closed"
+                and synced is not None
+                and time.monotonic() - synced < DB_SYNC_INTERVAL_S
+            )
+
     def allow(self, *, sync: bool = True) -> Permit | None:
         """A permit to send one request now, or None while the breaker refuses requests.
 

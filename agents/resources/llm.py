@@ -404,9 +404,14 @@ class _Call(Generic[T]):
         return hit if hit is not None else self.route()
 
     async def abegin(self) -> _Route | _Hit[T]:
-        """Async `begin`: the lookup shared with others, the route in a worker thread."""
+        """Async `begin`: the lookup shared with others; the route in a worker thread when
+        finding it reads or writes a breaker's row (else here: a hop costs more than it)."""
         hit = await self.alookup(self.primary, "primary")
-        return hit if hit is not None else await asyncio.to_thread(self.route)
+        if hit is not None:
+            return hit
+        if get_breaker(self._breaker(self.primary)).is_quiet():
+            return self.route()
+        return await asyncio.to_thread(self.route)
 
     def route(self) -> _Route | _Hit[T]:
         """The model the next request goes to, or a cached fallback answer.
@@ -479,9 +484,13 @@ class _Call(Generic[T]):
         return result
 
     async def asucceeded(self, route: _Route, result: T, completion: Any) -> T:
-        """Async `succeeded`: the breaker and record in a worker thread; the answer stored with
-        the other answers stored meanwhile (`llm_cache.astore`)."""
-        to_cache = await asyncio.to_thread(self.settled, route, result, completion)
+        """Async `succeeded`: the breaker and record (in a worker thread when the breaker's
+        row is written); the answer stored with the other answers stored meanwhile
+        (`llm_cache.astore`)."""
+        if route.permit.breaker.is_quiet() and not route.permit.probe:
+            to_cache = self.settled(route, result, completion)
+        else:
+            to_cache = await asyncio.to_thread(self.settled, route, result, completion)
         if to_cache is not None:
             await llm_cache.astore(**vars(to_cache))
         return result

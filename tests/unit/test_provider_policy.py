@@ -97,3 +97,27 @@ def test_settings_defaults() -> None:
     assert settings.breaker_reset_seconds == 30
     assert settings.model_retry_max_wait_seconds == 30
     assert settings.llm_cache_enabled
+
+
+def test_a_breaker_is_quiet_only_while_closed_and_freshly_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`is_quiet` says when an async model call may route and report on its event loop: only
+    while the breaker is closed and its row was read within the sync interval, so neither
+    `allow()` nor a success touches the database. Any other state sends it to a thread."""
+    from agents.policy import breaker as breakers
+    from agents.settings import temporary_settings
+
+    breakers.reset_breakers()
+    breaker = breakers.get_breaker("http://127.0.0.1:9/v1#quiet-test")
+    with temporary_settings(database_url="sqlite://", breaker_failure_threshold=1):
+        assert not breaker.is_quiet()  # its row was never read
+        permit = breaker.allow()
+        assert permit is not None and breaker.is_quiet()
+        with monkeypatch.context() as patched:
+            patched.setattr(breakers, "DB_SYNC_INTERVAL_S", 0.0)
+            assert not breaker.is_quiet()  # due for a read
+        assert breaker.is_quiet()
+        permit.failure("HTTP 503")  # opens at the threshold of 1
+        assert breaker.state == "open" and not breaker.is_quiet()
+    breakers.reset_breakers()
