@@ -167,6 +167,14 @@ class Settings(BaseSettings):
         "(console and log files of this process) or `api` as well (one log row per step on "
         "the Prefect server). A step that fails is logged at ERROR whatever this says.",
     )
+    task_running_after_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="How long a step runs before its task run is recorded Running: a step that "
+        "ends sooner is recorded with its final state alone (start and end times included), "
+        "and no step records Pending, which saves the Prefect server two of a step's three "
+        "events. 0 records every state, as Prefect's own engine does.",
+    )
     max_concurrency: int = Field(
         default=64,
         ge=1,

@@ -3,7 +3,11 @@
 Prefect 3 records a task run from the state-change events its client emits. This engine emits
 the same events Prefect's own task engine does (`prefect.task-run.Pending`, `Running`,
 `AwaitingRetry`, `Retrying`, `Completed`, `Failed`, `TimedOut`, `Cancelled`, `Crashed`, through
-`emit_task_run_state_change_event`), with the same task-run fields, inside a `TaskRunContext` (so
+`emit_task_run_state_change_event`), with the same task-run fields, except the short-lived ones:
+a step's Running state is recorded once the step has run `STALWART_TASK_RUNNING_AFTER_SECONDS`
+(or before a retry), and Pending not at all, so a step that ends sooner is recorded with its
+final state alone, start and end times included (0: every state, as Prefect's engine). It runs
+inside a `TaskRunContext` (so
 `get_run_logger()`, `prefect.runtime.task_run` and nested tool task runs work in a step), and
 owns what Prefect's engine would otherwise do for a step: retries with backoff and jitter and the
 task's `retry_condition_fn`, the timeout, tag concurrency slots, the result write, the finished
@@ -23,6 +27,7 @@ action's conflict does) and `handle_crash`.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
@@ -118,8 +123,13 @@ class TaskRunEngine:
         self.state: State[Any] = self.task_run.state  # type: ignore[assignment]
         self.retries = 0
         self.logger = task_run_logger(self.task_run, task=task)
-        self.state_lines = get_current_settings().task_state_logs
+        settings = get_current_settings()
+        self.state_lines = settings.task_state_logs
+        self.running_after = settings.task_running_after_seconds
         self._last_event: Event | None = None
+        #: The Running state taken but not recorded yet, its predecessor, and the timer that
+        #: records it once the step has run `running_after` seconds.
+        self._unrecorded: tuple[State[Any], State[Any], asyncio.TimerHandle] | None = None
 
     # -- the run -------------------------------------------------------------------------------
 
@@ -127,11 +137,12 @@ class TaskRunEngine:
         try:
             async with AsyncExitStack() as stack:
                 stack.enter_context(self._run_context())
-                # Pending inside the run context, as Prefect's engine emits it: the events
-                # worker takes related resources from the context current at the emit.
-                self._last_event = emit_task_run_state_change_event(
-                    task_run=self.task_run, initial_state=None, validated_state=self.state
-                )
+                if not self.running_after:
+                    # Pending inside the run context, as Prefect's engine emits it: the events
+                    # worker takes related resources from the context current at the emit.
+                    self._last_event = emit_task_run_state_change_event(
+                        task_run=self.task_run, initial_state=None, validated_state=self.state
+                    )
                 if self.task_run.tags:
                     await stack.enter_async_context(self._concurrency_slots())
                 self.begin_run()
@@ -139,6 +150,8 @@ class TaskRunEngine:
         except BaseException as exc:
             await self.handle_crash(exc)
             raise
+        finally:
+            self._forget_unrecorded()
         self._log_finished()
         return outcome
 
@@ -173,7 +186,18 @@ class TaskRunEngine:
         self.task_run.start_time = running.timestamp  # type: ignore[assignment]  # as Prefect's
         if self.flow_run_context is not None and self.flow_run_context.flow_run is not None:
             self.task_run.flow_run_run_count = self.flow_run_context.flow_run.run_count
-        self.set_state(running)
+        if not self.running_after:
+            self.set_state(running)
+            return
+        # Most steps end within a fraction of a second: their Running state would be two
+        # events (client and server work) for a state nobody sees. It is recorded only if the
+        # step is still running after `running_after` (the timer runs in this context: the
+        # events worker takes related resources from it).
+        last = self._take(running)
+        timer = asyncio.get_running_loop().call_later(
+            self.running_after, self._record_unrecorded, context=contextvars.copy_context()
+        )
+        self._unrecorded = (last, running, timer)
 
     async def handle_success(self, value: Any) -> TaskRunOutcome:
         data: Any = value
@@ -245,7 +269,20 @@ class TaskRunEngine:
     # -- state -------------------------------------------------------------------------------
 
     def set_state(self, state: State[Any]) -> None:
-        """Take `state` and emit its state-change event (as Prefect's `set_state`)."""
+        """Take `state` and emit its state-change event (as Prefect's `set_state`).
+
+        A Running state not recorded yet is recorded first when `state` is not final (a
+        retry's states follow it), and dropped when it is: the final event carries the run's
+        start time, run count and run time."""
+        if self._unrecorded is not None and not state.is_final():
+            self._record_unrecorded()
+        self._forget_unrecorded()
+        last = self._take(state)
+        self._emit(last, state)
+
+    def _take(self, state: State[Any]) -> State[Any]:
+        """Make `state` the run's state, its task-run fields updated as Prefect's engine does;
+        returns the state it replaces."""
         last, task_run = self.state, self.task_run
         if last.timestamp and state.timestamp and state.timestamp <= last.timestamp:
             state.timestamp = last.timestamp + timedelta(microseconds=1)
@@ -264,9 +301,30 @@ class TaskRunEngine:
         if state.is_final() and task_run.start_time and not task_run.end_time:
             task_run.end_time = state.timestamp  # type: ignore[assignment]  # as Prefect's
         self.state = state
+        return last
+
+    def _emit(self, last: State[Any], state: State[Any]) -> None:
         self._last_event = emit_task_run_state_change_event(
-            task_run=task_run, initial_state=last, validated_state=state, follows=self._last_event
+            task_run=self.task_run,
+            initial_state=last,
+            validated_state=state,
+            follows=self._last_event,
         )
+
+    def _record_unrecorded(self) -> None:
+        """Emit the Running state taken at the start (the step has run long enough, or is
+        about to retry)."""
+        if self._unrecorded is None:
+            return
+        last, running, timer = self._unrecorded
+        timer.cancel()
+        self._unrecorded = None
+        self._emit(last, running)
+
+    def _forget_unrecorded(self) -> None:
+        if self._unrecorded is not None:
+            self._unrecorded[2].cancel()
+            self._unrecorded = None
 
     # -- internals -------------------------------------------------------------------------------
 

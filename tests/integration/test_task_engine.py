@@ -45,9 +45,30 @@ def _history(states: list[Any]) -> list[str]:
     return [s.name for s in sorted(states, key=lambda s: s.timestamp)]
 
 
+#: What each step of the test below records, by `STALWART_TASK_RUNNING_AFTER_SECONDS`: 0 gives
+#: every state, as Prefect's engine records them; by default a step that ends within a second
+#: records no Pending and no Running (unless a retry follows it), only its final state.
+HISTORIES = {
+    0.0: {
+        "flaky": ["Pending", "Running", *["AwaitingRetry", "Retrying"] * 2, "Completed"],
+        "slow": ["Pending", "Running", "TimedOut"],
+        "route": ["Pending", "Running", "Completed"],
+    },
+    1.0: {
+        "flaky": ["Running", *["AwaitingRetry", "Retrying"] * 2, "Completed"],
+        "slow": ["TimedOut"],
+        "route": ["Completed"],
+    },
+}
+
+
+@pytest.mark.parametrize("running_after", sorted(HISTORIES))
 def test_retries_and_timeouts_are_recorded_as_prefects_engine_records_them(
-    sqlite_url: str,
+    sqlite_url: str, running_after: float
 ) -> None:
+    from agents.settings import get_current_settings, temporary_settings
+
+    assert get_current_settings().task_running_after_seconds == 1.0  # the default
     name = f"te-states-{uuid.uuid4().hex[:6]}"
     agent = Agent(name)
     attempts: list[int] = []
@@ -72,7 +93,8 @@ def test_retries_and_timeouts_are_recorded_as_prefects_engine_records_them(
     def late(slow: str) -> Routing:
         return Routing(queue=slow, confidence=1.0, rationale="fixed")
 
-    result = agent.run(tenant="acme", subject="s1", raw="x")
+    with temporary_settings(task_running_after_seconds=running_after):
+        result = agent.run(tenant="acme", subject="s1", raw="x")
     assert result.steps == {
         "flaky": "completed",
         "slow": "failed",
@@ -82,16 +104,9 @@ def test_retries_and_timeouts_are_recorded_as_prefects_engine_records_them(
     assert result.flow_run_id
     found = _recorded(result.flow_run_id, count=3)
 
+    expected = HISTORIES[running_after]
     flaky_run, flaky_states = found[f"{name}.flaky[s1]"]
-    assert _history(flaky_states) == [
-        "Pending",
-        "Running",
-        "AwaitingRetry",
-        "Retrying",
-        "AwaitingRetry",
-        "Retrying",
-        "Completed",
-    ]
+    assert _history(flaky_states) == expected["flaky"]
     assert flaky_run.run_count == 3
     assert flaky_run.task_key and flaky_run.flow_run_id is not None
     assert str(flaky_run.flow_run_id) == result.flow_run_id
@@ -101,15 +116,19 @@ def test_retries_and_timeouts_are_recorded_as_prefects_engine_records_them(
     assert flaky_run.empirical_policy.retries == 2
 
     slow_run, slow_states = found[f"{name}.slow[s1]"]
-    assert _history(slow_states) == ["Pending", "Running", "TimedOut"]
+    assert _history(slow_states) == expected["slow"]
     assert slow_run.state is not None and slow_run.state.is_failed()
     assert "exceeded timeout of 0.3 second(s)" in (slow_run.state.message or "")
 
     route_run, route_states = found[f"{name}.route[s1]"]
-    assert _history(route_states) == ["Pending", "Running", "Completed"]
+    assert _history(route_states) == expected["route"]
     # The step's result persists (it caches): the Completed state points at the stored record.
     completed = next(s for s in route_states if s.name == "Completed")
     assert completed.state_details.task_run_id == route_run.id
+    # Its final state alone still gives the UI its run count and times.
+    assert route_run.run_count == 1 and route_run.start_time is not None
+    assert route_run.end_time is not None and route_run.end_time >= route_run.start_time
+    assert route_run.total_run_time.total_seconds() > 0
 
 
 def test_a_step_logs_through_prefects_run_logger_to_its_task_run(sqlite_url: str) -> None:
@@ -153,12 +172,18 @@ def test_a_step_logs_through_prefects_run_logger_to_its_task_run(sqlite_url: str
     assert [str(line.task_run_id) for line in notes] == [str(seen["task_run_id"])]
 
 
+@pytest.mark.parametrize(
+    ("running_after", "history"), [(0.1, ["Running", "Crashed"]), (5.0, ["Crashed"])]
+)
 def test_a_cancelled_task_run_is_recorded_crashed_and_the_cancellation_goes_on(
-    sqlite_url: str,
+    sqlite_url: str, running_after: float, history: list[str]
 ) -> None:
+    """Cancelled 0.3 s in: a step that has run past the delay has been recorded Running (the
+    timer's event) before it crashes; one cancelled sooner is recorded Crashed alone."""
     from prefect import flow, task
 
     from agents.execution.task_engine import run_task
+    from agents.settings import temporary_settings
 
     started = asyncio.Event()
 
@@ -174,10 +199,12 @@ def test_a_cancelled_task_run_is_recorded_crashed_and_the_cancellation_goes_on(
     async def crashing() -> str:
         from prefect.runtime import flow_run
 
-        running = asyncio.ensure_future(
-            run_task(declaration, body, name="te-crash-step[run]", parameters={})
-        )
-        await started.wait()
+        with temporary_settings(task_running_after_seconds=running_after):
+            running = asyncio.ensure_future(
+                run_task(declaration, body, name="te-crash-step[run]", parameters={})
+            )
+            await started.wait()
+            await asyncio.sleep(0.3)
         running.cancel()
         with pytest.raises(asyncio.CancelledError):
             await running
@@ -186,7 +213,7 @@ def test_a_cancelled_task_run_is_recorded_crashed_and_the_cancellation_goes_on(
     flow_run_id = asyncio.run(crashing())
     found = _recorded(flow_run_id, count=1)
     task_run, states = found["te-crash-step[run]"]
-    assert _history(states) == ["Pending", "Running", "Crashed"]
+    assert _history(states) == history
     assert task_run.state is not None and task_run.state.is_crashed()
 
 
