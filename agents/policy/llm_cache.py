@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 from sqlmodel import col, select
 
 from agents.store._group import database_of, shared
@@ -179,7 +179,7 @@ def lookup(key: str, *, url: str | None = None) -> CachedAnswer | None:
 
 async def alookup(key: str, *, url: str | None = None) -> CachedAnswer | None:
     """Async `lookup`: the lookups of one event loop made while a lookup runs share the next
-    transaction (one query, one commit for their hit counts), in a worker thread."""
+    transaction (one query, one commit for their hit counts; `agents.store._group`)."""
     try:
         answer: CachedAnswer | None = await shared(_lookup_together, database_of(url), key)
         return answer
@@ -188,18 +188,23 @@ async def alookup(key: str, *, url: str | None = None) -> CachedAnswer | None:
         return None
 
 
+#: Statements built once (see `_writes._ignoring`): the answers stored under several keys,
+#: and their hit counts raised by the same number.
+_LOOKUP = select(LLMCacheEntry.key, LLMCacheEntry.response).where(
+    col(LLMCacheEntry.key).in_(bindparam("keys", expanding=True))
+)
+_COUNT_HITS = (
+    update(LLMCacheEntry)
+    .where(col(LLMCacheEntry.key).in_(bindparam("hit_keys", expanding=True)))
+    .values(hits=col(LLMCacheEntry.hits) + bindparam("hit_count"))
+)
+
+
 def _lookup_together(url: str, keys: list[str]) -> list[CachedAnswer | None]:
     """The answers cached under several keys, their hits counted, in one transaction."""
     with session(url) as s:
         stored: dict[str, str] = dict(
-            s.connection()
-            .execute(
-                select(LLMCacheEntry.key, LLMCacheEntry.response).where(
-                    col(LLMCacheEntry.key).in_(sorted(set(keys)))
-                )
-            )
-            .tuples()
-            .all()
+            s.connection().execute(_LOOKUP, {"keys": sorted(set(keys))}).tuples().all()
         )
         answers = [CachedAnswer.from_json(stored[k]) if k in stored else None for k in keys]
         hits = Counter(k for k, a in zip(keys, answers, strict=True) if a is not None)
@@ -207,11 +212,7 @@ def _lookup_together(url: str, keys: list[str]) -> list[CachedAnswer | None]:
         for k, n in sorted(hits.items()):
             by_count.setdefault(n, []).append(k)
         for n, counted in by_count.items():
-            s.connection().execute(
-                update(LLMCacheEntry)
-                .where(col(LLMCacheEntry.key).in_(counted))
-                .values(hits=col(LLMCacheEntry.hits) + n)
-            )
+            s.connection().execute(_COUNT_HITS, {"hit_keys": counted, "hit_count": n})
     return answers
 
 
@@ -254,7 +255,7 @@ async def astore(
     url: str | None = None,
 ) -> None:
     """Async `store`: the answers of one event loop stored while a store transaction runs
-    share the next one (group commit), in a worker thread. Best effort, like `store`."""
+    share the next one (group commit, `agents.store._group`). Best effort, like `store`."""
     try:
         row = _row(key, answer, tenant, endpoint, model)
         await shared(_store_together, database_of(url), row)

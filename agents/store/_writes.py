@@ -48,11 +48,20 @@ def _dialect_insert(dialect: str, model: type[SQLModel]) -> Any:
 
 
 @functools.cache
-def _ignoring(dialect: str, model: type[SQLModel], keys: tuple[str, ...]) -> Any:
-    """`INSERT ... ON CONFLICT (keys) DO NOTHING`, built once per dialect, model and keys:
-    building a statement and its cache key on every call cost more than executing it."""
+def _ignoring(
+    dialect: str, model: type[SQLModel], keys: tuple[str, ...], returning: tuple[str, ...] = ()
+) -> Any:
+    """`INSERT ... ON CONFLICT (keys) DO NOTHING [RETURNING ...]`, built once per dialect,
+    model, keys and returned columns: building a statement and its cache key on every call
+    cost more than executing it."""
     statement = _dialect_insert(dialect, model)
-    return None if statement is None else statement.on_conflict_do_nothing(index_elements=keys)
+    if statement is None:
+        return None
+    statement = statement.on_conflict_do_nothing(index_elements=keys)
+    if returning:
+        table = model.metadata.tables[str(model.__tablename__)]
+        statement = statement.returning(*(table.c[name] for name in returning))
+    return statement
 
 
 @functools.cache
@@ -70,22 +79,27 @@ def _upserting(
 
 
 def conflict_ignoring(
-    s: Session, model: type[SQLModel], columns: Sequence[str] | None = None
+    s: Session,
+    model: type[SQLModel],
+    columns: Sequence[str] | None = None,
+    *,
+    returning: Sequence[str] = (),
 ) -> Any:
     """An INSERT of `model` rows that skips a row whose `columns` (default: the primary key)
-    are already stored; with `.returning(...)` it tells which rows went in.
+    are already stored; `returning` columns tell which rows went in. Built once per dialect
+    and arguments: execute it with the rows as parameters.
 
     Example:
         >>> from agents.store.engine import session
         >>> from agents.store.tables import StepResult
         >>> with session("sqlite://") as s:
-        ...     statement = conflict_ignoring(s, StepResult).returning(StepResult.key)
-        ...     went_in = s.exec(statement, params=[{"key": "c", "content": b"x"}]).scalars()
-        ...     list(went_in)
+        ...     statement = conflict_ignoring(s, StepResult, returning=["key"])
+        ...     went_in = s.connection().execute(statement, [{"key": "c", "content": b"x"}])
+        ...     list(went_in.scalars())
         ['c']
     """
     keys = tuple(columns) if columns is not None else _primary_key(model)
-    statement = _ignoring(s.get_bind().dialect.name, model, keys)
+    statement = _ignoring(s.get_bind().dialect.name, model, keys, tuple(returning))
     if statement is None:  # pragma: no cover - only SQLite and PostgreSQL are supported
         raise NotImplementedError(f"No INSERT ... ON CONFLICT for {s.get_bind().dialect.name}.")
     return statement

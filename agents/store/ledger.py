@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import or_, update
+from sqlalchemy import bindparam, or_, update
 from sqlmodel import col, select
 
 from agents.errors import ActionInProgress
@@ -279,7 +279,7 @@ def _insert_claims(url: str, requests: list[_ClaimRequest]) -> list[ActionRecord
         first.setdefault(request.key, i)
     records = {key: requests[i].record() for key, i in first.items()}
     with session(url) as s:
-        statement = conflict_ignoring(s, ActionRecord).returning(col(ActionRecord.idempotency_key))
+        statement = conflict_ignoring(s, ActionRecord, returning=["idempotency_key"])
         rows = [_values(records[key]) for key in sorted(records)]
         landed = set(s.connection().execute(statement, rows).scalars())
     return [
@@ -622,6 +622,21 @@ async def acomplete(key: str, result_json: Any, *, url: str | None = None) -> No
     await shared(_complete_together, database_of(url), (key, data))  # raises its LookupError
 
 
+#: A claimed key's `started` row made `completed`, built once (see `_writes._ignoring`).
+_COMPLETE = (
+    update(ActionRecord)
+    .where(
+        col(ActionRecord.idempotency_key) == bindparam("done_key"),
+        col(ActionRecord.status) == STARTED,
+    )
+    .values(
+        status=COMPLETED,
+        result=bindparam("done_result"),
+        completed_at=bindparam("done_at"),
+    )
+)
+
+
 def _complete_together(url: str, items: list[tuple[str, Any]]) -> list[LookupError | None]:
     """Move each claimed key's `started` row to `completed` with its result, in one
     transaction (key order: no deadlock between overlapping groups); a key never claimed
@@ -635,12 +650,7 @@ def _complete_together(url: str, items: list[tuple[str, Any]]) -> list[LookupErr
             for i in order:
                 key, data = items[i]
                 result = s.connection().execute(
-                    update(ActionRecord)
-                    .where(
-                        col(ActionRecord.idempotency_key) == key,
-                        col(ActionRecord.status) == STARTED,
-                    )
-                    .values(status=COMPLETED, result=data, completed_at=utcnow())
+                    _COMPLETE, {"done_key": key, "done_result": data, "done_at": utcnow()}
                 )
                 if not result.rowcount:
                     unchanged.add(key)

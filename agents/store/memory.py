@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, tuple_, update
+from sqlalchemy import bindparam, delete, tuple_, update
 from sqlmodel import Session, col, select
 
 from agents.errors import MemoryConflict
@@ -268,7 +268,7 @@ class Memory:
 
     async def aget_item(self, key: str) -> MemoryItem | None:
         """Async `get_item`: the reads of one event loop made while a read runs share the next
-        query, in a worker thread."""
+        query (`agents.store._group`: on the loop's thread on SQLite, else a worker's)."""
         item: MemoryItem | None = await shared(
             _read_together, database_of(self._url), self._where(key)
         )
@@ -340,14 +340,37 @@ def _scope_of(where: _Key) -> list[Any]:
     ]
 
 
+#: Statements built once (see `_writes._ignoring`): the rows of several scoped keys; a key's
+#: row rewritten at its next version, unconditionally or only at the version expected.
+_READ = select(MemoryItem).where(
+    tuple_(
+        col(MemoryItem.tenant), col(MemoryItem.agent), col(MemoryItem.subject), col(MemoryItem.key)
+    ).in_(bindparam("scopes", expanding=True))
+)
+_BUMP = (
+    update(MemoryItem)
+    .where(
+        col(MemoryItem.tenant) == bindparam("w_tenant"),
+        col(MemoryItem.agent) == bindparam("w_agent"),
+        col(MemoryItem.subject) == bindparam("w_subject"),
+        col(MemoryItem.key) == bindparam("w_key"),
+    )
+    .values(
+        value=bindparam("w_value"),
+        version=col(MemoryItem.version) + 1,
+        updated_at=bindparam("w_at"),
+        writer=bindparam("w_token"),
+    )
+    .returning(col(MemoryItem.version))
+)
+_BUMP_CHECKED = _BUMP.where(col(MemoryItem.version) == bindparam("w_expected"))
+
+
 @reconnecting
 def _read_together(url: str, keys: list[_Key]) -> list[MemoryItem | None]:
     """The rows of several keys (each in its own scope), in one query."""
-    scoped = tuple_(
-        col(MemoryItem.tenant), col(MemoryItem.agent), col(MemoryItem.subject), col(MemoryItem.key)
-    )
     with session(url) as s:
-        rows = s.exec(select(MemoryItem).where(scoped.in_(sorted(set(keys))))).all()
+        rows = s.exec(_READ, params={"scopes": sorted(set(keys))}).all()
     found: dict[_Key, MemoryItem] = {(r.tenant, r.agent, r.subject, r.key): r for r in rows}
     items: list[MemoryItem | None] = []
     given: set[_Key] = set()
@@ -408,29 +431,30 @@ def _apply(s: Session, write: _Write) -> int | MemoryConflict:
         if _insert(s, write):
             return 1
     else:
-        version = _bump(s, write, col(MemoryItem.version) == write.expected)
+        version = _bump(s, write, expected=write.expected)
         if version is not None:
             return version
     stored = s.exec(select(MemoryItem.version).where(*_scope_of(write.where))).one_or_none()
     return MemoryConflict(key, write.expected, stored)
 
 
-def _bump(s: Session, write: _Write, *conditions: Any) -> int | None:
-    version = (
-        s.connection()
-        .execute(
-            update(MemoryItem)
-            .where(*_scope_of(write.where), *conditions)
-            .values(
-                value=write.data,
-                version=col(MemoryItem.version) + 1,
-                updated_at=utcnow(),
-                writer=write.token,
-            )
-            .returning(col(MemoryItem.version))
-        )
-        .scalar_one_or_none()
-    )
+def _bump(s: Session, write: _Write, *, expected: int | None = None) -> int | None:
+    """Rewrite the key's row at its next version (only at version `expected` when given);
+    None if no row was rewritten."""
+    tenant, agent, subject, key = write.where
+    params = {
+        "w_tenant": tenant,
+        "w_agent": agent,
+        "w_subject": subject,
+        "w_key": key,
+        "w_value": write.data,
+        "w_at": utcnow(),
+        "w_token": write.token,
+    }
+    statement = _BUMP
+    if expected is not None:
+        statement, params["w_expected"] = _BUMP_CHECKED, expected
+    version = s.connection().execute(statement, params).scalar_one_or_none()
     return None if version is None else int(version)
 
 
@@ -447,6 +471,7 @@ def _insert(s: Session, write: _Write) -> bool:
         "updated_at": utcnow(),
         "writer": write.token,
     }
-    statement = conflict_ignoring(s, MemoryItem, ["tenant", "agent", "subject", "key"])
-    went_in = s.connection().execute(statement.values(**row).returning(col(MemoryItem.id))).first()
-    return went_in is not None
+    statement = conflict_ignoring(
+        s, MemoryItem, ["tenant", "agent", "subject", "key"], returning=["id"]
+    )
+    return s.connection().execute(statement, row).first() is not None

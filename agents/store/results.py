@@ -135,7 +135,7 @@ class SQLResultStorage(WritableFileSystem):
 
     async def aread_path(self, path: str) -> bytes:
         """Async `read_path`: the reads of one event loop that arrive while a query runs share
-        the next query (`WHERE key IN (...)`), in a worker thread.
+        the next query (`WHERE key IN (...)`; where it runs: `agents.store._group`).
 
         Raises:
             FileNotFoundError: nothing is stored under the key.
@@ -151,7 +151,7 @@ class SQLResultStorage(WritableFileSystem):
 
     async def awrite_path(self, path: str, content: bytes) -> str:
         """Async `write_path`: the writes of one event loop that arrive while a transaction is
-        being committed share the next one (group commit), in a worker thread.
+        being committed share the next one (group commit; where: `agents.store._group`).
 
         A batch runs dozens of steps at once; one transaction per result made the database's
         write lock and commit the bottleneck (on SQLite, one writer at a time). It returns once
