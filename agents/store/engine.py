@@ -71,7 +71,7 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 _UPGRADE_LOCK_ID = 0x5354_4C57
 
 _lock = threading.RLock()
-_engines: dict[str, Engine] = {}
+_engines: dict[tuple[str, bool], Engine] = {}  # by URL and whether it waits for locks
 
 #: Set while a store call runs on an event loop's own thread (`without_lock_waits`).
 _no_lock_waits: ContextVar[bool] = ContextVar("stalwart_sqlite_no_lock_waits", default=False)
@@ -136,7 +136,7 @@ def _is_memory_sqlite(url: URL) -> bool:
     return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
 
 
-def _on_sqlite_connect(memory: bool) -> Any:
+def _on_sqlite_connect(memory: bool, busy_timeout_ms: int) -> Any:
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         try:
@@ -146,7 +146,7 @@ def _on_sqlite_connect(memory: bool) -> Any:
                 # loses nothing (the WAL is in the OS cache); only a power cut can drop the last
                 # commits. FULL costs an fsync per commit, the bottleneck of a busy agent.
                 cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
             cursor.execute("PRAGMA foreign_keys=ON")
         finally:
             cursor.close()
@@ -154,27 +154,16 @@ def _on_sqlite_connect(memory: bool) -> Any:
     return on_connect
 
 
-def _on_sqlite_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-    # The busy timeout is the connection's, and a pooled connection serves both kinds of
-    # caller: set it only when this checkout wants the other one.
-    wanted = 0 if _no_lock_waits.get() else SQLITE_BUSY_TIMEOUT_MS
-    if record.info.get("busy_timeout_ms", SQLITE_BUSY_TIMEOUT_MS) != wanted:
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(f"PRAGMA busy_timeout={wanted}")
-        finally:
-            cursor.close()
-        record.info["busy_timeout_ms"] = wanted
-
-
 @contextlib.contextmanager
 def without_lock_waits() -> Iterator[None]:
-    """SQLite connections checked out inside answer "database is locked" at once instead of
-    waiting up to `SQLITE_BUSY_TIMEOUT_MS` for another writer (see `is_sqlite_busy`).
+    """Inside, `get_engine` gives a SQLite file's second engine, whose connections answer
+    "database is locked" at once instead of waiting up to `SQLITE_BUSY_TIMEOUT_MS` for another
+    writer (see `is_sqlite_busy`).
 
     For a store call made on an event loop's own thread: a wait there would stall every
     coroutine of the loop, so the caller makes the call again in a worker thread instead.
-    PostgreSQL connections are not affected.
+    (A second pool rather than one pool whose connections switch: a switch is a statement on
+    every checkout that changes kind.) PostgreSQL and in-memory SQLite are not affected.
 
     Example:
         >>> with without_lock_waits():
@@ -217,14 +206,14 @@ def is_sqlite(url: str) -> bool:
         return False
 
 
-def _create_engine(url: str) -> Engine:
+def _create_engine(url: str, *, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> Engine:
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         memory = _is_memory_sqlite(parsed)
         connect_args: dict[str, Any] = {
             "check_same_thread": False,
-            "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+            "timeout": busy_timeout_ms / 1000,
         }
         if memory:
             engine = sa.create_engine(parsed, connect_args=connect_args, poolclass=StaticPool)
@@ -236,9 +225,7 @@ def _create_engine(url: str) -> Engine:
             engine = sa.create_engine(
                 parsed, connect_args=connect_args, pool_size=16, max_overflow=48
             )
-        sa.event.listen(engine, "connect", _on_sqlite_connect(memory))
-        if not memory:
-            sa.event.listen(engine, "checkout", _on_sqlite_checkout)
+        sa.event.listen(engine, "connect", _on_sqlite_connect(memory, busy_timeout_ms))
         return engine
     if backend == "postgresql":
         connect_args = (
@@ -256,16 +243,20 @@ def _create_engine(url: str) -> Engine:
     return sa.create_engine(parsed, pool_pre_ping=True)
 
 
-def _raw_engine(url: str) -> Engine:
-    """The cached engine for a normalised URL, without any schema check."""
-    engine = _engines.get(url)
+def _raw_engine(url: str, *, lock_waits: bool = True) -> Engine:
+    """The cached engine for a normalised URL, without any schema check; with
+    `lock_waits=False`, a SQLite file's second engine, whose connections do not wait for
+    another writer's lock (`without_lock_waits`)."""
+    key = (url, lock_waits)
+    engine = _engines.get(key)
     if engine is not None:
         return engine
     with _lock:
-        engine = _engines.get(url)
+        engine = _engines.get(key)
         if engine is None:
-            engine = _create_engine(url)
-            _engines[url] = engine
+            busy_timeout_ms = SQLITE_BUSY_TIMEOUT_MS if lock_waits else 0
+            engine = _create_engine(url, busy_timeout_ms=busy_timeout_ms)
+            _engines[key] = engine
         return engine
 
 
@@ -292,13 +283,22 @@ def get_engine(url: str | None = None) -> Engine:
     """
     resolved = _resolve(url)
     engine = _raw_engine(resolved)
-    if resolved in _schema_ok:
-        return engine
-    with _lock:
-        if resolved not in _schema_ok:
-            _ensure_schema(engine, resolved)
-            _schema_ok.add(resolved)
+    if resolved not in _schema_ok:
+        with _lock:
+            if resolved not in _schema_ok:
+                _ensure_schema(engine, resolved)
+                _schema_ok.add(resolved)
+    if _no_lock_waits.get() and _waits_for_locks(resolved):
+        return _raw_engine(resolved, lock_waits=False)
     return engine
+
+
+@functools.cache
+def _waits_for_locks(url: str) -> bool:
+    """Whether the URL is a SQLite file (in-memory SQLite has one connection, and no other
+    process to wait for)."""
+    parsed = make_url(url)
+    return parsed.get_backend_name() == "sqlite" and not _is_memory_sqlite(parsed)
 
 
 #: What PostgreSQL says, at connect time (no SQLSTATE reaches the client then), when it is there

@@ -42,7 +42,7 @@ from agents.store import (
     session,
 )
 from agents.store._writes import insert_once
-from agents.store.engine import get_engine, is_disconnect
+from agents.store.engine import get_engine, is_disconnect, without_lock_waits
 from agents.store.records import RecordWriter
 from agents.store.results import SQLResultStorage
 from agents.store.tables import Feedback
@@ -194,11 +194,23 @@ def test_store_operations_survive_terminated_connections_exactly_once(
 @contextlib.contextmanager
 def _lose_commit_acks(url: str, times: int) -> Iterator[list[int]]:
     """The next `times` COMMITs take effect, then fail as if the connection dropped before the
-    acknowledgement arrived (fault injection on the engine's dialect)."""
-    dialect = get_engine(url).dialect
-    original = dialect.do_commit
+    acknowledgement arrived (fault injection on the dialect of the engines a store call uses:
+    on SQLite, group commits on an event loop have their own)."""
+    with without_lock_waits():
+        loops = get_engine(url).dialect
+    dialects = {id(d): d for d in (get_engine(url).dialect, loops)}.values()
+    originals = [(d, d.do_commit) for d in dialects]
     lost: list[int] = []
+    for dialect, original in originals:
+        dialect.do_commit = _losing(original, lost, times)  # type: ignore[method-assign]
+    try:
+        yield lost
+    finally:
+        for dialect, original in originals:
+            dialect.do_commit = original  # type: ignore[method-assign]
 
+
+def _losing(original: Any, lost: list[int], times: int) -> Any:
     def do_commit(dbapi_connection: Any) -> None:
         original(dbapi_connection)
         if len(lost) < times:
@@ -210,11 +222,7 @@ def _lose_commit_acks(url: str, times: int) -> Iterator[list[int]]:
                 connection_invalidated=True,
             )
 
-    dialect.do_commit = do_commit  # type: ignore[method-assign]
-    try:
-        yield lost
-    finally:
-        dialect.do_commit = original  # type: ignore[method-assign]
+    return do_commit
 
 
 def test_a_lost_commit_acknowledgement_is_not_applied_twice(db_url: str, new_tenant: str) -> None:

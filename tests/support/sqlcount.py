@@ -9,15 +9,18 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from agents.store.engine import get_engine
+from agents.store.engine import get_engine, without_lock_waits
 
 
 @contextlib.contextmanager
 def counted(url: str) -> Iterator[Counter[str]]:
     """Count the COMMITs (`"commit"`) and the statements, by verb and table (`"INSERT
     action_record"`, `"SELECT memory_item"`, ...), that this process sends to `url`'s engine
-    while the block runs."""
-    engine = get_engine(url)
+    while the block runs (through either of its engines: on SQLite, group commits made on an
+    event loop use their own)."""
+    with without_lock_waits():
+        loops = get_engine(url)
+    engines = {id(e): e for e in (get_engine(url), loops)}.values()
     counts: Counter[str] = Counter()
 
     def on_commit(_conn: Any) -> None:
@@ -26,13 +29,15 @@ def counted(url: str) -> Iterator[Counter[str]]:
     def on_statement(_conn: Any, _cursor: Any, text: str, *_: Any) -> None:
         counts[_kind(text)] += 1
 
-    sa.event.listen(engine, "commit", on_commit)
-    sa.event.listen(engine, "before_cursor_execute", on_statement)
+    for engine in engines:
+        sa.event.listen(engine, "commit", on_commit)
+        sa.event.listen(engine, "before_cursor_execute", on_statement)
     try:
         yield counts
     finally:
-        sa.event.remove(engine, "commit", on_commit)
-        sa.event.remove(engine, "before_cursor_execute", on_statement)
+        for engine in engines:
+            sa.event.remove(engine, "commit", on_commit)
+            sa.event.remove(engine, "before_cursor_execute", on_statement)
 
 
 def _kind(text: str) -> str:
