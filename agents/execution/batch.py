@@ -56,7 +56,7 @@ from agents.redact import scrub_error
 from agents.result import RunResult
 from agents.settings import get_current_settings
 from agents.store.records import RecordWriter
-from agents.store.tables import AgentRun
+from agents.store.tables import AgentRun, utcnow
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
@@ -278,6 +278,7 @@ async def run_one(
         )
     run_row = AgentRun(
         id=run_id,
+        started_at=utcnow(),  # given: a default factory costs pydantic a signature inspection
         tenant=tenant,
         agent=graph.name,
         subject=subject,

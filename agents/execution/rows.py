@@ -13,7 +13,7 @@ from agents.declare.step import Step
 from agents.digest import canonical, digest
 from agents.pricing import cost_of
 from agents.redact import scrub_text
-from agents.store.tables import DecisionRecord, StepRun, new_id
+from agents.store.tables import DecisionRecord, StepRun, new_id, utcnow
 
 if TYPE_CHECKING:
     from agents.execution.ladder import LadderOutcome
@@ -36,6 +36,10 @@ def step_row(
 ) -> StepRun:
     """The row of one step of one run, with its model calls' tokens and latency summed."""
     return StepRun(
+        # Given rather than defaulted: pydantic inspects a default factory's signature on every
+        # use, which cost more than the rest of the row.
+        id=new_id(),
+        started_at=utcnow(),
         tokens_in=sum(c.tokens_in for c in llm_calls),
         tokens_out=sum(c.tokens_out for c in llm_calls),
         model_ms=sum(c.latency_ms for c in llm_calls) if llm_calls else None,

@@ -164,22 +164,26 @@ async def alogged_decision(
 _DecisionKey = tuple[str, str, str, str, str]
 
 
-@reconnecting
-def _logged_together(url: str, keys: list[_DecisionKey]) -> list[DecisionRecord | None]:
-    """Concurrent `logged_decision`s: one query; the latest row of each key."""
-    columns = (
+#: The decisions logged under several keys, shadow decisions left out; built once (see
+#: `_writes._ignoring`).
+_LOGGED = select(DecisionRecord).where(
+    sa.tuple_(
         col(DecisionRecord.tenant),
         col(DecisionRecord.agent),
         col(DecisionRecord.step),
         col(DecisionRecord.run_key),
         col(DecisionRecord.input_digest),
-    )
-    query = select(DecisionRecord).where(
-        sa.tuple_(*columns).in_(sorted(set(keys))), col(DecisionRecord.path) != "shadow"
-    )
+    ).in_(sa.bindparam("decision_keys", expanding=True)),
+    col(DecisionRecord.path) != "shadow",
+)
+
+
+@reconnecting
+def _logged_together(url: str, keys: list[_DecisionKey]) -> list[DecisionRecord | None]:
+    """Concurrent `logged_decision`s: one query; the latest row of each key."""
     latest: dict[_DecisionKey, DecisionRecord] = {}
     with session(url) as s:
-        for row in s.exec(query):
+        for row in s.exec(_LOGGED, params={"decision_keys": sorted(set(keys))}):
             key = (row.tenant, row.agent, row.step, row.run_key or "", row.input_digest)
             seen = latest.get(key)
             if seen is None or as_utc(row.created_at) > as_utc(seen.created_at):
