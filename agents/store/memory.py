@@ -358,8 +358,8 @@ _BUMP = (
     .values(
         value=bindparam("w_value"),
         version=col(MemoryItem.version) + 1,
-        updated_at=bindparam("w_at"),
-        writer=bindparam("w_token"),
+        updated_at=bindparam("w_updated_at"),
+        writer=bindparam("w_writer"),
     )
     .returning(col(MemoryItem.version))
 )
@@ -441,16 +441,9 @@ def _apply(s: Session, write: _Write) -> int | MemoryConflict:
 def _bump(s: Session, write: _Write, *, expected: int | None = None) -> int | None:
     """Rewrite the key's row at its next version (only at version `expected` when given);
     None if no row was rewritten."""
-    tenant, agent, subject, key = write.where
-    params = {
-        "w_tenant": tenant,
-        "w_agent": agent,
-        "w_subject": subject,
-        "w_key": key,
-        "w_value": write.data,
-        "w_at": utcnow(),
-        "w_token": write.token,
-    }
+    # The statement's parameters are the row's columns, prefixed: an UPDATE reserves the bare
+    # names for its SET clause.
+    params = {f"w_{name}": value for name, value in _row_of(write).items()}
     statement = _BUMP
     if expected is not None:
         statement, params["w_expected"] = _BUMP_CHECKED, expected
@@ -458,19 +451,23 @@ def _bump(s: Session, write: _Write, *, expected: int | None = None) -> int | No
     return None if version is None else int(version)
 
 
-def _insert(s: Session, write: _Write) -> bool:
-    """Insert the key at version 1; False if it is already stored."""
+def _row_of(write: _Write) -> dict[str, Any]:
+    """The columns a write sets, its version aside."""
     tenant, agent, subject, key = write.where
-    row = {
+    return {
         "tenant": tenant,
         "agent": agent,
         "subject": subject,
         "key": key,
         "value": write.data,
-        "version": 1,
         "updated_at": utcnow(),
         "writer": write.token,
     }
+
+
+def _insert(s: Session, write: _Write) -> bool:
+    """Insert the key at version 1; False if it is already stored."""
+    row = {**_row_of(write), "version": 1}
     statement = conflict_ignoring(
         s, MemoryItem, ["tenant", "agent", "subject", "key"], returning=["id"]
     )
