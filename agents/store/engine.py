@@ -297,8 +297,7 @@ def get_engine(url: str | None = None) -> Engine:
 def _waits_for_locks(url: str) -> bool:
     """Whether the URL is a SQLite file (in-memory SQLite has one connection, and no other
     process to wait for)."""
-    parsed = make_url(url)
-    return parsed.get_backend_name() == "sqlite" and not _is_memory_sqlite(parsed)
+    return is_sqlite(url) and not _is_memory_sqlite(make_url(url))
 
 
 #: What PostgreSQL says, at connect time (no SQLSTATE reaches the client then), when it is there

@@ -42,11 +42,12 @@ from agents.store import (
     session,
 )
 from agents.store._writes import insert_once
-from agents.store.engine import get_engine, is_disconnect, without_lock_waits
+from agents.store.engine import is_disconnect
 from agents.store.records import RecordWriter
 from agents.store.results import SQLResultStorage
 from agents.store.tables import Feedback
 from tests.support.postgres import PG_ADMIN_URL
+from tests.support.sqlcount import store_engines
 
 pytestmark = pytest.mark.faults
 
@@ -196,9 +197,7 @@ def _lose_commit_acks(url: str, times: int) -> Iterator[list[int]]:
     """The next `times` COMMITs take effect, then fail as if the connection dropped before the
     acknowledgement arrived (fault injection on the dialect of the engines a store call uses:
     on SQLite, group commits on an event loop have their own)."""
-    with without_lock_waits():
-        loops = get_engine(url).dialect
-    dialects = {id(d): d for d in (get_engine(url).dialect, loops)}.values()
+    dialects = {id(e.dialect): e.dialect for e in store_engines(url)}.values()
     originals = [(d, d.do_commit) for d in dialects]
     lost: list[int] = []
     for dialect, original in originals:

@@ -18,9 +18,7 @@ def counted(url: str) -> Iterator[Counter[str]]:
     action_record"`, `"SELECT memory_item"`, ...), that this process sends to `url`'s engine
     while the block runs (through either of its engines: on SQLite, group commits made on an
     event loop use their own)."""
-    with without_lock_waits():
-        loops = get_engine(url)
-    engines = {id(e): e for e in (get_engine(url), loops)}.values()
+    engines = store_engines(url)
     counts: Counter[str] = Counter()
 
     def on_commit(_conn: Any) -> None:
@@ -38,6 +36,14 @@ def counted(url: str) -> Iterator[Counter[str]]:
         for engine in engines:
             sa.event.remove(engine, "commit", on_commit)
             sa.event.remove(engine, "before_cursor_execute", on_statement)
+
+
+def store_engines(url: str) -> list[sa.Engine]:
+    """The engines the store's calls to `url` use: its engine and, for a SQLite file, the
+    no-wait one its group commits use on an event loop (the same engine otherwise)."""
+    with without_lock_waits():
+        loops = get_engine(url)
+    return list({id(e): e for e in (get_engine(url), loops)}.values())
 
 
 def _kind(text: str) -> str:
