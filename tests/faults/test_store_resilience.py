@@ -153,43 +153,52 @@ def test_store_operations_survive_terminated_connections_exactly_once(
 ) -> None:
     url, name = pg_db
     tenant = f"res-{uuid.uuid4().hex[:8]}"
-    rounds = 20
     writer = RecordWriter(url=url)
     errors: list[BaseException] = []
+    rounds_done = 0
+    stop = threading.Event()
     done = threading.Event()
 
     def workload() -> None:
+        nonlocal rounds_done
         try:
-            for i in range(rounds):
-                _one_round(tenant, i, url, writer)
+            # At least 20 rounds, and on until the killer has seen what it came for: a round takes
+            # a few milliseconds, so a fixed count can end before any kill lands mid-operation.
+            while rounds_done < 20 or not stop.is_set():
+                _one_round(tenant, rounds_done, url, writer)
+                rounds_done += 1
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)
         finally:
             done.set()
 
+    def retried() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "lost its database connection" in r.getMessage()]
+
     caplog.set_level(logging.WARNING, logger="agents.store.engine")
     thread = threading.Thread(target=workload, daemon=True)
     thread.start()
-    # Kill every connection of the database, again and again, until 12 have died mid-workload;
-    # then let the workload finish (bounded either way).
+    # Kill every connection of the database, again and again, until 12 have died and at least one
+    # operation has lost its connection mid-flight; then let the workload finish (bounded).
     terminated = 0
     deadline = time.monotonic() + 120
-    while not done.is_set() and terminated < 12 and time.monotonic() < deadline:
+    while not done.is_set() and (terminated < 12 or not retried()) and time.monotonic() < deadline:
         terminated += _terminate_backends(name)
-        time.sleep(0.1)
+        time.sleep(0.05)
+    stop.set()
     thread.join(timeout=max(1.0, deadline - time.monotonic()))
     assert not thread.is_alive(), "the workload did not finish in 120 s"
     assert errors == [], errors
     assert terminated > 0
+    assert retried(), "no operation ever lost its connection: the test proved nothing"
 
+    rounds = rounds_done
     counts = _counts(tenant, url)
     assert counts["actions_completed"] == rounds
     assert counts["runs"] == counts["runs_completed"] == rounds
     assert counts["steps"] == counts["decisions"] == counts["feedback"] == rounds
     memory = counts["memory"]
     assert memory is not None and (memory.value, memory.version) == (rounds, rounds)
-    retried = [r for r in caplog.records if "lost its database connection" in r.getMessage()]
-    assert retried, "no operation ever lost its connection: the test proved nothing"
 
 
 @contextlib.contextmanager
