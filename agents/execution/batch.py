@@ -29,13 +29,13 @@ import contextvars
 import logging
 import re
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prefect.context import FlowRunContext, TagsContext
 from prefect.states import Completed, Failed, State
 
+from agents._ids import new_hex
 from agents.decisions import publish_artifact
 from agents.declare.decision import LadderPath
 from agents.digest import digest
@@ -241,7 +241,7 @@ async def run_one(
 
     The run's id joins `degraded` when a decision of it fell to the safe default because the
     model was unavailable."""
-    run_id = uuid.uuid4().hex
+    run_id = new_hex()
     if not isinstance(item, Mapping):
         return RunResult(
             status="failed",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -39,7 +40,8 @@ def step_row(
         # Given rather than defaulted: pydantic inspects a default factory's signature on every
         # use, which cost more than the rest of the row.
         id=new_id(),
-        started_at=utcnow(),
+        # The row is built as the step ends: its start is `duration_ms` earlier.
+        started_at=utcnow() - timedelta(milliseconds=duration_ms),
         tokens_in=sum(c.tokens_in for c in llm_calls),
         tokens_out=sum(c.tokens_out for c in llm_calls),
         model_ms=sum(c.latency_ms for c in llm_calls) if llm_calls else None,

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, cast
 
 from prefect import Flow, State, Task, tags
 from prefect.utilities.asyncutils import run_coro_as_sync
 
+from agents._ids import new_hex
 from agents.execution import batch
 from agents.execution.prefect import create_flow_run, make_flow, make_task
 from agents.execution.recording import prepare_temporary_server
@@ -99,7 +99,7 @@ class AgentRunner:
             logger.warning("%s: input %d refused: %s", self.name, index, problem)
             refused = RunResult(
                 status="failed",
-                run_id=uuid.uuid4().hex,
+                run_id=new_hex(),
                 run_key="",
                 tenant=tenant,
                 error=f"InputError: {problem}",

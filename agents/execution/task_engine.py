@@ -34,9 +34,8 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
-from prefect._internal.uuid7 import uuid7
 from prefect.client.orchestration import get_client
 from prefect.client.schemas import TaskRun
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder, StateDetails, TaskRunPolicy
@@ -60,6 +59,7 @@ from prefect.types._datetime import now
 from prefect.utilities.engine import emit_task_run_state_change_event
 from prefect.utilities.math import clamped_poisson_interval
 
+from agents._ids import new_uuid4, new_uuid7
 from agents.redact import scrub_error
 from agents.settings import get_current_settings
 
@@ -182,7 +182,7 @@ class TaskRunEngine:
     # -- one handler per outcome -----------------------------------------------------------------
 
     def begin_run(self) -> None:
-        running: State[Any] = Running()
+        running: State[Any] = Running(id=new_uuid7())
         self.task_run.start_time = running.timestamp  # type: ignore[assignment]  # as Prefect's
         if self.flow_run_context is not None and self.flow_run_context.flow_run is not None:
             self.task_run.flow_run_run_count = self.flow_run_context.flow_run.run_count
@@ -216,7 +216,7 @@ class TaskRunEngine:
                 )
             else:
                 data = record
-        self.set_state(Completed(data=data))
+        self.set_state(Completed(id=new_uuid7(), data=data))
         return self._outcome(value=value)
 
     async def handle_retry(self, exc: BaseException) -> bool:
@@ -337,16 +337,17 @@ class TaskRunEngine:
             from prefect.client.schemas.objects import TaskRunResult
 
             task_inputs["__parents__"] = [TaskRunResult(id=parent.task_run.id)]
-        task_run_id = uuid7()
+        task_run_id = new_uuid7()
         state: State[Any] = Pending(
-            state_details=StateDetails(task_run_id=task_run_id, flow_run_id=flow_run_id)
+            id=new_uuid7(),
+            state_details=StateDetails(task_run_id=task_run_id, flow_run_id=flow_run_id),
         )
         return TaskRun(
             id=task_run_id,
             name=name,
             flow_run_id=flow_run_id,
             task_key=task.task_key,
-            dynamic_key=str(uuid4()),
+            dynamic_key=str(new_uuid4()),
             task_version=task.version,
             empirical_policy=TaskRunPolicy(
                 retries=task.retries,

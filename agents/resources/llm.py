@@ -28,6 +28,7 @@ server, which this module starts in-process on first use (`bundled_model_url`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -216,6 +217,20 @@ def _schema_of(output: type[BaseModel]) -> dict[str, Any]:
 
 #: Output types' schemas; weak keys, so a type defined in a test or a notebook can go.
 _schemas: weakref.WeakKeyDictionary[type[BaseModel], dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+@functools.lru_cache(maxsize=256)
+def _response_model_of(output: type[BaseModel]) -> type[BaseModel]:
+    """What instructor is asked for: `output` wrapped once per type as instructor's schema model.
+
+    instructor wraps a plain model in a new class on every request (pydantic builds its schema
+    afresh, and instructor's own schema cache, keyed by that class, never hits): about 1 ms per
+    call. A wrapper it recognises is used as it is. The answer is an instance of the wrapper, a
+    subclass of `output` with the same fields, as it was with instructor's per-call wrapper.
+    """
+    if issubclass(output, instructor.OpenAISchema):
+        return output
+    return cast(type[BaseModel], instructor.openai_schema(output))
 
 
 def _raw_output(completion: Any) -> str | None:
@@ -457,7 +472,7 @@ class _Call(Generic[T]):
         return {
             **self.params,
             "model": route.model,
-            "response_model": self.output,
+            "response_model": _response_model_of(self.output),
             "messages": [dict(m) for m in self.messages],
             "max_retries": self.max_reasks,
             "hooks": self.hooks,

@@ -47,7 +47,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -56,6 +55,7 @@ from typing import Any
 from sqlalchemy import bindparam, or_, update
 from sqlmodel import col, select
 
+from agents._ids import new_hex
 from agents.errors import ActionInProgress
 from agents.settings import get_current_settings
 from agents.store._convert import require_tenant, to_json_value
@@ -262,7 +262,7 @@ def _claim_request(
         run_key=run_key,
         step=step,
         agent_run_id=agent_run_id,
-        owner=owner or agent_run_id or uuid.uuid4().hex,
+        owner=owner or agent_run_id or new_hex(),
         seconds=float(lease) if lease is not None else lease_seconds(),
     )
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +31,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, tuple_, update
 from sqlmodel import Session, col, select
 
+from agents._ids import new_hex
 from agents.errors import MemoryConflict
 from agents.store._convert import require_tenant, to_json_value
 from agents.store._group import database_of, shared
@@ -206,7 +206,7 @@ class Memory:
         if expected_version is not None and expected_version < 0:
             raise ValueError(f"expected_version must be >= 0, got {expected_version}.")
         data = to_json_value(value, what=f"Memory value for key {key!r}")
-        return _Write(self._where(key), data, uuid.uuid4().hex, expected_version)
+        return _Write(self._where(key), data, new_hex(), expected_version)
 
     def update(
         self, key: str, fn: Callable[[Any], Any], default: Any = None, retries: int = 5

@@ -7,13 +7,13 @@ Every table carries `tenant`: no public query reads across tenants. Every dateti
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
+from agents._ids import new_hex
 from agents.store._convert import UTCDateTime
 
 
@@ -22,7 +22,7 @@ def utcnow() -> datetime:
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    return new_hex()
 
 
 class AgentRun(SQLModel, table=True):

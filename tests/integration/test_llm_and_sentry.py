@@ -110,3 +110,22 @@ def test_a_failed_step_reaches_sentry_once_after_its_last_retry_with_no_secret(
         assert planted not in receiver.raw_text()
         assert "a@b.example" not in receiver.raw_text()
         assert planted not in (result.error or "")
+
+
+def test_instructor_is_asked_with_one_schema_class_per_output_type(
+    sqlite_url: str, model_server: ModelServer
+) -> None:
+    """instructor wraps a plain model in a new class per request (a pydantic schema build
+    each time); the runtime hands it one wrapper per type, so every answer shares it."""
+    import asyncio
+
+    async def ask(text: str) -> Routing:
+        return await LLM().adecide(Routing, f"Route this ticket: {text}", cache=False)
+
+    first = asyncio.run(ask("I was charged twice"))
+    second = asyncio.run(ask("My parcel is late"))
+    third = LLM().decide(Routing, "Route this ticket: refund please", cache=False)
+    assert model_server.stats.requests_total == 3
+    assert all(isinstance(r, Routing) for r in (first, second, third))
+    assert type(first) is type(second) is type(third)
+    assert type(first).model_fields.keys() == Routing.model_fields.keys()

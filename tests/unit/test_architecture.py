@@ -21,6 +21,7 @@ CONFIG = {
     "agents.blocks",
     "agents.durations",
     "agents._text",
+    "agents._ids",
 }
 
 
