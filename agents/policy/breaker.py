@@ -178,8 +178,9 @@ class CircuitBreaker:
             return self._failures
 
     def is_quiet(self) -> bool:
-        """Whether `allow()` and a success's report would touch no database now: the breaker
-        is closed and its row was read less than `DB_SYNC_INTERVAL_S` ago.
+        """Whether `allow()` would touch no database now: the breaker is closed and its row was
+        read (or claimed for reading, `claim_sync`) less than `DB_SYNC_INTERVAL_S` ago. A
+        success reported on a closed breaker never touches it either.
 
         An async caller may then make them on its event loop instead of a worker thread.
 
@@ -277,18 +278,33 @@ class CircuitBreaker:
             with self._lock:
                 self._probe_in_flight = False
 
+    def claim_sync(self) -> bool:
+        """Whether the caller is the one to read the row now (then `sync(force=True)`): it was
+        last read or claimed `DB_SYNC_INTERVAL_S` ago or more. Until the next interval the row
+        counts as fresh, so of many callers arriving together one reads it and the others go
+        on with the state in memory.
+
+        Example:
+            >>> reset_breakers()
+            >>> breaker = get_breaker("http://127.0.0.1:9/v1#claimed")
+            >>> breaker.claim_sync(), breaker.claim_sync()
+            (True, False)
+        """
+        now = time.monotonic()
+        with self._lock:
+            if self._synced_at is not None and now - self._synced_at < DB_SYNC_INTERVAL_S:
+                return False
+            self._synced_at = now
+            return True
+
     def sync(self, *, force: bool = False) -> None:
         """Adopt the `circuit_state` row if another process changed it after this one did.
 
         Args:
             force: Read now, even if the row was read less than `DB_SYNC_INTERVAL_S` ago.
         """
-        now = time.monotonic()
-        with self._lock:
-            recent = self._synced_at is not None and now - self._synced_at < DB_SYNC_INTERVAL_S
-            if recent and not force:
-                return
-            self._synced_at = now
+        if not self.claim_sync() and not force:
+            return
         try:
             with session() as s:
                 row = s.get(CircuitState, self.key)

@@ -424,7 +424,10 @@ class _Call(Generic[T]):
         hit = await self.alookup(self.primary, "primary")
         if hit is not None:
             return hit
-        if get_breaker(self._breaker(self.primary)).is_quiet():
+        breaker = get_breaker(self._breaker(self.primary))
+        if breaker.claim_sync():  # this call reads the row; the calls meanwhile need not
+            await asyncio.to_thread(breaker.sync, force=True)
+        if breaker.is_quiet():
             return self.route()
         return await asyncio.to_thread(self.route)
 
@@ -502,7 +505,7 @@ class _Call(Generic[T]):
         """Async `succeeded`: the breaker and record (in a worker thread when the breaker's
         row is written); the answer stored with the other answers stored meanwhile
         (`llm_cache.astore`)."""
-        if route.permit.breaker.is_quiet() and not route.permit.probe:
+        if route.permit.breaker.state == "closed" and not route.permit.probe:
             to_cache = self.settled(route, result, completion)
         else:
             to_cache = await asyncio.to_thread(self.settled, route, result, completion)

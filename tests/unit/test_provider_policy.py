@@ -121,3 +121,31 @@ def test_a_breaker_is_quiet_only_while_closed_and_freshly_read(
         permit.failure("HTTP 503")  # opens at the threshold of 1
         assert breaker.state == "open" and not breaker.is_quiet()
     breakers.reset_breakers()
+
+
+def test_of_many_callers_due_for_a_breaker_read_one_reads_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Calls that arrive together when the row is due for a read (a batch's model calls come
+    back in waves) must not each hop to a thread to read it: one claims the read, the others
+    go on with the state in memory until the next interval."""
+    from agents.policy import breaker as breakers
+    from agents.settings import temporary_settings
+
+    breakers.reset_breakers()
+    breaker = breakers.get_breaker("http://127.0.0.1:9/v1#claim-test")
+    reads: list[bool] = []
+    real_session = breakers.session
+    monkeypatch.setattr(breakers, "session", lambda *a, **k: reads.append(True) or real_session())
+    with temporary_settings(database_url="sqlite://"):
+        assert breaker.claim_sync()
+        breaker.sync(force=True)
+        claims = [breaker.claim_sync() for _ in range(20)]
+        assert claims == [False] * 20 and breaker.is_quiet()
+        for _ in range(20):
+            breaker.sync()  # within the interval: no read
+        assert len(reads) == 1
+        with monkeypatch.context() as patched:
+            patched.setattr(breakers, "DB_SYNC_INTERVAL_S", 0.0)
+            assert breaker.claim_sync()  # due again: claimed by one
+    breakers.reset_breakers()
