@@ -164,30 +164,36 @@ async def alogged_decision(
 _DecisionKey = tuple[str, str, str, str, str]
 
 
-#: The decisions logged under several keys, shadow decisions left out; built once (see
-#: `_writes._ignoring`).
+#: The decisions logged for some run keys of one tenant and agent, shadow decisions left out;
+#: built once (see `_writes._ignoring`). It searches the (tenant, agent, run_key) index: a
+#: row-value IN over all five key columns scanned the whole table on SQLite.
 _LOGGED = select(DecisionRecord).where(
-    sa.tuple_(
-        col(DecisionRecord.tenant),
-        col(DecisionRecord.agent),
-        col(DecisionRecord.step),
-        col(DecisionRecord.run_key),
-        col(DecisionRecord.input_digest),
-    ).in_(sa.bindparam("decision_keys", expanding=True)),
+    col(DecisionRecord.tenant) == sa.bindparam("tenant"),
+    col(DecisionRecord.agent) == sa.bindparam("agent"),
+    col(DecisionRecord.run_key).in_(sa.bindparam("run_keys", expanding=True)),
     col(DecisionRecord.path) != "shadow",
 )
 
 
 @reconnecting
 def _logged_together(url: str, keys: list[_DecisionKey]) -> list[DecisionRecord | None]:
-    """Concurrent `logged_decision`s: one query; the latest row of each key."""
+    """Concurrent `logged_decision`s: one query per tenant and agent among them (usually
+    one); the latest row of each key."""
+    wanted = set(keys)
+    run_keys: dict[tuple[str, str], set[str]] = {}
+    for tenant, agent, _, run_key, _ in wanted:
+        run_keys.setdefault((tenant, agent), set()).add(run_key)
     latest: dict[_DecisionKey, DecisionRecord] = {}
     with session(url) as s:
-        for row in s.exec(_LOGGED, params={"decision_keys": sorted(set(keys))}):
-            key = (row.tenant, row.agent, row.step, row.run_key or "", row.input_digest)
-            seen = latest.get(key)
-            if seen is None or as_utc(row.created_at) > as_utc(seen.created_at):
-                latest[key] = row
+        for (tenant, agent), of_owner in sorted(run_keys.items()):
+            params = {"tenant": tenant, "agent": agent, "run_keys": sorted(of_owner)}
+            for row in s.exec(_LOGGED, params=params):
+                key = (row.tenant, row.agent, row.step, row.run_key or "", row.input_digest)
+                if key not in wanted:  # another step of the run, or other inputs
+                    continue
+                seen = latest.get(key)
+                if seen is None or as_utc(row.created_at) > as_utc(seen.created_at):
+                    latest[key] = row
     return [latest.get(key) for key in keys]
 
 

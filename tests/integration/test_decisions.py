@@ -529,3 +529,22 @@ def test_find_decisions_is_the_store_level_query(
     since = _now() - timedelta(hours=1)
     rows = find_decisions(tenant=tenant, since=since, below=0.9)
     assert _ids(rows, log) == ["d1", "d2"]
+
+
+def test_a_rerun_finds_logged_decisions_through_an_index(sqlite_url: str) -> None:
+    """A rerun looks up one logged decision per cached reasoning step: the query must search
+    the (tenant, agent, run_key) index, not scan the table (a row-value IN over the five key
+    columns did, on SQLite: 0.35 ms at 1,000 decisions, growing with the log)."""
+    from sqlalchemy.dialects import sqlite
+
+    from agents.store import upgrade
+    from agents.store.decisions import _LOGGED
+    from agents.store.engine import session
+
+    upgrade(sqlite_url)
+    query = _LOGGED.params(tenant="acme", agent="triage", run_keys=["k1", "k2"])
+    sql = str(query.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
+    with session(sqlite_url) as s:
+        plan = [row[-1] for row in s.connection().exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}")]
+    assert any("USING INDEX ix_decision_record_tenant_agent_run_key" in p for p in plan), plan
+    assert not any(p.startswith("SCAN decision_record") for p in plan), plan
