@@ -5,7 +5,9 @@ the flow that runs a batch; and the step runner the walk uses to run step calls 
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
+import ssl
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from functools import partial
@@ -145,7 +147,10 @@ async def create_flow_run(
     from prefect.settings import PREFECT_API_URL
 
     url = PREFECT_API_URL.value()
-    settings = {"transport": _PatientTransport(patience_s)} if _is_loopback(url) else None
+    settings = None
+    if _is_loopback(url):
+        tls = _tls_context()
+        settings = {"transport": _PatientTransport(patience_s, tls), "verify": tls}
     async with get_client(httpx_settings=settings) as client:
         return await client.create_flow_run(
             flow=flow,
@@ -162,13 +167,35 @@ def _is_loopback(api_url: str | None) -> bool:
     return not api_url or urlparse(api_url).hostname in ("127.0.0.1", "localhost", "::1")
 
 
+def _tls_context() -> ssl.SSLContext:
+    """The TLS context Prefect's client would make for the API, made once per process and
+    settings: each one loads the certificate bundle, about 20 ms, twice per batch here."""
+    from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_TLS_INSECURE_SKIP_VERIFY
+
+    return _tls_context_for(
+        bool(PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value()), PREFECT_API_SSL_CERT_FILE.value()
+    )
+
+
+@functools.cache
+def _tls_context_for(insecure: bool, cert_file: str | None) -> ssl.SSLContext:
+    if insecure:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    import certifi
+
+    return ssl.create_default_context(cafile=cert_file or certifi.where())
+
+
 class _PatientTransport(httpx.AsyncBaseTransport):
     """Sends a request again after 0.1 s, doubling to 1 s, while the server answers 503, for
     up to `patience_s`; then hands the last answer to the client (which retries as it does)."""
 
-    def __init__(self, patience_s: float) -> None:
+    def __init__(self, patience_s: float, tls: ssl.SSLContext) -> None:
         self.patience_s = patience_s
-        self._inner = httpx.AsyncHTTPTransport(retries=3)
+        self._inner = httpx.AsyncHTTPTransport(retries=3, verify=tls)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         deadline = time.monotonic() + self.patience_s
