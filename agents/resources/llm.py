@@ -419,8 +419,9 @@ class _Call(Generic[T]):
         return hit if hit is not None else self.route()
 
     async def abegin(self) -> _Route | _Hit[T]:
-        """Async `begin`: the lookup shared with others; the route in a worker thread when
-        finding it reads or writes a breaker's row (else here: a hop costs more than it)."""
+        """Async `begin`: the lookup shared with others; the breaker's row read in a worker
+        thread when this call claimed the read; the route there too when finding it writes a
+        breaker's row (else here: a hop costs more than it)."""
         hit = await self.alookup(self.primary, "primary")
         if hit is not None:
             return hit
@@ -891,7 +892,8 @@ class LLM:
         """One policy-governed call: cache, breaker, retries, recording.
 
         The cache lookup and store share round trips with the other calls of the event loop;
-        the breaker's work before and after the request is one worker-thread hop each."""
+        the breaker's row is read in a worker thread by one call a second (`claim_sync`), and
+        its bookkeeping stays on the loop while it is closed."""
         route = await call.abegin()
         while True:
             if isinstance(route, _Hit):
