@@ -148,7 +148,7 @@ async def run_flow_body(
         flusher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await flusher
-        await in_thread(writer.flush)
+        await writer.aflush()
     await monitor(graph, tenant, deployment_id or under_deployment())
     if writer.decisions_seen:
         await publish_artifact(
@@ -434,7 +434,7 @@ async def flush_periodically(writer: RecordWriter, interval: float = 0.1) -> Non
     while True:
         await asyncio.sleep(interval)
         try:
-            await in_thread(writer.flush)
+            await writer.aflush()
         except Exception:  # the database hiccuped: the rows stay queued for the next flush
             await asyncio.sleep(interval)
 

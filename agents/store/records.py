@@ -42,6 +42,7 @@ from sqlalchemy import bindparam, select, update
 from sqlmodel import Session
 
 from agents.store._convert import as_utc
+from agents.store._group import _round_trip, database_of
 from agents.store._writes import insert_ignoring, upsert
 from agents.store.engine import retrying, session
 from agents.store.tables import AgentRun, DecisionRecord, StepRun, utcnow
@@ -167,6 +168,17 @@ class RecordWriter:
                 raise
             return count
 
+    async def aflush(self) -> int:
+        """Async `flush`, served where a group commit is (`agents.store._group`): on SQLite
+        right here on the event loop, on PostgreSQL or while another SQLite writer holds the
+        lock in a store thread.
+
+        Why: a flush in a thread ran beside the loop, and every SQLite call the loop made
+        released the interpreter lock to it; a rerun of 1,000 runs spent 5-10% more CPU so.
+        """
+        written: list[int] = await _round_trip(_flush_all, database_of(self.url), [self])
+        return written[0]
+
     def _write(self, pending: _Pending) -> None:
         """One transaction; safe to repeat (see the module docstring)."""
         with session(self.url) as s:
@@ -204,6 +216,11 @@ class RecordWriter:
                 supersede_in(s, pending.superseding)
             if pending.ended:
                 _crash_superseded_in(s, pending.ended)
+
+
+def _flush_all(url: str, writers: list[RecordWriter]) -> list[int]:
+    """Flush each writer (a group of one: `aflush`); `url` is where they write."""
+    return [writer.flush() for writer in writers]
 
 
 def _ended(run: AgentRun, finished: datetime) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy.engine import make_url
+from sqlmodel import select
 
 from agents.errors import ActionInProgress, MemoryConflict
 from agents.policy import llm_cache
@@ -133,6 +134,66 @@ def test_a_locked_sqlite_database_waits_in_a_worker_not_on_the_loop(
     with without_lock_waits(), get_engine(url).connect() as conn:
         timeouts.add(conn.exec_driver_sql("PRAGMA busy_timeout").scalar())
     assert timeouts == {SQLITE_BUSY_TIMEOUT_MS, 0}
+
+
+def test_run_records_flush_on_the_loop_and_wait_for_a_lock_in_a_worker(
+    sqlite_url: str, new_tenant: str
+) -> None:
+    """`RecordWriter.aflush` is served like a group: on SQLite on the loop's thread; while
+    another connection holds the write lock, in a worker that waits for it while the loop keeps
+    running. The run is stored once either way."""
+    from agents.store import AgentRun, session
+    from agents.store.records import RecordWriter
+
+    upgrade(sqlite_url)
+    url = database_of(sqlite_url)
+    writer = RecordWriter(url=url)
+    threads: list[str] = []
+    write = writer._write
+
+    def observed(pending: Any) -> None:
+        threads.append(threading.current_thread().name)
+        write(pending)
+
+    writer._write = observed  # type: ignore[method-assign]
+
+    def run(key: str) -> AgentRun:
+        return AgentRun(
+            tenant=new_tenant, agent="a", run_key=key, status="running", inputs_digest="0"
+        )
+
+    async def main() -> int:
+        writer.start_run(run("free"))
+        assert await writer.aflush() == 1
+        database = make_url(url).database
+        holder = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+        holder.execute("BEGIN IMMEDIATE")  # the write lock, held by another connection
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticking = asyncio.ensure_future(ticker())
+        threading.Timer(0.5, holder.rollback).start()
+        writer.start_run(run("locked"))
+        assert await writer.aflush() == 1
+        ticking.cancel()
+        holder.close()
+        return ticks
+
+    ticks = asyncio.run(main())
+    main_thread = threading.main_thread().name
+    assert threads[:2] == [main_thread, main_thread]  # free: on the loop; locked: tried there
+    assert [t.startswith("stalwart-store") for t in threads[2:]] == [True]
+    assert ticks >= 10  # the loop ran while the worker waited for the lock (~50 ticks)
+    with session(url) as s:
+        keys = sorted(
+            r.run_key for r in s.exec(select(AgentRun).where(AgentRun.tenant == new_tenant))
+        )
+    assert keys == ["free", "locked"]
 
 
 # -- the action ledger --------------------------------------------------------------------------
