@@ -14,7 +14,8 @@ import random
 import sqlite3
 import threading
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -28,6 +29,9 @@ from agents.store.engine import SQLITE_BUSY_TIMEOUT_MS, get_engine, upgrade, wit
 from tests.support.sqlcount import counted
 
 N = 32
+
+
+T = TypeVar("T")
 
 
 def _claim(key: str, tenant: str, url: str, owner: str, lease: float = 10.0) -> Any:
@@ -70,6 +74,25 @@ def test_a_failing_group_is_served_one_request_at_a_time() -> None:
     assert sorted(len(g) for g in groups[1:]) == [1, 1, 1, 1, 4]  # the group, then each alone
 
 
+async def _ticking_while(work: Awaitable[T], release: Callable[[], None]) -> tuple[T, int]:
+    """`work`'s outcome, and how often the loop ticked (every 10 ms) while it was awaited;
+    `release` (a lock holder's rollback) runs in a timer thread after 0.5 s."""
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticking = asyncio.ensure_future(ticker())
+    threading.Timer(0.5, release).start()
+    try:
+        return await work, ticks
+    finally:
+        ticking.cancel()
+
+
 def test_sqlite_groups_run_on_the_loop_and_postgresql_groups_in_a_worker(
     db_url: str, new_tenant: str
 ) -> None:
@@ -108,19 +131,8 @@ def test_a_locked_sqlite_database_waits_in_a_worker_not_on_the_loop(
         return results._write_together(url, items)
 
     async def main() -> int:
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        ticking = asyncio.ensure_future(ticker())
-        threading.Timer(0.5, holder.rollback).start()
-        await shared(together, url, (f"{new_tenant}:locked", b"value"))
-        ticking.cancel()
-        return ticks
+        write = shared(together, url, (f"{new_tenant}:locked", b"value"))
+        return (await _ticking_while(write, holder.rollback))[1]
 
     ticks = asyncio.run(main())
     holder.close()
@@ -168,20 +180,10 @@ def test_run_records_flush_on_the_loop_and_wait_for_a_lock_in_a_worker(
         database = make_url(url).database
         holder = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
         holder.execute("BEGIN IMMEDIATE")  # the write lock, held by another connection
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        ticking = asyncio.ensure_future(ticker())
-        threading.Timer(0.5, holder.rollback).start()
         writer.start_run(run("locked"))
-        assert await writer.aflush() == 1
-        ticking.cancel()
+        written, ticks = await _ticking_while(writer.aflush(), holder.rollback)
         holder.close()
+        assert written == 1
         return ticks
 
     ticks = asyncio.run(main())
