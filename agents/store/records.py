@@ -42,7 +42,7 @@ from sqlalchemy import bindparam, select, update
 from sqlmodel import Session
 
 from agents.store._convert import as_utc
-from agents.store._group import _round_trip, database_of
+from agents.store._group import database_of, shared
 from agents.store._writes import insert_ignoring, upsert
 from agents.store.engine import retrying, session
 from agents.store.tables import AgentRun, DecisionRecord, StepRun, utcnow
@@ -169,15 +169,15 @@ class RecordWriter:
             return count
 
     async def aflush(self) -> int:
-        """Async `flush`, served where a group commit is (`agents.store._group`): on SQLite
-        right here on the event loop, on PostgreSQL or while another SQLite writer holds the
+        """Async `flush`, served as a group commit (`agents.store._group.shared`): on SQLite
+        on the event loop's thread, on PostgreSQL or while another SQLite writer holds the
         lock in a store thread.
 
         Why: a flush in a thread ran beside the loop, and every SQLite call the loop made
         released the interpreter lock to it; a rerun of 1,000 runs spent 5-10% more CPU so.
         """
-        written: list[int] = await _round_trip(_flush_all, database_of(self.url), [self])
-        return written[0]
+        written: int = await shared(_flush_all, database_of(self.url), self)
+        return written
 
     def _write(self, pending: _Pending) -> None:
         """One transaction; safe to repeat (see the module docstring)."""
@@ -219,7 +219,8 @@ class RecordWriter:
 
 
 def _flush_all(url: str, writers: list[RecordWriter]) -> list[int]:
-    """Flush each writer (a group of one: `aflush`); `url` is where they write."""
+    """Flush the writers whose `aflush` arrived together, each in its own transaction; `url`
+    is where they write."""
     return [writer.flush() for writer in writers]
 
 
