@@ -111,7 +111,6 @@ async def run_flow_body(
     reviewer = Reviewer(graph.name, deployment_id=deployment_id)
     steps = PrefectStepRunner(graph, runner.tasks, storage, reviewer)
     flow_run_id = str(flow_run.id) if flow_run.id else None
-    await publish_graph(graph)
     gate = asyncio.Semaphore(max(1, int(concurrency)))
     cap = get_current_settings().max_concurrency
     if concurrency > cap and len(inputs) > cap:
@@ -124,8 +123,11 @@ async def run_flow_body(
         )
     report = on_result.get()
     degraded: set[str] = set()
-    thresholds = await thresholds_in_force(graph, tenant)
-    server_limit = await server_limit_name(tenant)
+    thresholds, server_limit = await asyncio.gather(
+        thresholds_in_force(graph, tenant), server_limit_name(tenant)
+    )
+    # The graph's artifact is a courtesy: its request does not hold up the first input.
+    published = asyncio.ensure_future(publish_graph(graph))
     writer = RecordWriter()
     flusher = asyncio.ensure_future(flush_periodically(writer))
 
@@ -149,6 +151,7 @@ async def run_flow_body(
         with contextlib.suppress(asyncio.CancelledError):
             await flusher
         await writer.aflush()
+        await published
     await monitor(graph, tenant, deployment_id or under_deployment())
     if writer.decisions_seen:
         await publish_artifact(

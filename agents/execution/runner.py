@@ -12,12 +12,21 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, cast
 
 from prefect import Flow, State, Task, tags
+from prefect.utilities.annotations import quote
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from agents._ids import new_hex
 from agents.execution import batch
-from agents.execution.prefect import create_flow_run, make_flow, make_task
+from agents.execution.prefect import (
+    batch_run_name,
+    create_flow_run,
+    make_batch_flow,
+    make_flow,
+    make_task,
+    unquoted,
+)
 from agents.execution.recording import prepare_temporary_server
+from agents.execution.storage import result_storage
 from agents.execution.threads import in_thread
 from agents.graph import AgentGraph
 from agents.inputs import batches, input_problem
@@ -45,6 +54,7 @@ class AgentRunner:
         self.graph = graph
         self.name = graph.name
         self.flow: Flow[Any, Any] = make_flow(graph, self._flow_body)
+        self._batch_flows: dict[int, Flow[Any, Any]] = {}
 
     async def _flow_body(
         self, inputs: list[dict[str, Any]], tenant: str, concurrency: int, review: str | None
@@ -136,17 +146,30 @@ class AgentRunner:
         if FlowRunContext.get() is not None:  # a subflow: Prefect links it to its parent
             running = self.flow(**parameters, return_state=True)
         else:
-            flow_run = await create_flow_run(self.flow, parameters)
-            running = run_flow(
-                self.flow, flow_run=flow_run, parameters=parameters, return_type="state"
-            )
+            flow = await self._batch_flow()
+            name = batch_run_name(self.name, chunk)
+            flow_run = await create_flow_run(flow, parameters, name=name)
+            # Quoted, Prefect's engine does not walk the inputs for futures (it unwraps them).
+            parameters["inputs"] = quote(chunk)
+            running = run_flow(flow, flow_run=flow_run, parameters=parameters, return_type="state")
         state = await cast("Coroutine[Any, Any, State[Any]]", running)
-        data = await state.aresult(raise_on_failure=False)
+        data = unquoted(await state.aresult(raise_on_failure=False))
         if isinstance(data, BaseException):
             raise data
         if not isinstance(data, list):
             raise RuntimeError(f"flow run of {self.name} ended {state.name}: {state.message}")
         return cast("list[RunResult]", data)
+
+    async def _batch_flow(self) -> Flow[Any, Any]:
+        """The flow this runner's own batches run (`make_batch_flow`), made once per result
+        storage (one per Prefect API)."""
+        storage = await result_storage()
+        flow = self._batch_flows.get(id(storage))
+        if flow is None:
+            flow = self._batch_flows[id(storage)] = make_batch_flow(
+                self.graph, self._flow_body, storage
+            )
+        return flow
 
     def resume(self, *, tenant: str, concurrency: int = 16) -> list[RunResult]:
         """Continue the runs stopped at reviews now answered or expired (`Agent.resume`)."""

@@ -30,11 +30,16 @@ class BusyAPI:
         self.busy = busy
         self.creations: list[float] = []
         self.created: list[dict[str, Any]] = []
+        self.flows: dict[str, str] = {}
+        """Flow ids by name: what the server knows (`clear()` as a replaced database would)."""
+        self.flow_posts = 0
 
     def app(self) -> Starlette:
         async def create_flow(request: Request) -> JSONResponse:
             body = await request.json()
-            return JSONResponse({"id": str(uuid.uuid4()), "name": body["name"]}, status_code=201)
+            self.flow_posts += 1
+            flow_id = self.flows.setdefault(body["name"], str(uuid.uuid4()))
+            return JSONResponse({"id": flow_id, "name": body["name"]}, status_code=201)
 
         async def create_flow_run(request: Request) -> JSONResponse:
             from prefect.client.schemas.objects import FlowRun
@@ -43,8 +48,12 @@ class BusyAPI:
             if len(self.creations) <= self.busy:
                 return JSONResponse({"exception_message": "Service Unavailable"}, status_code=503)
             body = await request.json()
+            if body["flow_id"] not in self.flows.values():  # as Prefect 3.9's server answers
+                detail = "Data integrity conflict. ... a unique or foreign key constraint ..."
+                return JSONResponse({"detail": detail}, status_code=409)
             self.created.append(body)
-            run = FlowRun(id=uuid.uuid4(), name="busy-run", flow_id=body["flow_id"])
+            name = body.get("name") or "busy-run"
+            run = FlowRun(id=uuid.uuid4(), name=name, flow_id=body["flow_id"])
             return JSONResponse(run.model_dump(mode="json"), status_code=201)
 
         async def anything(request: Request) -> JSONResponse:
@@ -110,3 +119,94 @@ def test_past_its_patience_the_creation_is_left_to_prefects_retries(
     assert len(api.creations) == 4
     gaps = [b - a for a, b in zip(api.creations, api.creations[1:], strict=False)]
     assert gaps[0] < 1.0 and gaps[1] > 1.0, gaps
+
+
+def test_the_flow_is_asked_for_once_per_api_and_again_when_the_server_forgot_it(
+    busy_api: tuple[BusyAPI, str],
+) -> None:
+    """Prefect's client posts the flow before every flow run; its id is remembered instead,
+    and asked for again when the server no longer knows it (its database was replaced)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from agents.execution.prefect import create_flow_run
+
+    api, url = busy_api
+    api.busy = 0
+    flow = _flow()
+
+    async def create(name: str) -> Any:
+        return await create_flow_run(flow, {"inputs": []}, name=name)
+
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        first = asyncio.run(create("busy-agent/batch-1"))
+        second = asyncio.run(create("busy-agent/batch-2"))
+        assert api.flow_posts == 1
+        api.flows.clear()
+        third = asyncio.run(create("busy-agent/batch-3"))
+    assert api.flow_posts == 2
+    assert [first.name, second.name, third.name] == [
+        "busy-agent/batch-1",
+        "busy-agent/batch-2",
+        "busy-agent/batch-3",
+    ]
+    assert [c["name"] for c in api.created] == [first.name, second.name, third.name]
+    assert third.flow_id != first.flow_id  # the id the server gave the flow again
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_batch_asks_the_api_only_what_its_flow_run_needs(sqlite_url: str) -> None:
+    """A batch's flow run is created with its name; Prefect's engine then neither renames it
+    nor reads the server's default result storage (a blocking request on the event loop), and
+    the flow is posted once per process, not per batch."""
+    import httpx
+    from prefect import get_client
+
+    from agents import Agent
+
+    agent = Agent("asks-little")
+
+    @agent.perception
+    def echo(text: str) -> str:
+        return text.upper()
+
+    @agent.learning
+    def note(echo: str) -> str:
+        return echo
+
+    requests: list[tuple[str, str, bytes]] = []
+
+    def recorded(send: Any) -> Any:
+        if asyncio.iscoroutinefunction(send):
+
+            async def asend(self: Any, request: httpx.Request, *args: Any, **kw: Any) -> Any:
+                requests.append((request.method, request.url.path, request.content))
+                return await send(self, request, *args, **kw)
+
+            return asend
+
+        def ssend(self: Any, request: httpx.Request, *args: Any, **kw: Any) -> Any:
+            requests.append((request.method, request.url.path, request.content))
+            return send(self, request, *args, **kw)
+
+        return ssend
+
+    agent.batch([{"text": "warm"}], tenant="acme")  # the block and the flow, once
+    with pytest.MonkeyPatch.context() as patch:  # observes the requests, changes none
+        patch.setattr(httpx.AsyncClient, "send", recorded(httpx.AsyncClient.send))
+        patch.setattr(httpx.Client, "send", recorded(httpx.Client.send))
+        results = agent.batch([{"text": "a"}, {"text": "b"}], tenant="acme")
+
+    assert [r.outputs["echo"] for r in results] == ["A", "B"]
+    paths = [(method, path) for method, path, _ in requests]
+    assert ("POST", "/api/flow_runs/") in paths
+    assert ("POST", "/api/flows/") not in paths
+    assert not [p for p in paths if p[1].endswith("/admin/storage")], paths
+    renames = [c for m, p, c in requests if m == "PATCH" and b'"name"' in c]
+    assert not renames, renames
+
+    async def flow_run_name() -> str:
+        async with get_client() as client:
+            run = await client.read_flow_run(uuid.UUID(str(results[0].flow_run_id)))
+        return run.name
+
+    assert asyncio.run(flow_run_name()) == "asks-little/batch-2"
