@@ -307,8 +307,8 @@ async def run_one(
         result.error = scrub_error(exc)
         records = walk.records
     tracing.end_run(trace, status=result.status, error=result.error)
-    decisions, recovered = records.decisions, records.recovered
-    if degraded is not None and any(fell_to_default(d) for d in decisions):
+    decisions, recovered, logged = records.decisions, records.recovered, records.logged
+    if degraded is not None and any(fell_to_default(d) for d in [*decisions, *logged]):
         degraded.add(run_id)
     if result.status == "conflict":
         # The twin execution that holds the action logs the run's decisions: logging this
@@ -317,7 +317,7 @@ async def run_one(
             f"another execution of run {run_key[:16]} holds its action; "
             f"{len(decisions)} decision(s) of this execution not logged"
         )
-        decisions, recovered = [], []
+        decisions, recovered, logged = [], [], []
     continued = []
     if result.status in ("completed", "held"):
         # The run went on past its reviews: `resume` has nothing more to do for them.
@@ -330,6 +330,7 @@ async def run_one(
         steps=records.steps,
         decisions=decisions,
         recovered=recovered,
+        logged=logged,
         continued=continued,
         reviewed=bool(records.reviews) or result.status == "awaiting_review",
     )

@@ -137,7 +137,7 @@ async def _act(
 async def twin_conflict(call: StepCall, scope: RunScope) -> str | None:
     """For a cached action: why it was completed by a twin execution running alongside this
     one, or None. Only cached actions (reruns, twins) pay this one ledger read."""
-    record = await in_thread(ledger.get, call.idempotency_key)
+    record = await ledger.aget(call.idempotency_key)
     if record is not None and twin_completed(record, call, scope):
         return str(
             ActionInProgress.completed_by_twin(

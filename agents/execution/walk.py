@@ -99,6 +99,9 @@ class RunRecords:
     decisions: list[DecisionRecord] = field(default_factory=list)
     recovered: list[DecisionRecord] = field(default_factory=list)
     """Decision rows rebuilt from a cached result, written only where none is stored."""
+    logged: list[DecisionRecord] = field(default_factory=list)
+    """Decisions an earlier execution logged, taken as they are stored: reported with the
+    run's, not written again (a learning step that sets one's outcome writes it itself)."""
     reviews: list[str] = field(default_factory=list)
     """Reviews whose verdict (or expiry) this execution took: its run continued past them."""
 
@@ -260,15 +263,17 @@ class RunWalk:
         The earlier execution logged it unless it died between persisting the step's result and
         writing its run records (or is a twin still running): then a row is recovered under the
         id the original has (`StepCall.decision_id`), with no model call, so no tokens or cost.
-        Either row is written again at the run's end: the logged one with its outcome, the
-        recovered one unless the row it stands in for arrives first.
+        The logged row is written again at the run's end only when the ladder ends elsewhere
+        now (a review answered since); the recovered one unless the row it stands in for
+        arrives first.
         """
         llm_calls = [*attempt.trace.llm_calls, *outcome.llm_calls]
         logged = await self.runner.logged_decision(node, self.result, args)
         if logged is not None:
             # The ladder may end elsewhere now (a review answered since): the row says where.
             row = settled(logged, outcome)
-            self._decided(node, attempt, outcome, row, self.records.decisions, llm_calls)
+            into = self.records.logged if row is logged else self.records.decisions
+            self._decided(node, attempt, outcome, row, into, llm_calls)
             return
         self.result.notes.append(
             f"{node.name}: decision recovered from its cached result (the execution that "

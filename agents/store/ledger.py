@@ -682,3 +682,26 @@ def get(key: str, *, url: str | None = None) -> ActionRecord | None:
     """
     with session(url) as s:
         return s.get(ActionRecord, key)
+
+
+async def aget(key: str, *, url: str | None = None) -> ActionRecord | None:
+    """Async `get`: the reads of one event loop made while a query runs share the next one
+    (a rerun of a batch makes one per cached action; each in a thread cost a hop and held the
+    interpreter lock against the loop)."""
+    found: ActionRecord | None = await shared(_get_together, database_of(url), key)
+    return found
+
+
+#: The ledger rows of some keys, built once (see `_writes._ignoring`).
+_GET = select(ActionRecord).where(
+    col(ActionRecord.idempotency_key).in_(bindparam("keys", expanding=True))
+)
+
+
+@reconnecting
+def _get_together(url: str, keys: list[str]) -> list[ActionRecord | None]:
+    """Concurrent `aget`s: one query."""
+    with session(url) as s:
+        rows = s.exec(_GET, params={"keys": sorted(set(keys))})
+        found = {row.idempotency_key: row for row in rows}
+    return [found.get(key) for key in keys]

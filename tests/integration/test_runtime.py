@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel
+from sqlmodel import select
 
 from agents import Agent, Decision, DeclarationError, Memory, RunContext
-from agents.store import queries
+from agents.store import DecisionRecord, queries, session
 from tests.support.models import Ticket
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -185,6 +186,56 @@ def test_a_second_run_with_the_same_inputs_executes_no_cached_step(state_db: str
     other_tenant = agent.run(tenant="globex", subject="c1", raw={"text": "refund"})
     assert other_tenant.steps["route"] == "completed", "the cache leaked across tenants"
     assert calls["route"] == 2
+
+
+def test_a_rerun_reads_on_the_event_loop_in_groups_and_writes_no_decision_again(
+    state_db: str,
+) -> None:
+    """A rerun of finished runs reads its cached actions' ledger rows together, on SQLite on
+    the event loop (a thread per read held the interpreter lock against the loop), and leaves
+    the logged decisions as they are: reported, not written again."""
+    import sqlalchemy as sa
+
+    calls: dict[str, int] = {}
+    agent = make_agent("rt-rerun-reads", calls)
+    items = [{"subject": f"c{i}", "raw": {"text": f"refund {i}"}} for i in range(12)]
+    first = asyncio.run(agent.abatch(items, tenant="acme", concurrency=12))
+    seen: list[tuple[str, str]] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append((threading.current_thread().name, " ".join(statement.split()).lower()))
+
+    engine = sa.engine.Engine  # every engine: the loop's SQLite calls use one of their own
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        loop_thread = threading.current_thread().name
+        second = asyncio.run(agent.abatch(items, tenant="acme", concurrency=12))
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+
+    assert all(set(r.steps.values()) == {"cached"} for r in second)
+    assert [r.paths for r in second] == [r.paths for r in first]
+    assert calls["route"] == 12
+    ledger_reads = [
+        t for t, sql in seen if sql.startswith("select") and "from action_record" in sql
+    ]
+    assert ledger_reads, seen[:5]
+    if state_db.startswith("sqlite"):
+        assert set(ledger_reads) == {loop_thread}, ledger_reads
+    assert len(ledger_reads) < len(items), "the ledger reads were not grouped"
+    rewrites = [
+        sql
+        for _, sql in seen
+        if sql.startswith(("insert into decision_record", "update decision_record"))
+    ]
+    assert not rewrites, rewrites[:2]
+    with session(state_db) as s:
+        logged = s.exec(
+            select(DecisionRecord).where(
+                DecisionRecord.tenant == "acme", DecisionRecord.agent == "rt-rerun-reads"
+            )
+        ).all()
+    assert len(logged) == 12
 
 
 def test_a_decision_below_threshold_is_held_and_no_action_runs(sqlite_url: str) -> None:
