@@ -152,16 +152,23 @@ async def run_flow_body(
             await flusher
         await writer.aflush()
         await published
-    await monitor(graph, tenant, deployment_id or under_deployment())
-    if writer.decisions_seen:
-        await publish_artifact(
-            writer.decisions_seen[-500:],
-            key=f"{graph.name}-decisions",
-            description=f"Decisions of this flow run of `{graph.name}` (latest 500).",
-        )
+
+    async def decisions_artifact() -> None:
+        if writer.decisions_seen:
+            await publish_artifact(
+                writer.decisions_seen[-500:],
+                key=f"{graph.name}-decisions",
+                description=f"Decisions of this flow run of `{graph.name}` (latest 500).",
+            )
+
+    # Three independent waits on the API, together (each is slow while the server is busy).
     # The server has read every task-run event of the batch before its flow run ends: a
     # process that exits with events still in its socket loses them (`confirm_sent`).
-    await confirm_sent()
+    await asyncio.gather(
+        monitor(graph, tenant, deployment_id or under_deployment()),
+        decisions_artifact(),
+        confirm_sent(),
+    )
     return final_state(results, degraded)
 
 

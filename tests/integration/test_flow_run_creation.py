@@ -113,12 +113,14 @@ def test_past_its_patience_the_creation_is_left_to_prefects_retries(
     api, url = busy_api
     with temporary_settings(updates={PREFECT_API_URL: url}):
         flow_run = asyncio.run(create_flow_run(_flow(), {"inputs": []}, patience_s=0.15))
-    # Two quick tries within 0.15 s, then the client's own retry about 2 s later (which again
+    # Quick tries within 0.15 s, then the client's own retry about 2 s later (which again
     # gets its quick tries).
     assert flow_run.name == "busy-run"
     assert len(api.creations) == 4
     gaps = [b - a for a, b in zip(api.creations, api.creations[1:], strict=False)]
-    assert gaps[0] < 1.0 and gaps[1] > 1.0, gaps
+    slow = [i for i, gap in enumerate(gaps) if gap > 1.0]
+    assert len(slow) == 1 and slow[0] >= 1, gaps
+    assert all(gap < 0.5 for gap in gaps[: slow[0]]), gaps
 
 
 def test_the_flow_is_asked_for_once_per_api_and_again_when_the_server_forgot_it(
