@@ -324,7 +324,7 @@ async def run_one(
             f"another execution of run {run_key[:16]} holds its action; "
             f"{len(decisions)} decision(s) of this execution not logged"
         )
-        decisions, recovered, logged = [], [], []
+        decisions, recovered = [], []
     continued = []
     if result.status in ("completed", "held"):
         # The run went on past its reviews: `resume` has nothing more to do for them.
@@ -337,7 +337,6 @@ async def run_one(
         steps=records.steps,
         decisions=decisions,
         recovered=recovered,
-        logged=logged,
         continued=continued,
         reviewed=bool(records.reviews) or result.status == "awaiting_review",
     )

@@ -100,8 +100,9 @@ class RunRecords:
     recovered: list[DecisionRecord] = field(default_factory=list)
     """Decision rows rebuilt from a cached result, written only where none is stored."""
     logged: list[DecisionRecord] = field(default_factory=list)
-    """Decisions an earlier execution logged, taken as they are stored: reported with the
-    run's, not written again (a learning step that sets one's outcome writes it itself)."""
+    """Decisions an earlier execution logged, taken as they are stored: not written again (a
+    learning step that sets one's outcome writes it itself), nor shown in this flow run's
+    decision artifact, which lists the decisions it made or changed."""
     reviews: list[str] = field(default_factory=list)
     """Reviews whose verdict (or expiry) this execution took: its run continued past them."""
 

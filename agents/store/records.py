@@ -81,7 +81,8 @@ class RecordWriter:
         self._pending = _Pending()
         #: Runs started and not yet ended (their tenant, agent and run key, for `end_run`).
         self._started: dict[str, AgentRun] = {}
-        #: Every decision queued through this writer (for the flow run's decision artifact).
+        #: Every decision queued through this writer: the decisions the flow run made or
+        #: changed (its decision artifact), not those it took from the log as they were.
         self.decisions_seen: list[DecisionRecord] = []
 
     def start_run(self, run: AgentRun) -> None:
@@ -100,7 +101,6 @@ class RecordWriter:
         steps: list[StepRun] | None = None,
         decisions: list[DecisionRecord] | None = None,
         recovered: list[DecisionRecord] | None = None,
-        logged: list[DecisionRecord] | None = None,
         continued: list[str] | None = None,
         reviewed: bool = False,
     ) -> None:
@@ -108,9 +108,7 @@ class RecordWriter:
 
         `recovered` decisions stand in for rows another execution may still write (a step taken
         from the cache reports the decision its first execution logged, under that decision's
-        id): they are inserted only where no row is stored. `logged` decisions are stored as
-        they are (an earlier execution's, unchanged): counted in `decisions_seen`, not written.
-        `continued` reviews were taken by
+        id): they are inserted only where no row is stored. `continued` reviews were taken by
         this run, which went on past them. A `reviewed` run (one that asked or took a review)
         supersedes the earlier executions of its run still recorded as awaiting review.
         """
@@ -143,7 +141,6 @@ class RecordWriter:
             pending.decisions.extend(decisions or ())
             pending.recovered.extend(recovered or ())
             self.decisions_seen.extend(decisions or ())
-            self.decisions_seen.extend(logged or ())
 
     def flush(self) -> int:
         """Write everything queued in one transaction; returns the number of rows written.

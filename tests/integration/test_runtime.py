@@ -193,7 +193,7 @@ def test_a_rerun_reads_on_the_event_loop_in_groups_and_writes_no_decision_again(
 ) -> None:
     """A rerun of finished runs reads its cached actions' ledger rows together, on SQLite on
     the event loop (a thread per read held the interpreter lock against the loop), and leaves
-    the logged decisions as they are: reported, not written again."""
+    the logged decisions as they are: not written again."""
     import sqlalchemy as sa
 
     calls: dict[str, int] = {}
@@ -236,6 +236,26 @@ def test_a_rerun_reads_on_the_event_loop_in_groups_and_writes_no_decision_again(
             )
         ).all()
     assert len(logged) == 12
+    # The rerun decided nothing: its flow run shows no decision table (the first one does).
+    tables = asyncio.run(_table_artifacts([first[0].flow_run_id, second[0].flow_run_id]))
+    assert tables == {first[0].flow_run_id: 1}, tables
+
+
+async def _table_artifacts(flow_run_ids: list[str | None]) -> dict[str, int]:
+    """Table artifacts by flow run."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async with get_client() as client:
+        found = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=flow_run_ids))
+        )
+    counts: dict[str, int] = {}
+    for artifact in found:
+        if artifact.type == "table":
+            key = str(artifact.flow_run_id)
+            counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def test_a_decision_below_threshold_is_held_and_no_action_runs(sqlite_url: str) -> None:
