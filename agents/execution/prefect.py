@@ -84,9 +84,14 @@ def make_task(node: StepNode) -> Task[Any, Any]:
     )
 
 
+#: The body of an agent's flow: (inputs, tenant, concurrency, review) to the results, or to the
+#: final state holding them (`agents.execution.batch.run_flow_body`).
+FlowBody = Callable[[list[dict[str, Any]], str, int, str | None], Coroutine[Any, Any, Any]]
+
+
 def make_flow(
     graph: AgentGraph,
-    body: Callable[[list[dict[str, Any]], str, int, str | None], Coroutine[Any, Any, Any]],
+    body: FlowBody,
 ) -> Flow[Any, Any]:
     """The agent's flow: one flow run runs a batch of inputs (`inputs`, `tenant`,
     `concurrency`); `review` is set on a review's own flow run (it records the form's answer,
@@ -97,19 +102,12 @@ def make_flow(
     data, returned rather than raised: Prefect pickles a raised flow exception into the flow's
     result storage whatever `persist_result` says (`~/.prefect/storage` by default), and
     nothing of a run may land in local files. Calling the flow still raises it."""
-    return Flow(
-        fn=_flow_fn(graph, body, quoted=False),
-        name=graph.name,
-        flow_run_name=flow_run_name,
-        persist_result=False,
-        validate_parameters=False,
-        on_failure=[only_exceptions(flow_failure_hook(graph.name))],
-    )
+    return _agent_flow(graph, body, quoted=False, flow_run_name=flow_run_name)
 
 
 def make_batch_flow(
     graph: AgentGraph,
-    body: Callable[[list[dict[str, Any]], str, int, str | None], Coroutine[Any, Any, Any]],
+    body: FlowBody,
     storage: SQLResultStorage,
 ) -> Flow[Any, Any]:
     """The agent's flow as `AgentRunner` runs its own batches: the same Prefect flow (name,
@@ -123,19 +121,27 @@ def make_batch_flow(
       stays False);
     * its result is `quote`d: the engine walks a returned value looking for futures (about
       0.6 ms per `RunResult`), and the runner unwraps it (`unquoted`)."""
+    return _agent_flow(graph, body, quoted=True, result_storage=storage)
+
+
+def _agent_flow(
+    graph: AgentGraph, body: FlowBody, *, quoted: bool, **options: Any
+) -> Flow[Any, Any]:
+    """An agent's Prefect flow (its name, no persisted result, unvalidated parameters, the
+    failure hook) running `body`, with `options`."""
     return Flow(
-        fn=_flow_fn(graph, body, quoted=True),
+        fn=_flow_fn(graph, body, quoted=quoted),
         name=graph.name,
         persist_result=False,
-        result_storage=storage,
         validate_parameters=False,
         on_failure=[only_exceptions(flow_failure_hook(graph.name))],
+        **options,
     )
 
 
 def _flow_fn(
     graph: AgentGraph,
-    body: Callable[[list[dict[str, Any]], str, int, str | None], Coroutine[Any, Any, Any]],
+    body: FlowBody,
     *,
     quoted: bool,
 ) -> Callable[..., Coroutine[Any, Any, Any]]:
