@@ -219,12 +219,8 @@ async def create_flow_run(
         settings = {"transport": _PatientTransport(patience_s, tls), "verify": tls}
     serialized = flow.serialize_parameters(parameters)
     async with get_client(httpx_settings=settings) as client:
-        key = (str(client.api_url), flow.name)
-        for known in (True, False):
-            flow_id = _flow_ids.get(key) if known else None
-            if flow_id is None:
-                known = False
-                flow_id = _flow_ids[key] = await client.create_flow(flow)
+
+        async def post(flow_id: UUID) -> FlowRun:
             create = FlowRunCreate(
                 flow_id=flow_id,
                 flow_version=flow.version,
@@ -237,19 +233,22 @@ async def create_flow_run(
                 ),
             )
             body = create.model_dump(mode="json", exclude_unset=True)
-            try:
-                response = await client.request("POST", "/flow_runs/", json=body)
-            except PrefectHTTPStatusError as exc:
-                # A remembered id the server does not know (its database was replaced): ask
-                # for the flow again, once.
-                if not known or exc.response.status_code not in (404, 409, 422):
-                    raise
-                _flow_ids.pop(key, None)
-                continue
+            response = await client.request("POST", "/flow_runs/", json=body)
             flow_run = FlowRun.model_validate(response.json())
             flow_run.parameters = serialized
             return flow_run
-    raise AssertionError("unreachable: the second attempt returns or raises")
+
+        key = (str(client.api_url), flow.name)
+        remembered = _flow_ids.get(key)
+        if remembered is not None:
+            try:
+                return await post(remembered)
+            except PrefectHTTPStatusError as exc:
+                # An id the server does not know (its database was replaced): ask again.
+                if exc.response.status_code not in (404, 409, 422):
+                    raise
+        _flow_ids[key] = await client.create_flow(flow)
+        return await post(_flow_ids[key])
 
 
 def _is_loopback(api_url: str | None) -> bool:

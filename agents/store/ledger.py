@@ -672,7 +672,6 @@ def _complete_together(url: str, items: list[tuple[str, Any]]) -> list[LookupErr
     ]
 
 
-@reconnecting
 def get(key: str, *, url: str | None = None) -> ActionRecord | None:
     """The ledger row for a key, or None.
 
@@ -680,8 +679,7 @@ def get(key: str, *, url: str | None = None) -> ActionRecord | None:
         >>> get("0" * 64, url="sqlite://") is None
         True
     """
-    with session(url) as s:
-        return s.get(ActionRecord, key)
+    return _get_together(database_of(url), [key])[0]
 
 
 async def aget(key: str, *, url: str | None = None) -> ActionRecord | None:
