@@ -203,9 +203,8 @@ _COUNT_HITS = (
 def _lookup_together(url: str, keys: list[str]) -> list[CachedAnswer | None]:
     """The answers cached under several keys, their hits counted, in one transaction."""
     with session(url) as s:
-        stored: dict[str, str] = dict(
-            s.connection().execute(_LOOKUP, {"keys": sorted(set(keys))}).tuples().all()
-        )
+        rows = s.connection().execute(_LOOKUP, {"keys": sorted(set(keys))})
+        stored: dict[str, str] = {key: answer for key, answer in rows}
         answers = [CachedAnswer.from_json(stored[k]) if k in stored else None for k in keys]
         hits = Counter(k for k, a in zip(keys, answers, strict=True) if a is not None)
         by_count: dict[int, list[str]] = {}
