@@ -8,7 +8,10 @@ by PID with one SIGTERM (a SIGKILL of its process group only if it has not exite
 the database is dropped afterwards. Its log is where the dropped-message warnings land.
 
 `messaging="redis"` adds prefect-redis's settings (Redis at 127.0.0.1:6379) if prefect-redis is
-installed; otherwise it is ignored with a note (`skipped_messaging`).
+installed; otherwise it is ignored with a note (`skipped_messaging`). Each server claims a Redis
+database number of its own, as the test servers do (`agents.testing.prefect_server`), and flushes
+it when it stops: a stopped server's unconsumed events must not be read by the next mode's server,
+whose task-run recorder would fail whole batches on their unknown flow runs.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any
 
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 ASYNC_BASE = "postgresql+asyncpg://postgres@127.0.0.1:5432"
-REDIS_URL = "redis://127.0.0.1:6379/0"
+REDIS_URL = "redis://127.0.0.1:6379"
 HEALTH_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
 
@@ -40,17 +43,16 @@ def _free_port() -> int:
         return port
 
 
-def redis_settings() -> dict[str, str]:
-    """prefect-redis messaging, ordering, lease storage and docket (PREFECT-NOTES.md)."""
+def redis_settings(url: str) -> dict[str, str]:
+    """prefect-redis messaging, ordering, lease storage and docket (PREFECT-NOTES.md), all in
+    the Redis database `url` names."""
     return {
         "PREFECT_MESSAGING_BROKER": "prefect_redis.messaging",
         "PREFECT_MESSAGING_CACHE": "prefect_redis.messaging",
         "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "prefect_redis.ordering",
         "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect_redis.lease_storage",
-        "PREFECT_SERVER_DOCKET_URL": REDIS_URL,
-        "PREFECT_REDIS_MESSAGING_URL": REDIS_URL,
-        "PREFECT_REDIS_MESSAGING_HOST": "127.0.0.1",
-        "PREFECT_REDIS_MESSAGING_PORT": "6379",
+        "PREFECT_SERVER_DOCKET_URL": url,
+        "PREFECT_REDIS_MESSAGING_URL": url,
     }
 
 
@@ -72,6 +74,7 @@ class PrefectServer:
         self.messaging = messaging
         self.skipped_messaging: str | None = None
         self.started_s = 0.0
+        self.redis_claim: tuple[int, str] | None = None
 
     @property
     def api_url(self) -> str:
@@ -115,7 +118,10 @@ class PrefectServer:
             if importlib.util.find_spec("prefect_redis") is None:
                 self.skipped_messaging = "prefect-redis is not installed: in-memory messaging"
             else:
-                env.update(redis_settings())
+                from agents.testing.prefect_server import claim_redis_database
+
+                self.redis_claim = database, _ = claim_redis_database(REDIS_URL)
+                env.update(redis_settings(f"{REDIS_URL}/{database}"))
         prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
         command = [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,6 +160,11 @@ class PrefectServer:
         if self.proc is not None:
             self._stop(self.proc)
             self.proc = None
+        if self.redis_claim is not None:
+            from agents.testing.prefect_server import release_redis_database
+
+            release_redis_database(REDIS_URL, *self.redis_claim)
+            self.redis_claim = None
         import psycopg
 
         with psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=10) as admin:

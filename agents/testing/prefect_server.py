@@ -53,6 +53,7 @@ __all__ = [
     "claim_redis_database",
     "descendants",
     "free_port",
+    "release_redis_database",
 ]
 
 #: A Prefect server's messaging through Redis (`prefect-redis`) instead of its in-memory default:
@@ -176,8 +177,8 @@ def claim_redis_database(url: str) -> tuple[int, str]:
     raise RedisClaimError(f"every Redis database 1-15 of {url} is in use by another server")
 
 
-def _release_redis_database(url: str, database: int, token: str) -> None:
-    """Flush a database this server claimed, unless its claim is no longer ours."""
+def release_redis_database(url: str, database: int, token: str) -> None:
+    """Flush a database claimed with `claim_redis_database`, unless the claim is no longer ours."""
     import redis
 
     with redis.Redis.from_url(_redis_url(url, database), socket_timeout=5) as client:
@@ -390,7 +391,7 @@ class PrefectServer:
         if self.redis is not None and self.redis_database is not None:
             assert self._redis_claim is not None
             with contextlib.suppress(Exception):
-                _release_redis_database(self.redis, self.redis_database, self._redis_claim)
+                release_redis_database(self.redis, self.redis_database, self._redis_claim)
             self.redis_database = self._redis_claim = None
 
     def __enter__(self) -> PrefectServer:

@@ -31,6 +31,7 @@ from agents.testing.prefect_server import (
     claim_redis_database,
     descendants,
     free_port,
+    release_redis_database,
 )
 from tests.support.postgres import PG_ADMIN_URL, create_pg_database, drop_pg_database
 
@@ -128,16 +129,11 @@ def test_the_pull_step_names_the_missing_project_dir(
 @pytest.fixture
 def redis_database() -> Iterator[str]:
     """A Redis database number of this test's own (claimed like a test server's), flushed."""
-    import redis
-
     database, token = claim_redis_database(REDIS)
-    url = urlunparse(urlparse(REDIS)._replace(path=f"/{database}"))
     try:
-        yield url
+        yield urlunparse(urlparse(REDIS)._replace(path=f"/{database}"))
     finally:
-        with redis.Redis.from_url(url) as client:
-            if client.get("stalwart:prefect-server-claim") == token.encode():
-                client.flushdb()
+        release_redis_database(REDIS, database, token)
 
 
 def _watch_descendants(root: int, seen: set[int], stop: threading.Event) -> None:
