@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -46,6 +47,7 @@ class KillWorker(Fault):
 
     name = "worker kill"
     hold_s = 3.0
+    relook_s = 10.0
     victim: int | None = None
     _answered = 0
     _cached = 0
@@ -61,7 +63,14 @@ class KillWorker(Fault):
         self._cached = cached(stack)
 
     def inject(self, stack: Stack) -> None:
-        if self.victim is None:  # run without `ready`: the busiest worker
+        # `ready` reads /proc twice (sockets, then process trees), a few hundred ms on a loaded
+        # machine: the flow run it saw waiting may have had its last answer and ended since.
+        # Look again, for a bounded while, until the victim still has a flow-run process.
+        deadline = time.monotonic() + self.relook_s
+        while not self._victim_alive(stack) and time.monotonic() < deadline:
+            time.sleep(0.02)
+            self.ready(stack)
+        if self.victim is None:  # nobody waiting on the model: the busiest worker
             self.victim = max(
                 range(len(stack.workers)), key=lambda i: len(descendants(stack.workers[i].pid))
             )
@@ -74,6 +83,10 @@ class KillWorker(Fault):
         waiting = max(waiting, stack.model.stats.in_flight)
         unsaved = (answered(stack) - self._answered) - (cached(stack) - self._cached)
         self.note(in_flight=waiting + max(0, unsaved), waiting=waiting, killed=len(killed))
+
+    def _victim_alive(self, stack: Stack) -> bool:
+        """Whether the chosen worker still has a flow-run process to kill."""
+        return self.victim is not None and bool(descendants(stack.workers[self.victim].pid))
 
     def clear(self, stack: Stack) -> None:
         if self.victim is not None:
