@@ -20,7 +20,6 @@ import importlib.util
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from agents.testing.prefect_server import (
+    REDIS_MESSAGING_SETTINGS,
+    claim_redis_database,
+    free_port,
+    release_redis_database,
+)
+
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 ASYNC_BASE = "postgresql+asyncpg://postgres@127.0.0.1:5432"
 REDIS_URL = "redis://127.0.0.1:6379"
@@ -36,21 +42,11 @@ HEALTH_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def redis_settings(url: str) -> dict[str, str]:
     """prefect-redis messaging, ordering, lease storage and docket (PREFECT-NOTES.md), all in
     the Redis database `url` names."""
     return {
-        "PREFECT_MESSAGING_BROKER": "prefect_redis.messaging",
-        "PREFECT_MESSAGING_CACHE": "prefect_redis.messaging",
-        "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "prefect_redis.ordering",
-        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect_redis.lease_storage",
+        **REDIS_MESSAGING_SETTINGS,
         "PREFECT_SERVER_DOCKET_URL": url,
         "PREFECT_REDIS_MESSAGING_URL": url,
     }
@@ -102,7 +98,7 @@ class PrefectServer:
         return self
 
     def _start(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env.update(
             {
@@ -118,8 +114,6 @@ class PrefectServer:
             if importlib.util.find_spec("prefect_redis") is None:
                 self.skipped_messaging = "prefect-redis is not installed: in-memory messaging"
             else:
-                from agents.testing.prefect_server import claim_redis_database
-
                 self.redis_claim = database, _ = claim_redis_database(REDIS_URL)
                 env.update(redis_settings(f"{REDIS_URL}/{database}"))
         prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
@@ -161,8 +155,6 @@ class PrefectServer:
             self._stop(self.proc)
             self.proc = None
         if self.redis_claim is not None:
-            from agents.testing.prefect_server import release_redis_database
-
             release_redis_database(REDIS_URL, *self.redis_claim)
             self.redis_claim = None
         import psycopg
