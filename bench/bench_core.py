@@ -55,7 +55,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agents.execution.recording import SERVER_SETTINGS
+from agents.execution.recording import SERVER_SETTINGS, TEMPORARY_SERVER_SETTINGS
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -88,10 +88,10 @@ NOMINAL_TASK_RUNS: dict[str, int] = {
 """Task runs per run each mode recorded on an idle API (warm-up, 2026-12-06): the recorded
 clock's expectation when the warm-up finds none (an API too busy to record them in time)."""
 TUNED_MODES = frozenset({"bt", "c", "cs", "d"})
-"""Modes whose Prefect API server runs with `agents.execution.recording.SERVER_SETTINGS`: Stalwart
-applies them to the temporary server it starts (and documents them for a real one); `bt` is
-plain Prefect given the same settings, to show what they alone are worth. b and p keep Prefect's
-defaults, as their users get them."""
+"""Modes whose Prefect API server runs with Stalwart's settings (`agents.execution.recording`:
+`TEMPORARY_SERVER_SETTINGS` on a temporary server, which Stalwart applies itself, and
+`SERVER_SETTINGS` on a real one, as documented); `bt` is plain Prefect given the same settings,
+to show what they alone are worth. b and p keep Prefect's defaults, as their users get them."""
 FOLLOWUP_RUNS = 20
 """New inputs of the second, small batch after the timed one (S1 and S2; not S3, d, e)."""
 
@@ -1111,7 +1111,7 @@ def run_child(
     )
     env = _child_env(work, model_url, db_url, prefect_home)
     if mode in TUNED_MODES:  # inherited by the temporary API server the child starts
-        env.update(SERVER_SETTINGS)
+        env.update(TEMPORARY_SERVER_SETTINGS)
     env.update(api_env or {})
     env.update(cfg.env)
     if mode in cfg.profile:

@@ -87,14 +87,14 @@ def test_the_temporary_server_runs_with_batched_recording() -> None:
     settings: read from its own environment, not from ours."""
     from prefect.server.api.server import SubprocessASGIServer
 
-    from agents.execution.recording import SERVER_SETTINGS
+    from agents.execution.recording import TEMPORARY_SERVER_SETTINGS
 
     server = SubprocessASGIServer._instances.get(None)
     assert server is not None and server.server_process is not None
     with open(f"/proc/{server.server_process.pid}/environ", "rb") as handle:
         pairs = [item.split(b"=", 1) for item in handle.read().split(b"\0") if b"=" in item]
     environment = {k.decode(): v.decode() for k, v in pairs}
-    for name, value in SERVER_SETTINGS.items():
+    for name, value in TEMPORARY_SERVER_SETTINGS.items():
         expected = os.environ.get(name, value)
         if expected.replace(".", "").isdigit():  # Prefect writes 1 back as "1.0"
             assert float(environment.get(name, "nan")) == float(expected), name
