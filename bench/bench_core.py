@@ -1657,11 +1657,11 @@ def _never_recorded(r: dict[str, Any] | None) -> tuple[float, str] | None:
     recorded = None if r is None else r.get("recorded")
     if not recorded or recorded.get("converged") or not recorded.get("waited_s"):
         return None
-    terminal, expected = recorded.get("terminal_task_runs"), recorded.get("expected_task_runs")
-    why = (
-        f"{terminal:,} of {expected:,} task runs recorded {recorded['waited_s']:.0f} s "
-        "after its batch began"
-    )
+    terminal = recorded.get("terminal_task_runs") or 0
+    expected = recorded.get("expected_task_runs")  # None when the warm-up learned no count
+    of = "an unknown number of" if expected is None else f"{expected:,}"
+    waited = recorded["waited_s"]
+    why = f"{terminal:,} of {of} task runs recorded {waited:.0f} s after its batch began"
     return r["runs"] / recorded["waited_s"], why
 
 

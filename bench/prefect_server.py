@@ -32,6 +32,7 @@ from agents.testing.prefect_server import (
     REDIS_MESSAGING_SETTINGS,
     claim_redis_database,
     free_port,
+    redis_database_url,
     release_redis_database,
 )
 
@@ -115,7 +116,7 @@ class PrefectServer:
                 self.skipped_messaging = "prefect-redis is not installed: in-memory messaging"
             else:
                 self.redis_claim = database, _ = claim_redis_database(REDIS_URL)
-                env.update(redis_settings(f"{REDIS_URL}/{database}"))
+                env.update(redis_settings(redis_database_url(REDIS_URL, database)))
         prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
         command = [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,7 @@ __all__ = [
     "claim_redis_database",
     "descendants",
     "free_port",
+    "redis_database_url",
     "release_redis_database",
 ]
 
@@ -128,7 +129,13 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def _redis_url(base: str, database: int) -> str:
+def redis_database_url(base: str, database: int) -> str:
+    """The URL of database number `database` of the Redis server `base` names.
+
+    Example:
+        >>> redis_database_url("redis://127.0.0.1:6379/0", 3)
+        'redis://127.0.0.1:6379/3'
+    """
     return urlunparse(urlparse(base)._replace(path=f"/{database}"))
 
 
@@ -157,7 +164,7 @@ def claim_redis_database(url: str) -> tuple[int, str]:
 
     token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
     for database in _CLAIMABLE_DATABASES:
-        with redis.Redis.from_url(_redis_url(url, database), socket_timeout=5) as client:
+        with redis.Redis.from_url(redis_database_url(url, database), socket_timeout=5) as client:
             owner = client.get(_CLAIM_KEY)
             if owner is None and client.dbsize() > 0:
                 continue  # someone else's data, not a test server's
@@ -181,7 +188,7 @@ def release_redis_database(url: str, database: int, token: str) -> None:
     """Flush a database claimed with `claim_redis_database`, unless the claim is no longer ours."""
     import redis
 
-    with redis.Redis.from_url(_redis_url(url, database), socket_timeout=5) as client:
+    with redis.Redis.from_url(redis_database_url(url, database), socket_timeout=5) as client:
         if client.get(_CLAIM_KEY) == token.encode():
             client.flushdb()
 
@@ -273,7 +280,7 @@ class PrefectServer:
         """The Redis database this server's messaging uses (None: in memory, or not started)."""
         if self.redis is None or self.redis_database is None:
             return None
-        return _redis_url(self.redis, self.redis_database)
+        return redis_database_url(self.redis, self.redis_database)
 
     def _admin(self, sql: str) -> None:
         import psycopg

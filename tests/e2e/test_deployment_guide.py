@@ -31,6 +31,7 @@ from agents.testing.prefect_server import (
     claim_redis_database,
     descendants,
     free_port,
+    redis_database_url,
     release_redis_database,
 )
 from tests.support.postgres import PG_ADMIN_URL, create_pg_database, drop_pg_database
@@ -131,7 +132,7 @@ def redis_database() -> Iterator[str]:
     """A Redis database number of this test's own (claimed like a test server's), flushed."""
     database, token = claim_redis_database(REDIS)
     try:
-        yield urlunparse(urlparse(REDIS)._replace(path=f"/{database}"))
+        yield redis_database_url(REDIS, database)
     finally:
         release_redis_database(REDIS, database, token)
 
